@@ -1,0 +1,108 @@
+package fsm
+
+import "errors"
+
+// CommandType is the first byte of every raft log entry. Append only: never
+// renumber or reuse a value. Types with IgnoreUnknownFlag set may be skipped
+// by an older node that does not know them.
+type CommandType uint8
+
+const (
+	CmdUpsertHost     CommandType = 1
+	CmdRemoveHost     CommandType = 2
+	CmdCreateVolume   CommandType = 3
+	CmdSetVolumeState CommandType = 4
+	CmdDeleteVolume   CommandType = 5
+	CmdCreateFork     CommandType = 6
+	CmdForkProgress   CommandType = 7
+	CmdFinishFork     CommandType = 8
+	CmdSetHostAlive   CommandType = 9
+
+	IgnoreUnknownFlag CommandType = 0x80
+)
+
+// Domain errors, returned inside ApplyResult.Err (never as a decode panic).
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+	ErrInvalid  = errors.New("invalid request")
+	ErrNoRoom   = errors.New("no host has room")
+	ErrConflict = errors.New("conflict")
+)
+
+// Header is embedded in every command. The leader stamps Time (unix nanos)
+// and ids; the FSM never reads a clock. RequestID makes retries idempotent:
+// a command whose RequestID was already applied returns the first result.
+type Header struct {
+	RequestID string `json:"request_id"`
+	Time      int64  `json:"time"`
+}
+
+type UpsertHostCmd struct {
+	Header
+	Host Host `json:"host"`
+}
+
+type RemoveHostCmd struct {
+	Header
+	ID string `json:"id"`
+}
+
+type SetHostAliveCmd struct {
+	Header
+	ID    string `json:"id"`
+	Alive bool   `json:"alive"`
+}
+
+// CreateVolumeCmd creates a volume record in state creating. If Volume.Host
+// is empty the FSM places it (same region first, then most free).
+type CreateVolumeCmd struct {
+	Header
+	Volume Volume `json:"volume"`
+	Region string `json:"region,omitempty"` // placement hint when Host is empty
+}
+
+type SetVolumeStateCmd struct {
+	Header
+	ID    string      `json:"id"`
+	State VolumeState `json:"state"`
+}
+
+// DeleteVolumeCmd purges a volume record (after its host removed the data).
+type DeleteVolumeCmd struct {
+	Header
+	ID string `json:"id"`
+}
+
+// CreateForkCmd plans and records a fork atomically: the planner runs inside
+// Apply against the current catalog, so two forks racing for the last free
+// bytes of a host cannot both win.
+type CreateForkCmd struct {
+	Header
+	ForkID         string      `json:"fork_id"`
+	TargetVolumeID string      `json:"target_volume_id"`
+	Request        ForkRequest `json:"request"`
+}
+
+type ForkProgressCmd struct {
+	Header
+	ForkID     string `json:"fork_id"`
+	BytesDone  int64  `json:"bytes_done"`
+	BytesTotal int64  `json:"bytes_total"`
+	WireBytes  int64  `json:"wire_bytes"`
+}
+
+// FinishForkCmd ends a fork: ready (target volume ready) or failed (target
+// volume failed, to be removed by its host).
+type FinishForkCmd struct {
+	Header
+	ForkID string `json:"fork_id"`
+	OK     bool   `json:"ok"`
+	Error  string `json:"error,omitempty"`
+}
+
+// ApplyResult is what FSM.Apply returns for every command.
+type ApplyResult struct {
+	Value any   // *Host, *Volume, *Fork or nil
+	Err   error // a domain error (wraps one of the sentinels above)
+}

@@ -1,0 +1,103 @@
+package fsm
+
+// This file is the contract between fsm and cluster. Field names are part of
+// the snapshot format and the API's JSON: add fields, never rename them.
+
+// Path is how a fork is made.
+type Path string
+
+const (
+	PathClone   Path = "clone"   // O(1) CoW clone on the source host
+	PathCopy    Path = "copy"    // snapshot + block copy on the source host
+	PathReplica Path = "replica" // local fork of another volume of the same app
+	PathStream  Path = "stream"  // snapshot on source, streamed to another host
+)
+
+// VolumeState of a catalog volume.
+type VolumeState string
+
+const (
+	VolumeCreating VolumeState = "creating" // reserved, being made
+	VolumeReady    VolumeState = "ready"
+	VolumeFailed   VolumeState = "failed"   // made by a failed fork; host removes it
+	VolumeDeleting VolumeState = "deleting" // host removes it, then DeleteVolume
+)
+
+// ForkState of a fork.
+type ForkState string
+
+const (
+	ForkPending ForkState = "pending" // planned, not started by the hosts
+	ForkRunning ForkState = "running"
+	ForkReady   ForkState = "ready"
+	ForkFailed  ForkState = "failed"
+)
+
+// Host is one storage node.
+type Host struct {
+	ID       string `json:"id"` // node name
+	Region   string `json:"region"`
+	RaftAddr string `json:"raft_addr"`
+	APIAddr  string `json:"api_addr"`
+	XferAddr string `json:"xfer_addr"` // transfer (stream) listener
+	Backend  string `json:"backend"`   // "file", "lvm", "lvm-thin"
+	CanClone bool   `json:"can_clone"`
+	Budget   int64  `json:"budget"` // capacity budget in bytes
+	// Alive is stamped by the leader from gossip.
+	Alive     bool  `json:"alive"`
+	UpdatedAt int64 `json:"updated_at"` // unix nanos, stamped by the leader
+}
+
+// Volume in the catalog. Its size counts against its host's budget from the
+// moment it is created (state creating): that is the reservation.
+type Volume struct {
+	ID        string      `json:"id"` // vol_…
+	Name      string      `json:"name"`
+	App       string      `json:"app,omitempty"`
+	Host      string      `json:"host"`
+	Size      int64       `json:"size"`
+	State     VolumeState `json:"state"`
+	Origin    string      `json:"origin,omitempty"` // source volume id, for forks
+	ForkID    string      `json:"fork_id,omitempty"`
+	CreatedAt int64       `json:"created_at"`
+	ExpiresAt int64       `json:"expires_at,omitempty"`
+}
+
+// Fork is one fork in flight or finished.
+type Fork struct {
+	ID           string    `json:"id"` // fork_…
+	Request      string    `json:"request"`
+	Name         string    `json:"name"`
+	SourceVolume string    `json:"source_volume"`
+	SourceHost   string    `json:"source_host"`
+	TargetVolume string    `json:"target_volume"`
+	TargetHost   string    `json:"target_host"`
+	Path         Path      `json:"path"`
+	State        ForkState `json:"state"`
+	BytesDone    int64     `json:"bytes_done"`
+	BytesTotal   int64     `json:"bytes_total"`
+	WireBytes    int64     `json:"wire_bytes,omitempty"`
+	Error        string    `json:"error,omitempty"`
+	CreatedAt    int64     `json:"created_at"`
+	UpdatedAt    int64     `json:"updated_at"`
+	FinishedAt   int64     `json:"finished_at,omitempty"`
+}
+
+// ForkRequest is what an operator asks for.
+type ForkRequest struct {
+	Source string `json:"source"` // "app", "app:vol_id", a volume name or id
+	Name   string `json:"name"`   // new volume's name
+	Host   string `json:"host,omitempty"`
+	Region string `json:"region,omitempty"`
+	Via    Path   `json:"via,omitempty"`
+	App    string `json:"app,omitempty"` // app of the new volume; default the source's
+}
+
+// Plan is the planner's answer.
+type Plan struct {
+	SourceVolume string `json:"source_volume"`
+	SourceHost   string `json:"source_host"`
+	TargetHost   string `json:"target_host"`
+	Path         Path   `json:"path"`
+	Size         int64  `json:"size"`
+}
