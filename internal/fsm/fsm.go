@@ -1,52 +1,96 @@
 package fsm
 
-// CONTRACT STUB: the fsm implementer replaces these bodies. Signatures are
-// the contract used by internal/cluster; keep them (add more if needed).
-
 import (
-	"io"
+	"errors"
+	"sync"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 )
 
-// Encode builds a log entry: one type byte, then the JSON body.
-func Encode(t CommandType, body any) ([]byte, error) { panic("unimplemented") }
-
 // FSM is the replicated catalog. It implements raft.FSM.
-type FSM struct{}
+type FSM struct {
+	logger hclog.Logger
 
-func New(logger hclog.Logger) *FSM { panic("unimplemented") }
+	mu    sync.RWMutex
+	state *State
+	watch chan struct{} // closed at the next change, then replaced
 
-// Apply returns ApplyResult for every entry.
-func (f *FSM) Apply(l *raft.Log) any               { panic("unimplemented") }
-func (f *FSM) Snapshot() (raft.FSMSnapshot, error) { panic("unimplemented") }
-func (f *FSM) Restore(rc io.ReadCloser) error      { panic("unimplemented") }
+	maxResults int
+}
+
+var _ raft.FSM = (*FSM)(nil)
+
+func New(logger hclog.Logger) *FSM {
+	return NewWithOptions(logger, DefaultMaxResults)
+}
+
+// NewWithOptions lets tests shrink the idempotency memory. Every replica of a
+// cluster must use the same maxResults, or their results would diverge.
+func NewWithOptions(logger hclog.Logger, maxResults int) *FSM {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	if maxResults <= 0 {
+		maxResults = DefaultMaxResults
+	}
+	return &FSM{
+		logger:     logger.Named("fsm"),
+		state:      newState(maxResults),
+		watch:      make(chan struct{}),
+		maxResults: maxResults,
+	}
+}
+
+// Apply returns ApplyResult for every entry. It never panics on bad input:
+// a malformed entry yields an ErrInvalid result, an unknown type flagged
+// IgnoreUnknownFlag an empty one.
+func (f *FSM) Apply(l *raft.Log) any {
+	if l == nil {
+		return ApplyResult{Err: errors.New("invalid request: nil log entry")}
+	}
+	return f.applyData(l.Index, l.Data)
+}
+
+func (f *FSM) applyData(index uint64, data []byte) ApplyResult {
+	t, cmd, err := Decode(data)
+	if err != nil {
+		if errors.Is(err, ErrUnknownCommand) && data[0]&byte(IgnoreUnknownFlag) != 0 {
+			f.logger.Warn("skipping unknown command type", "index", index, "type", data[0])
+			return ApplyResult{}
+		}
+		f.logger.Error("refusing malformed log entry", "index", index, "error", err)
+		return ApplyResult{Err: err}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	res, changed := f.state.apply(t, cmd.(commander))
+	if changed {
+		f.notifyLocked()
+	}
+	if res.Err != nil {
+		f.logger.Debug("command refused", "index", index, "type", t, "error", res.Err)
+	}
+	return res
+}
+
+func (f *FSM) notifyLocked() {
+	close(f.watch)
+	f.watch = make(chan struct{})
+}
 
 // View runs fn with a read lock held on the current state. fn must not keep
 // the *State after returning.
-func (f *FSM) View(fn func(s *State)) { panic("unimplemented") }
+func (f *FSM) View(fn func(s *State)) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	fn(f.state)
+}
 
 // Watch returns a channel that is closed at the next applied change (or
 // restore). Executors wait on it instead of polling.
-func (f *FSM) Watch() <-chan struct{} { panic("unimplemented") }
-
-// State is the catalog. Accessors return copies, sorted by id where lists.
-type State struct{}
-
-func (s *State) Host(id string) (Host, bool)             { panic("unimplemented") }
-func (s *State) Hosts() []Host                           { panic("unimplemented") }
-func (s *State) Volume(id string) (Volume, bool)         { panic("unimplemented") }
-func (s *State) VolumeByName(name string) (Volume, bool) { panic("unimplemented") }
-func (s *State) Volumes() []Volume                       { panic("unimplemented") }
-func (s *State) Fork(id string) (Fork, bool)             { panic("unimplemented") }
-func (s *State) Forks() []Fork                           { panic("unimplemented") }
-
-// Used is the sum of sizes of the host's volumes that are not failed (a
-// creating volume is a reservation). Free is Budget-Used, never negative.
-func (s *State) Used(hostID string) int64 { panic("unimplemented") }
-func (s *State) Free(hostID string) int64 { panic("unimplemented") }
-
-// PlanFork is the pure planner. Apply(CmdCreateFork) calls it; the API may call
-// it for a dry run.
-func PlanFork(s *State, req ForkRequest) (Plan, error) { panic("unimplemented") }
+func (f *FSM) Watch() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.watch
+}

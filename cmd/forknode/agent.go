@@ -1,0 +1,147 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/forknode/forknode/internal/cluster"
+	"github.com/forknode/forknode/internal/cow"
+	"github.com/hashicorp/go-hclog"
+)
+
+// defaultRateLimit caps one node's outgoing fork streams. 100 MiB/s is
+// under a gigabit link and a small share of an SSD's bandwidth: a fork of a
+// production volume must never starve production itself. Raise it (or 0
+// for unlimited) on dedicated replication links.
+const defaultRateLimit = 100 << 20
+
+type agentFlags struct {
+	name, dataDir, gossipAddr, clusterAddr, apiAddr, join, region string
+	bootstrapExpect                                               int
+	backend, volumeDir, vg, thinPool                              string
+	overprovision                                                 float64
+	capacity, rateLimit                                           int64
+	keyFile, codec, logLevel                                      string
+	logJSON                                                       bool
+}
+
+func runAgent(args []string) error {
+	host, _ := os.Hostname()
+	var f agentFlags
+	fs := newFlagSet("agent", "agent --key FILE [flags]")
+	fs.StringVar(&f.name, "name", host, "node name (unique in the cluster; its catalog host id)")
+	fs.StringVar(&f.dataDir, "data-dir", "/var/lib/forknode", "raft log, snapshots and (file backend) volumes")
+	fs.StringVar(&f.gossipAddr, "gossip-addr", ":7946", "gossip bind address (TCP and UDP)")
+	fs.StringVar(&f.clusterAddr, "cluster-addr", ":7947", "mTLS address for raft, forwarding and block streams")
+	fs.StringVar(&f.apiAddr, "api-addr", "127.0.0.1:7948", "HTTP API address")
+	fs.StringVar(&f.join, "join", "", "comma-separated gossip addresses of existing members")
+	fs.IntVar(&f.bootstrapExpect, "bootstrap-expect", 1, "servers to wait for before bootstrapping a new cluster")
+	fs.StringVar(&f.region, "region", "default", "region of this host")
+	fs.StringVar(&f.backend, "backend", "file", "storage backend: file or lvm")
+	fs.StringVar(&f.volumeDir, "volume-dir", "", "file backend: directory of volume images (default DATA_DIR/volumes)")
+	fs.StringVar(&f.vg, "vg", "", "lvm backend: volume group")
+	fs.StringVar(&f.thinPool, "thin-pool", "", "lvm backend: thin pool LV (default: the VG's only thin pool, else thick)")
+	fs.Float64Var(&f.overprovision, "overprovision", 1, "lvm backend: thin budget = pool size x this ratio")
+	sizeVar(fs, &f.capacity, "capacity", 0, "file backend: capacity budget, e.g. 10GiB (0: free space of the volume dir)")
+	sizeVar(fs, &f.rateLimit, "rate-limit", defaultRateLimit, "outgoing stream bytes/s, e.g. 100MiB (0: unlimited)")
+	fs.StringVar(&f.keyFile, "key", "", "cluster key file (required; create one with `forknode keygen`)")
+	fs.StringVar(&f.codec, "codec", "auto", "stream compression: zstd, s2 or auto")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("agent", pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	if f.keyFile == "" {
+		return usagef("agent: --key FILE is required: agents refuse to run without the cluster key. Create one with `forknode keygen -o cluster.key` and give every node a copy")
+	}
+	switch f.codec {
+	case "zstd", "s2", "auto":
+	default:
+		return usagef("agent: --codec %q: want zstd, s2 or auto", f.codec)
+	}
+	if f.name == "" {
+		return usagef("agent: --name is empty (and the hostname is unknown)")
+	}
+	if f.rateLimit < 0 || f.capacity < 0 {
+		return usagef("agent: --rate-limit and --capacity must not be negative")
+	}
+	level := hclog.LevelFromString(f.logLevel)
+	if level == hclog.NoLevel {
+		return usagef("agent: --log-level %q: want trace, debug, info, warn or error", f.logLevel)
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "forknode", Level: level, JSONFormat: f.logJSON, Output: os.Stderr})
+
+	km, err := loadKey(f.keyFile)
+	if err != nil {
+		return err
+	}
+	be, err := openBackend(f, logger)
+	if err != nil {
+		return err
+	}
+	var join []string
+	for _, a := range strings.Split(f.join, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			join = append(join, a)
+		}
+	}
+	node, err := cluster.New(cluster.Config{
+		Name: f.name, DataDir: f.dataDir, Region: f.region,
+		GossipAddr: f.gossipAddr, ClusterAddr: f.clusterAddr, APIAddr: f.apiAddr,
+		Join: join, BootstrapExpect: f.bootstrapExpect,
+		Backend: be, Keys: km, Logger: logger,
+		RateLimit: f.rateLimit, StreamCodec: f.codec,
+	})
+	if err != nil {
+		return fmt.Errorf("start node: %w", err)
+	}
+	logger.Info("agent running", "api", node.APIAddr(), "name", f.name)
+
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	s := <-sig
+	logger.Info("leaving the cluster", "signal", s.String())
+	go func() {
+		// A second signal skips the graceful leave.
+		<-sig
+		logger.Warn("second signal: exiting now")
+		os.Exit(1)
+	}()
+	return node.Close()
+}
+
+func openBackend(f agentFlags, logger hclog.Logger) (cow.Backend, error) {
+	switch f.backend {
+	case "file":
+		dir := f.volumeDir
+		if dir == "" {
+			dir = filepath.Join(f.dataDir, "volumes")
+		}
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("volume dir: %w", err)
+		}
+		b, err := cow.NewFileBackend(dir, f.capacity, logger.Named("file"))
+		if err != nil {
+			return nil, fmt.Errorf("file backend in %s: %w", dir, err)
+		}
+		return b, nil
+	case "lvm":
+		if f.vg == "" {
+			return nil, usagef("agent: --backend lvm needs --vg")
+		}
+		b, err := cow.NewLVMBackend(f.vg, cow.LVMOptions{ThinPool: f.thinPool, Overprovision: f.overprovision, Logger: logger.Named("lvm")})
+		if err != nil {
+			return nil, fmt.Errorf("lvm backend on VG %s: %w", f.vg, err)
+		}
+		return b, nil
+	}
+	return nil, usagef("agent: --backend %q: want file or lvm", f.backend)
+}

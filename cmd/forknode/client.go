@@ -1,0 +1,530 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/forknode/forknode/internal/api"
+	"github.com/forknode/forknode/internal/keys"
+)
+
+// defaultAddr is the API of `forknode dev`'s first node.
+const defaultAddr = "http://127.0.0.1:7400"
+
+// clientFlags are shared by every client command.
+type clientFlags struct {
+	addr, token, tokenFile string
+	json                   bool
+	timeout                time.Duration
+}
+
+func addClientFlags(fs *flag.FlagSet, cf *clientFlags, read bool) {
+	fs.StringVar(&cf.addr, "addr", "", "node API address (default $FORKNODE_ADDR, else "+defaultAddr+")")
+	fs.StringVar(&cf.token, "token", "", "API token (default $FORKNODE_TOKEN)")
+	fs.StringVar(&cf.tokenFile, "token-file", "", "file holding the API token, or the cluster key file itself")
+	fs.DurationVar(&cf.timeout, "timeout", 30*time.Second, "bound on each API request")
+	if read {
+		fs.BoolVar(&cf.json, "json", false, "print JSON instead of a table")
+	}
+}
+
+func (cf *clientFlags) client() (*api.Client, error) {
+	addr := cf.addr
+	if addr == "" {
+		addr = os.Getenv("FORKNODE_ADDR")
+	}
+	if addr == "" {
+		addr = defaultAddr
+	}
+	tok := cf.token
+	if tok == "" && cf.tokenFile != "" {
+		var err error
+		if tok, err = readTokenFile(cf.tokenFile); err != nil {
+			return nil, err
+		}
+	}
+	if tok == "" {
+		tok = os.Getenv("FORKNODE_TOKEN")
+	}
+	if tok == "" {
+		return nil, usagef("no API token: set FORKNODE_TOKEN=$(forknode token --key cluster.key), or pass --token or --token-file")
+	}
+	c, err := api.NewClient(addr, tok)
+	if err != nil {
+		return nil, usagef("%v", err)
+	}
+	c.Timeout = cf.timeout
+	return c, nil
+}
+
+// readTokenFile accepts a file holding the token, or the cluster key file
+// (the token is derived from it).
+func readTokenFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	if strings.HasPrefix(strings.TrimSpace(string(b)), "{") {
+		m, err := keys.Load(path)
+		if err != nil {
+			return "", err
+		}
+		return m.APIToken(), nil
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	return tok, nil
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0) }
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func ago(unixNanos int64) string {
+	if unixNanos == 0 {
+		return "-"
+	}
+	d := time.Since(time.Unix(0, unixNanos)).Round(time.Second)
+	if d < 0 {
+		d = 0
+	}
+	return d.String() + " ago"
+}
+
+// ---- status
+
+func runStatus(args []string) error {
+	var cf clientFlags
+	fs := newFlagSet("status", "status [--json]")
+	addClientFlags(fs, &cf, true)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("status", pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	st, err := c.Status(context.Background())
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		return printJSON(st)
+	}
+	leader := st.Leader
+	if leader == "" {
+		leader = "(none)"
+	}
+	fmt.Printf("node %s (region %s, raft %s), leader %s\n\n", st.Node, st.Region, st.RaftState, leader)
+	tw := table(os.Stdout)
+	fmt.Fprintln(tw, "MEMBER\tREGION\tSTATUS\tVOTER\tAPI")
+	for _, m := range st.Members {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", m.Name, m.Region, m.Status, m.Voter, dash(m.APIAddr))
+	}
+	tw.Flush()
+	fmt.Println()
+	tw = table(os.Stdout)
+	fmt.Fprintln(tw, "HOST\tREGION\tBACKEND\tCLONE\tALIVE\tVOLUMES\tBUDGET\tUSED\tFREE")
+	for _, h := range st.Hosts {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%v\t%d\t%s\t%s\t%s\n", h.ID, h.Region, h.Backend, h.CanClone, h.Alive,
+			h.Volumes, humanSize(h.Budget), humanSize(h.Used), humanSize(h.Free))
+	}
+	return tw.Flush()
+}
+
+// ---- volumes
+
+func runVolume(args []string) error {
+	if len(args) == 0 {
+		return usagef("volume: want a subcommand: create, ls, show, rm, attach, detach")
+	}
+	switch args[0] {
+	case "create":
+		return volumeCreate(args[1:])
+	case "ls", "list":
+		return volumeList(args[1:])
+	case "show", "get":
+		return volumeOne("show", args[1:])
+	case "rm", "delete":
+		return volumeOne("rm", args[1:])
+	case "attach":
+		return volumeOne("attach", args[1:])
+	case "detach":
+		return volumeOne("detach", args[1:])
+	case "-h", "--help", "help":
+		fmt.Println("Usage: forknode volume create NAME --size SIZE [--app A] [--host H] [--region R] [--wait]\n       forknode volume ls|show ID|rm ID|attach ID|detach ID")
+		return nil
+	}
+	return usagef("volume: unknown subcommand %q: want create, ls, show, rm, attach, detach", args[0])
+}
+
+func volumeCreate(args []string) error {
+	var cf clientFlags
+	var req api.CreateVolumeRequest
+	fs := newFlagSet("volume create", "volume create NAME --size SIZE [--app A] [--host H] [--region R] [--wait]")
+	addClientFlags(fs, &cf, true)
+	sizeVar(fs, &req.Size, "size", 0, "volume size, e.g. 1GiB (required)")
+	fs.StringVar(&req.App, "app", "", "app the volume belongs to")
+	fs.StringVar(&req.Host, "host", "", "host to place it on (default: chosen by the catalog)")
+	fs.StringVar(&req.Region, "region", "", "preferred region when --host is not given")
+	wait := fs.Bool("wait", false, "wait until the host made the volume ready")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("volume create", pos, 1, "NAME"); err != nil {
+		return err
+	}
+	req.Name = pos[0]
+	if req.Size == 0 {
+		return usagef("volume create: --size is required (e.g. --size 1GiB)")
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if *wait && cf.timeout < 90*time.Second {
+		c.Timeout = 90 * time.Second // the server waits up to 60 s
+	}
+	v, err := c.CreateVolume(ctx, req, *wait)
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		if err := printJSON(v); err != nil {
+			return err
+		}
+	} else {
+		fmt.Printf("volume %s (%s) on %s: %s, %s\n", v.Name, v.ID, v.Host, humanSize(v.Size), v.State)
+	}
+	if *wait && v.State != "ready" {
+		return fmt.Errorf("volume %s is %s, not ready", v.ID, v.State)
+	}
+	return nil
+}
+
+func volumeList(args []string) error {
+	var cf clientFlags
+	fs := newFlagSet("volume ls", "volume ls [--json]")
+	addClientFlags(fs, &cf, true)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("volume ls", pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	vols, err := c.Volumes(context.Background())
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		return printJSON(api.VolumeList{Volumes: vols})
+	}
+	sort.Slice(vols, func(i, j int) bool {
+		if vols[i].CreatedAt != vols[j].CreatedAt {
+			return vols[i].CreatedAt < vols[j].CreatedAt
+		}
+		return vols[i].ID < vols[j].ID
+	})
+	tw := table(os.Stdout)
+	fmt.Fprintln(tw, "ID\tNAME\tAPP\tHOST\tSIZE\tSTATE\tORIGIN\tCREATED")
+	for _, v := range vols {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, v.Name, dash(v.App), v.Host, humanSize(v.Size),
+			v.State, dash(v.Origin), ago(v.CreatedAt))
+	}
+	return tw.Flush()
+}
+
+func volumeOne(op string, args []string) error {
+	var cf clientFlags
+	fs := newFlagSet("volume "+op, "volume "+op+" ID-OR-NAME")
+	addClientFlags(fs, &cf, true)
+	wait := false
+	if op == "rm" {
+		fs.BoolVar(&wait, "wait", false, "wait until the host removed the data")
+	}
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("volume "+op, pos, 1, "ID-OR-NAME"); err != nil {
+		return err
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	switch op {
+	case "show":
+		v, err := c.Volume(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		if cf.json {
+			return printJSON(v)
+		}
+		tw := table(os.Stdout)
+		for _, kv := range [][2]string{
+			{"id", v.ID}, {"name", v.Name}, {"app", dash(v.App)}, {"host", v.Host},
+			{"size", fmt.Sprintf("%s (%d bytes)", humanSize(v.Size), v.Size)}, {"state", string(v.State)},
+			{"origin", dash(v.Origin)}, {"fork", dash(v.ForkID)}, {"created", ago(v.CreatedAt)},
+		} {
+			fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+		}
+		return tw.Flush()
+	case "rm":
+		path := "/v1/volumes/" + pathEscape(pos[0])
+		if wait {
+			path += "?wait=1"
+			if c.Timeout < 90*time.Second {
+				c.Timeout = 90 * time.Second
+			}
+		}
+		var v api.Volume
+		if err := c.Do(ctx, "DELETE", path, nil, &v, nil); err != nil {
+			return err
+		}
+		if cf.json {
+			return printJSON(v)
+		}
+		fmt.Printf("volume %s (%s) on %s: %s\n", v.Name, v.ID, v.Host, v.State)
+		return nil
+	case "attach", "detach":
+		var r *api.AttachResponse
+		if op == "attach" {
+			r, err = c.Attach(ctx, pos[0])
+		} else {
+			r, err = c.Detach(ctx, pos[0])
+		}
+		if err != nil {
+			return err
+		}
+		if cf.json {
+			return printJSON(r)
+		}
+		if op == "attach" {
+			fmt.Printf("volume %s attached on %s at %s\n", r.Volume.ID, r.Host, r.Device)
+		} else {
+			fmt.Printf("volume %s detached on %s\n", r.Volume.ID, r.Host)
+		}
+		return nil
+	}
+	return usagef("volume: unknown subcommand %q", op)
+}
+
+// ---- forks
+
+func runFork(args []string) error {
+	var cf clientFlags
+	var req api.CreateForkRequest
+	fs := newFlagSet("fork", "fork SOURCE NAME [--host H] [--region R] [--via clone|copy|replica|stream] [--app A] [--wait]")
+	addClientFlags(fs, &cf, true)
+	fs.StringVar(&req.Host, "host", "", "target host")
+	fs.StringVar(&req.Region, "region", "", "target region")
+	fs.StringVar(&req.Via, "via", "", "force the path: clone, copy, replica or stream")
+	fs.StringVar(&req.App, "app", "", "app of the new volume (default: the source's)")
+	wait := fs.Bool("wait", false, "wait for the fork, showing progress; fail if the fork fails")
+	key := fs.String("idempotency-key", "", "retry-safe key: the same key returns the same fork")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("fork", pos, 2, "SOURCE NAME"); err != nil {
+		return err
+	}
+	req.Source, req.Name = pos[0], pos[1]
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	f, err := c.CreateFork(ctx, req, *key)
+	if err != nil {
+		return err
+	}
+	if !*wait {
+		if cf.json {
+			return printJSON(f)
+		}
+		fmt.Printf("fork %s: %s -> %s via %s (%s -> %s), %s\n", f.ID, f.SourceVolume, f.Name, f.Path, f.SourceHost, f.TargetHost, f.State)
+		return nil
+	}
+	if !cf.json {
+		fmt.Printf("fork %s: %s -> %s via %s (%s -> %s)\n", f.ID, f.SourceVolume, f.Name, f.Path, f.SourceHost, f.TargetHost)
+	}
+	// A redrawn bar on a terminal, plain lines when piped.
+	p := newProgress(os.Stdout, isTerminal(os.Stdout))
+	if cf.json {
+		p = nil // JSON callers get only the final document
+	}
+	final, werr := c.WaitFork(ctx, f.ID, 300*time.Millisecond, p.update)
+	p.done()
+	if final != nil && cf.json {
+		if err := printJSON(final); err != nil {
+			return err
+		}
+	}
+	if werr != nil {
+		return werr
+	}
+	if !cf.json {
+		fmt.Printf("fork %s ready: volume %s (%s) on %s, %s in %s%s\n", final.ID, final.Name, final.TargetVolume, final.TargetHost,
+			humanSize(final.BytesTotal), forkDuration(*final), ratioText(*final))
+	}
+	return nil
+}
+
+func forkDuration(f api.Fork) string {
+	end := f.FinishedAt
+	if end == 0 {
+		end = f.UpdatedAt
+	}
+	if end <= f.CreatedAt {
+		return "-"
+	}
+	return time.Duration(end - f.CreatedAt).Round(time.Millisecond).String()
+}
+
+func ratioText(f api.Fork) string {
+	if f.CompressionRatio == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", %s on the wire (ratio %.2f)", humanSize(f.WireBytes), f.CompressionRatio)
+}
+
+func runForks(args []string) error {
+	if len(args) == 0 {
+		args = []string{"ls"}
+	}
+	switch args[0] {
+	case "ls", "list":
+		return forksList(args[1:])
+	case "show", "get":
+		return forkShow(args[1:])
+	case "-h", "--help", "help":
+		fmt.Println("Usage: forknode forks ls [--json] | forknode forks show ID [--json]")
+		return nil
+	}
+	return usagef("forks: unknown subcommand %q: want ls or show", args[0])
+}
+
+func forksList(args []string) error {
+	var cf clientFlags
+	fs := newFlagSet("forks ls", "forks ls [--json]")
+	addClientFlags(fs, &cf, true)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("forks ls", pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	forks, err := c.Forks(context.Background())
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		return printJSON(api.ForkList{Forks: forks})
+	}
+	sort.Slice(forks, func(i, j int) bool {
+		if forks[i].CreatedAt != forks[j].CreatedAt {
+			return forks[i].CreatedAt < forks[j].CreatedAt
+		}
+		return forks[i].ID < forks[j].ID
+	})
+	tw := table(os.Stdout)
+	fmt.Fprintln(tw, "ID\tNAME\tSOURCE\tPATH\tHOSTS\tSTATE\tPROGRESS\tSIZE\tTOOK")
+	for _, f := range forks {
+		state := string(f.State)
+		if f.Error != "" {
+			state += ": " + f.Error
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s -> %s\t%s\t%.0f%%\t%s\t%s\n", f.ID, f.Name, f.SourceVolume, f.Path,
+			f.SourceHost, f.TargetHost, state, f.Percent, humanSize(f.BytesTotal), forkDuration(f))
+	}
+	return tw.Flush()
+}
+
+func forkShow(args []string) error {
+	var cf clientFlags
+	fs := newFlagSet("forks show", "forks show ID [--json]")
+	addClientFlags(fs, &cf, true)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("forks show", pos, 1, "ID"); err != nil {
+		return err
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	f, err := c.Fork(context.Background(), pos[0])
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		return printJSON(f)
+	}
+	rows := [][2]string{
+		{"id", f.ID}, {"name", f.Name}, {"state", string(f.State)}, {"path", string(f.Path)},
+		{"source", fmt.Sprintf("%s on %s", f.SourceVolume, f.SourceHost)},
+		{"target", fmt.Sprintf("%s on %s", f.TargetVolume, f.TargetHost)},
+		{"bytes", fmt.Sprintf("%s of %s (%.1f%%)", humanSize(f.BytesDone), humanSize(f.BytesTotal), f.Percent)},
+	}
+	if f.WireBytes > 0 {
+		rows = append(rows, [2]string{"wire", fmt.Sprintf("%s (compression ratio %.2f)", humanSize(f.WireBytes), f.CompressionRatio)})
+	}
+	if f.RateBytesPerSec > 0 {
+		rows = append(rows, [2]string{"rate", humanSize(int64(f.RateBytesPerSec)) + "/s"})
+	}
+	if f.ETASeconds > 0 {
+		rows = append(rows, [2]string{"eta", (time.Duration(f.ETASeconds * float64(time.Second))).Round(time.Second).String()})
+	}
+	rows = append(rows, [2]string{"created", ago(f.CreatedAt)}, [2]string{"took", forkDuration(*f)})
+	if f.Error != "" {
+		rows = append(rows, [2]string{"error", f.Error})
+	}
+	tw := table(os.Stdout)
+	for _, kv := range rows {
+		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,439 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/forknode/forknode/internal/api"
+	"github.com/forknode/forknode/internal/cluster"
+	"github.com/forknode/forknode/internal/cow"
+	"github.com/forknode/forknode/internal/keys"
+	"github.com/hashicorp/go-hclog"
+)
+
+// The dev cluster: three nodes in one region. dev1 is small, so that once
+// the demo's local forks fill it a fork of its volume has to go elsewhere.
+var devCapacity = [3]int64{256 << 20, 1 << 30, 1 << 30}
+
+const devRegion = "dev"
+
+// Port layout from --base-port P: APIs on P..P+2 (so the CLI's default
+// address is dev1), gossip on P+10.., cluster on P+20...
+func devAddrs(base, i int) (api, gossip, clusterAddr string) {
+	a := func(p int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)) }
+	return a(base + i), a(base + 10 + i), a(base + 20 + i)
+}
+
+func runDev(args []string) error {
+	fset := newFlagSet("dev", "dev [--dir D] [--base-port P] [--demo]")
+	dir := fset.String("dir", "", "state directory (default ./forknode-dev; with --demo a fresh temporary directory)")
+	base := fset.Int("base-port", 7400, "first port: APIs on P..P+2, gossip on P+10.., cluster on P+20..")
+	demo := fset.Bool("demo", false, "seed a volume, fork it through every path, verify every fork byte for byte, print a summary, exit")
+	logLevel := fset.String("log-level", "warn", "node log level")
+	pos, err := parseInterspersed(fset, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("dev", pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	if *base < 1 || *base > 65535-22 {
+		return usagef("dev: --base-port %d out of range", *base)
+	}
+	level := hclog.LevelFromString(*logLevel)
+	if level == hclog.NoLevel {
+		return usagef("dev: --log-level %q: want trace, debug, info, warn or error", *logLevel)
+	}
+	tempDir := false
+	if *dir == "" {
+		if *demo {
+			d, err := os.MkdirTemp("", "forknode-demo-")
+			if err != nil {
+				return err
+			}
+			*dir, tempDir = d, true
+		} else {
+			*dir = "forknode-dev"
+		}
+	}
+	if err := os.MkdirAll(*dir, 0o750); err != nil {
+		return err
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "dev", Level: level, Output: os.Stderr})
+	km, err := devKey(filepath.Join(*dir, "cluster.key"))
+	if err != nil {
+		return err
+	}
+	nodes, err := startDev(*dir, *base, km, logger)
+	if err != nil {
+		return err
+	}
+	closeAll := func() {
+		for i := len(nodes) - 1; i >= 0; i-- {
+			if err := nodes[i].Close(); err != nil {
+				logger.Warn("close", "node", nodes[i].Name(), "error", err)
+			}
+		}
+	}
+	fmt.Printf("forknode dev cluster in %s (key fingerprint %s)\n", *dir, km.Fingerprint())
+	for i, n := range nodes {
+		fmt.Printf("  %s  api http://%s  capacity %s  volumes %s\n", n.Name(), n.APIAddr(), humanSize(devCapacity[i]),
+			filepath.Join(*dir, n.Name(), "volumes"))
+	}
+	fmt.Printf("\nexport FORKNODE_ADDR=http://%s FORKNODE_TOKEN=%s\n\n", nodes[0].APIAddr(), km.APIToken())
+
+	if *demo {
+		err := runDemo(nodes, km.APIToken())
+		// Shutdown chatter (peers leaving, connections dropping) is not
+		// what the demo shows; keep errors only.
+		logger.SetLevel(hclog.Off)
+		closeAll()
+		if err == nil && tempDir {
+			os.RemoveAll(*dir)
+		} else if err != nil {
+			fmt.Printf("state kept in %s\n", *dir)
+		}
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	fmt.Println("running; Ctrl-C to stop")
+	<-sig
+	fmt.Println("stopping")
+	closeAll()
+	return nil
+}
+
+func devKey(path string) (*keys.Material, error) {
+	m, err := keys.Load(path)
+	if err == nil {
+		return m, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if m, err = keys.Generate(); err != nil {
+		return nil, err
+	}
+	return m, m.Write(path)
+}
+
+func startDev(dir string, base int, km *keys.Material, logger hclog.Logger) ([]*cluster.Node, error) {
+	var nodes []*cluster.Node
+	_, firstGossip, _ := devAddrs(base, 0)
+	for i := 0; i < 3; i++ {
+		name := fmt.Sprintf("dev%d", i+1)
+		apiAddr, gossipAddr, clusterAddr := devAddrs(base, i)
+		volDir := filepath.Join(dir, name, "volumes")
+		if err := os.MkdirAll(volDir, 0o750); err != nil {
+			return nodes, err
+		}
+		be, err := cow.NewFileBackend(volDir, devCapacity[i], logger.Named(name))
+		if err != nil {
+			return nodes, fmt.Errorf("%s: file backend: %w", name, err)
+		}
+		cfg := cluster.Config{
+			Name: name, DataDir: filepath.Join(dir, name), Region: devRegion,
+			GossipAddr: gossipAddr, ClusterAddr: clusterAddr, APIAddr: apiAddr,
+			BootstrapExpect: 3, Backend: be, Keys: km, Logger: logger.Named(name),
+			StreamCodec: "auto", Fast: true,
+		}
+		if i > 0 {
+			cfg.Join = []string{firstGossip}
+		}
+		n, err := cluster.New(cfg)
+		if err != nil {
+			for _, o := range nodes {
+				o.Close()
+			}
+			return nil, fmt.Errorf("start %s (ports %s, %s, %s; is another dev cluster running? try --base-port): %w",
+				name, apiAddr, gossipAddr, clusterAddr, err)
+		}
+		nodes = append(nodes, n)
+	}
+	return nodes, nil
+}
+
+// ---- the demo
+
+const (
+	demoBlock = 1 << 20
+	demoSize  = 64 << 20
+)
+
+// demoPattern is block i of the seed volume: holes, pseudo-random data,
+// written zeros and half-filled blocks, so every fork path meets data,
+// holes and zero runs.
+func demoPattern(i int) (data []byte, write bool) {
+	b := make([]byte, demoBlock)
+	switch i % 4 {
+	case 0: // hole: never written
+		return b, false
+	case 2: // zeros, written explicitly
+		return b, true
+	}
+	r := rand.New(rand.NewPCG(uint64(i), 0x5eed))
+	n := demoBlock
+	if i%4 == 3 {
+		n = demoBlock / 2
+	}
+	for j := 0; j < n; j += 8 {
+		v := r.Uint64()
+		for k := 0; k < 8; k++ {
+			b[j+k] = byte(v >> (8 * k))
+		}
+	}
+	return b, true
+}
+
+type demoRow struct {
+	name, want string
+	fork       *api.Fork
+	skipped    string
+	err        error
+}
+
+func runDemo(nodes []*cluster.Node, token string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var clients []*api.Client
+	byName := map[string]*cluster.Node{}
+	for _, n := range nodes {
+		c, err := api.NewClient(n.APIAddr(), token)
+		if err != nil {
+			return err
+		}
+		clients = append(clients, c)
+		byName[n.Name()] = n
+	}
+	c := clients[0]
+
+	fmt.Println("waiting for the cluster: leader and 3 live hosts in the catalog...")
+	if err := waitCluster(ctx, c); err != nil {
+		return err
+	}
+
+	src, err := c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "demo-src", App: "demo", Size: demoSize, Host: "dev1"}, true)
+	if err != nil {
+		return fmt.Errorf("create seed volume: %w", err)
+	}
+	if src.State != "ready" {
+		return fmt.Errorf("seed volume %s is %s, not ready", src.ID, src.State)
+	}
+	if err := seedVolume(ctx, nodes[0].Backend(), src.ID); err != nil {
+		return fmt.Errorf("seed volume %s: %w", src.ID, err)
+	}
+	fmt.Printf("seeded %s (%s) on dev1: %s, data/holes/zero runs\n\n", src.Name, src.ID, humanSize(src.Size))
+
+	var rows []demoRow
+	i := 0
+	fork := func(name, want string, req api.CreateForkRequest) {
+		// Each fork goes through a different node: followers forward.
+		cl := clients[i%len(clients)]
+		i++
+		row := demoRow{name: name, want: want}
+		req.Name = name
+		f, err := cl.CreateFork(ctx, req, "")
+		if err != nil {
+			row.err = fmt.Errorf("create: %w", err)
+			rows = append(rows, row)
+			return
+		}
+		fmt.Printf("%s: fork %s via %s, %s -> %s (asked through %s)\n", name, f.ID, f.Path, f.SourceHost, f.TargetHost, cl.BaseURL())
+		lastDone := int64(-1)
+		final, err := cl.WaitFork(ctx, f.ID, 100*time.Millisecond, func(p api.Fork) {
+			if p.State == "running" && p.BytesDone != lastDone {
+				lastDone = p.BytesDone
+				fmt.Printf("  %s: %s\n", name, progressLine(p))
+			}
+		})
+		row.fork = final
+		if err != nil {
+			row.err = err
+		} else if string(final.Path) != want {
+			row.err = fmt.Errorf("planner chose %s, demo expected %s", final.Path, want)
+		} else {
+			row.err = verifyFork(ctx, nodes[0].Backend(), src.ID, byName[final.TargetHost], final.TargetVolume)
+		}
+		rows = append(rows, row)
+	}
+
+	feat := nodes[0].Backend().Features()
+	if feat.Clone {
+		fork("demo-clone", "clone", api.CreateForkRequest{Source: "demo-src", Via: "clone"})
+	} else {
+		fs := feat.Filesystem
+		if fs == "" {
+			fs = "this"
+		}
+		reason := fmt.Sprintf("clone unavailable: the %s filesystem under the dev dir has no reflink (FICLONE); use XFS (mkfs.xfs -m reflink=1) or btrfs for O(1) clones", fs)
+		fmt.Println(reason)
+		rows = append(rows, demoRow{name: "demo-clone", want: "clone", skipped: reason})
+	}
+	fork("demo-copy", "copy", api.CreateForkRequest{Source: "demo-src", Via: "copy"})
+	fork("demo-stream", "stream", api.CreateForkRequest{Source: "demo-src", Via: "stream", Host: "dev2"})
+
+	// Fill dev1, so the next fork of demo-src cannot stay on its host: the
+	// planner forks demo-stream (same app, on dev2) there instead.
+	if free, err := hostFree(ctx, c, "dev1"); err != nil {
+		return err
+	} else if free >= 4096 {
+		fill, err := c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "demo-filler", App: "filler", Size: free &^ 4095, Host: "dev1"}, true)
+		if err != nil {
+			return fmt.Errorf("fill dev1: %w", err)
+		}
+		fmt.Printf("filled dev1 with %s (%s)\n", fill.Name, humanSize(fill.Size))
+	}
+	fork("demo-replica", "replica", api.CreateForkRequest{Source: "demo-src"})
+	fork("demo-stream3", "stream", api.CreateForkRequest{Source: "demo-src", Region: devRegion, Host: "dev3"})
+
+	return printDemo(rows)
+}
+
+func waitCluster(ctx context.Context, c *api.Client) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st, err := c.Status(ctx)
+		if err == nil && st.Leader != "" {
+			alive := 0
+			for _, h := range st.Hosts {
+				if h.Alive {
+					alive++
+				}
+			}
+			if alive == 3 {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			if err == nil {
+				err = fmt.Errorf("leader %q, %d hosts in the catalog", st.Leader, len(st.Hosts))
+			}
+			return fmt.Errorf("cluster not ready after 60s: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func hostFree(ctx context.Context, c *api.Client, host string) (int64, error) {
+	st, err := c.Status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for _, h := range st.Hosts {
+		if h.ID == host {
+			return h.Free, nil
+		}
+	}
+	return 0, fmt.Errorf("host %s not in the catalog", host)
+}
+
+func seedVolume(ctx context.Context, b cow.Backend, id string) error {
+	dev, err := b.Open(ctx, id, true)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < demoSize/demoBlock; i++ {
+		data, write := demoPattern(i)
+		if !write {
+			continue
+		}
+		if i%4 == 3 {
+			data = data[:demoBlock/2]
+		}
+		if _, err := dev.WriteAt(data, int64(i)*demoBlock); err != nil {
+			dev.Close()
+			return err
+		}
+	}
+	if err := dev.Sync(); err != nil {
+		dev.Close()
+		return err
+	}
+	return dev.Close()
+}
+
+// verifyFork reads the source and the fork (each on its own host's
+// backend) and compares them with the seed pattern, block by block.
+func verifyFork(ctx context.Context, srcBackend cow.Backend, srcID string, target *cluster.Node, targetID string) error {
+	if target == nil {
+		return fmt.Errorf("target host not in this dev cluster")
+	}
+	src, err := srcBackend.Open(ctx, srcID, false)
+	if err != nil {
+		return fmt.Errorf("open source: %w", err)
+	}
+	defer src.Close()
+	dst, err := target.Backend().Open(ctx, targetID, false)
+	if err != nil {
+		return fmt.Errorf("open fork %s on %s: %w", targetID, target.Name(), err)
+	}
+	defer dst.Close()
+	if dst.Size() != src.Size() {
+		return fmt.Errorf("fork is %d bytes, source %d", dst.Size(), src.Size())
+	}
+	a, b := make([]byte, demoBlock), make([]byte, demoBlock)
+	for i := 0; i < demoSize/demoBlock; i++ {
+		off := int64(i) * demoBlock
+		if _, err := src.ReadAt(a, off); err != nil {
+			return fmt.Errorf("read source at %d: %w", off, err)
+		}
+		if _, err := dst.ReadAt(b, off); err != nil {
+			return fmt.Errorf("read fork at %d: %w", off, err)
+		}
+		want, _ := demoPattern(i)
+		if !bytes.Equal(a, want) {
+			return fmt.Errorf("source differs from the seed pattern in block %d", i)
+		}
+		if !bytes.Equal(b, a) {
+			for j := range a {
+				if a[j] != b[j] {
+					return fmt.Errorf("fork differs from source at byte %d", off+int64(j))
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func printDemo(rows []demoRow) error {
+	fmt.Println()
+	tw := table(os.Stdout)
+	fmt.Fprintln(tw, "FORK\tWANTED\tPATH\tHOSTS\tCOPIED\tTOOK\tRESULT")
+	failed := 0
+	for _, r := range rows {
+		path, hosts, size, took := "-", "-", "-", "-"
+		if r.fork != nil {
+			path = string(r.fork.Path)
+			hosts = r.fork.SourceHost + " -> " + r.fork.TargetHost
+			size = humanSize(r.fork.BytesTotal)
+			took = forkDuration(*r.fork)
+		}
+		result := "ok: verified byte for byte"
+		switch {
+		case r.skipped != "":
+			result = "skipped: " + r.skipped
+		case r.err != nil:
+			result = "FAILED: " + r.err.Error()
+			failed++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.name, r.want, path, hosts, size, took, result)
+	}
+	tw.Flush()
+	if failed > 0 {
+		return fmt.Errorf("demo: %d of %d forks failed", failed, len(rows))
+	}
+	fmt.Println("\ndemo: all forks verified")
+	return nil
+}

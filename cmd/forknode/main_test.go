@@ -1,0 +1,194 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/forknode/forknode/internal/api"
+	"github.com/forknode/forknode/internal/fsm"
+	"github.com/forknode/forknode/internal/keys"
+)
+
+// capture runs forknode with args and returns exit code, stdout, stderr.
+func capture(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	oldOut, oldErr := os.Stdout, os.Stderr
+	ro, wo, _ := os.Pipe()
+	re, we, _ := os.Pipe()
+	os.Stdout, os.Stderr = wo, we
+	outc, errc := make(chan string), make(chan string)
+	go func() { b, _ := io.ReadAll(ro); outc <- string(b) }()
+	go func() { b, _ := io.ReadAll(re); errc <- string(b) }()
+	code := run(args)
+	wo.Close()
+	we.Close()
+	os.Stdout, os.Stderr = oldOut, oldErr
+	return code, <-outc, <-errc
+}
+
+func TestUsageAndExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		code    int
+		out     string
+		errText string
+	}{
+		{args: nil, code: 2, errText: "Commands:"},
+		{args: []string{"help"}, code: 0, out: "fork"},
+		{args: []string{"-h"}, code: 0, out: "volume"},
+		{args: []string{"version"}, code: 0, out: "forknode"},
+		{args: []string{"frobnicate"}, code: 2, errText: `forknode: unknown command "frobnicate"`},
+		{args: []string{"agent"}, code: 2, errText: "forknode keygen"},
+		{args: []string{"agent", "--key", "k", "--codec", "lz4"}, code: 2, errText: "--codec"},
+		{args: []string{"agent", "--bogus"}, code: 2, errText: "flag provided but not defined"},
+		{args: []string{"volume"}, code: 2, errText: "want a subcommand"},
+		{args: []string{"volume", "create", "x", "--token", "t"}, code: 2, errText: "--size is required"},
+		{args: []string{"volume", "create", "x", "--size", "1 parsec", "--token", "t"}, code: 2, errText: "unknown unit"},
+		{args: []string{"fork", "only-source", "--token", "t"}, code: 2, errText: "want SOURCE NAME"},
+		{args: []string{"forks", "explode"}, code: 2, errText: "unknown subcommand"},
+		{args: []string{"token"}, code: 2, errText: "--key FILE is required"},
+		{args: []string{"token", "--key", "/nonexistent/k"}, code: 1, errText: "forknode keygen"},
+	} {
+		t.Setenv("FORKNODE_TOKEN", "")
+		code, out, errOut := capture(t, tc.args...)
+		if code != tc.code || !strings.Contains(out, tc.out) || !strings.Contains(errOut, tc.errText) {
+			t.Errorf("forknode %v: code %d (want %d)\nstdout: %s\nstderr: %s", tc.args, code, tc.code, out, errOut)
+		}
+	}
+}
+
+func TestStatusNeedsToken(t *testing.T) {
+	t.Setenv("FORKNODE_TOKEN", "")
+	code, _, errOut := capture(t, "status", "--addr", "127.0.0.1:1")
+	if code != 2 || !strings.Contains(errOut, "FORKNODE_TOKEN") {
+		t.Fatalf("code %d: %s", code, errOut)
+	}
+}
+
+func TestKeygenToken(t *testing.T) {
+	dir := t.TempDir()
+	k := filepath.Join(dir, "cluster.key")
+	code, out, errOut := capture(t, "keygen", "-o", k)
+	if code != 0 || !strings.Contains(out, "fingerprint") || !strings.Contains(out, "FORKNODE_TOKEN") {
+		t.Fatalf("keygen: %d %s %s", code, out, errOut)
+	}
+	st, err := os.Stat(k)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", err, st.Mode())
+	}
+	before, _ := os.ReadFile(k)
+	if code, _, errOut := capture(t, "keygen", "-o", k); code != 1 || !strings.Contains(errOut, "--force") {
+		t.Fatalf("overwrite without --force: %d %s", code, errOut)
+	}
+	if after, _ := os.ReadFile(k); string(after) != string(before) {
+		t.Fatal("key file changed without --force")
+	}
+	if code, _, _ := capture(t, "keygen", "-o", k, "--force"); code != 0 {
+		t.Fatal("--force failed")
+	}
+	m, err := keys.Load(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = capture(t, "token", "--key", k)
+	if code != 0 || strings.TrimSpace(out) != m.APIToken() {
+		t.Fatalf("token: %d %q", code, out)
+	}
+	// --token-file accepts the key file itself, or a file with the token.
+	if tok, err := readTokenFile(k); err != nil || tok != m.APIToken() {
+		t.Fatalf("token file (key): %v %q", err, tok)
+	}
+	tf := filepath.Join(dir, "tok")
+	os.WriteFile(tf, []byte(m.APIToken()+"\n"), 0o600)
+	if tok, err := readTokenFile(tf); err != nil || tok != m.APIToken() {
+		t.Fatalf("token file: %v %q", err, tok)
+	}
+}
+
+func TestParseInterspersed(t *testing.T) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	size := fs.String("size", "", "")
+	wait := fs.Bool("wait", false, "")
+	pos, err := parseInterspersed(fs, []string{"create", "db", "--size", "1GiB", "extra", "--wait", "--", "--literal"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(pos, ",") != "create,db,extra,--literal" || *size != "1GiB" || !*wait {
+		t.Fatalf("pos=%v size=%q wait=%v", pos, *size, *wait)
+	}
+}
+
+// fakeAPI answers a few routes like a node would.
+func fakeAPI(t *testing.T) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer tok" {
+			w.WriteHeader(401)
+			json.NewEncoder(w).Encode(api.ErrorBody{Error: "missing or invalid bearer token", Code: api.CodeUnauthorized})
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		switch r.Method + " " + r.URL.Path {
+		case "GET /v1/status":
+			json.NewEncoder(w).Encode(api.Status{Node: "n1", Leader: "n1", RaftState: "Leader",
+				Members: []api.Member{{Name: "n1", Status: "alive", Voter: true}},
+				Hosts:   []api.HostStatus{{ID: "n1", Backend: "file", Alive: true, Budget: 10 << 30, Used: 3 << 29, Free: 10<<30 - 3<<29}}})
+		case "GET /v1/volumes":
+			json.NewEncoder(w).Encode(api.VolumeList{Volumes: []api.Volume{{ID: "vol_1", Name: "db", Host: "n1", Size: 1 << 30, State: fsm.VolumeReady}}})
+		case "GET /v1/forks/fork_1":
+			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_1", Name: "pr", State: fsm.ForkReady, Path: fsm.PathStream,
+				BytesDone: 1 << 30, BytesTotal: 1 << 30, WireBytes: 1 << 28, CreatedAt: 1e9, FinishedAt: 3e9}))
+		case "POST /v1/forks":
+			var req api.CreateForkRequest
+			if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Source != "db" || req.Via != "stream" {
+				w.WriteHeader(400)
+				json.NewEncoder(w).Encode(api.ErrorBody{Error: "bad request body", Code: api.CodeInvalid})
+				return
+			}
+			w.WriteHeader(409)
+			json.NewEncoder(w).Encode(api.ErrorBody{Error: "no host has room: need 1 GiB", Code: api.CodeNoRoom})
+		default:
+			w.WriteHeader(404)
+			json.NewEncoder(w).Encode(api.ErrorBody{Error: "volume \"x\": not found", Code: api.CodeNotFound})
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestClientCommands(t *testing.T) {
+	srv := fakeAPI(t)
+	t.Setenv("FORKNODE_ADDR", srv.URL)
+	t.Setenv("FORKNODE_TOKEN", "tok")
+	for _, tc := range []struct {
+		args    []string
+		code    int
+		out     []string
+		errText string
+	}{
+		{args: []string{"status"}, out: []string{"leader n1", "HOST", "10 GiB", "1.5 GiB", "8.5 GiB"}},
+		{args: []string{"status", "--json"}, out: []string{`"leader": "n1"`, `"budget": 10737418240`}},
+		{args: []string{"volume", "ls"}, out: []string{"ID", "vol_1", "db", "1 GiB", "ready"}},
+		{args: []string{"forks", "show", "fork_1"}, out: []string{"compression ratio 4.00", "rate:", "512 MiB/s", "took:"}},
+		{args: []string{"volume", "show", "x"}, code: 1, errText: "forknode: volume \"x\": not found"},
+		{args: []string{"fork", "db", "pr", "--via", "stream"}, code: 1, errText: "forknode: no host has room"},
+		{args: []string{"status", "--token", "wrong"}, code: 1, errText: "bearer token"},
+	} {
+		code, out, errOut := capture(t, tc.args...)
+		if code != tc.code || !strings.Contains(errOut, tc.errText) {
+			t.Errorf("forknode %v: code %d (want %d)\nstdout: %s\nstderr: %s", tc.args, code, tc.code, out, errOut)
+			continue
+		}
+		for _, want := range tc.out {
+			if !strings.Contains(out, want) {
+				t.Errorf("forknode %v: stdout lacks %q:\n%s", tc.args, want, out)
+			}
+		}
+	}
+}

@@ -1,0 +1,204 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/forknode/forknode/internal/fsm"
+)
+
+func TestNewClientAddr(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		bad      bool
+	}{
+		{in: "127.0.0.1:7400", want: "http://127.0.0.1:7400"},
+		{in: "http://127.0.0.1:7400/", want: "http://127.0.0.1:7400"},
+		{in: "https://example.test", want: "https://example.test"},
+		{in: "", bad: true},
+		{in: "ftp://x", bad: true},
+		{in: "http://", bad: true},
+	} {
+		c, err := NewClient(tc.in, "tok")
+		if tc.bad {
+			if err == nil {
+				t.Errorf("NewClient(%q): want error", tc.in)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("NewClient(%q): %v", tc.in, err)
+		}
+		if got := c.BaseURL(); got != tc.want {
+			t.Errorf("NewClient(%q).BaseURL() = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestClientErrors(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v1/volumes/missing":
+			w.WriteHeader(404)
+			json.NewEncoder(w).Encode(ErrorBody{Error: `volume "missing": not found`, Code: CodeNotFound})
+		case "/v1/volumes/proxy":
+			w.WriteHeader(502)
+			w.Write([]byte("<html>bad gateway</html>"))
+		case "/v1/volumes/garbage":
+			w.Write([]byte("{not json"))
+		default:
+			w.WriteHeader(401)
+			json.NewEncoder(w).Encode(ErrorBody{Error: "bad token", Code: CodeUnauthorized})
+		}
+	}))
+	defer srv.Close()
+	c, err := NewClient(srv.URL, "tok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+
+	_, err = c.Volume(ctx, "missing")
+	var ae *Error
+	if !errors.As(err, &ae) || ae.Status != 404 || ae.Code != CodeNotFound || !strings.Contains(ae.Message, "missing") {
+		t.Fatalf("404: got %#v", err)
+	}
+	if !IsCode(err, CodeNotFound) || IsCode(err, CodeExists) {
+		t.Fatal("IsCode mismatch")
+	}
+	_, err = c.Volume(ctx, "proxy")
+	if !errors.As(err, &ae) || ae.Status != 502 || ae.Code != CodeInternal || !strings.Contains(ae.Message, "bad gateway") {
+		t.Fatalf("502: got %#v", err)
+	}
+	_, err = c.Volume(ctx, "garbage")
+	if err == nil || !strings.Contains(err.Error(), "decode response") {
+		t.Fatalf("garbage 200: got %v", err)
+	}
+	_, err = c.Status(ctx)
+	if !IsCode(err, CodeUnauthorized) {
+		t.Fatalf("401: got %v", err)
+	}
+}
+
+func TestClientSendsTokenBodyAndIdempotencyKey(t *testing.T) {
+	var gotAuth, gotKey, gotPath, gotQuery string
+	var gotBody CreateForkRequest
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotAuth = r.Header.Get("Authorization")
+		gotKey = r.Header.Get(IdempotencyHeader)
+		gotPath, gotQuery = r.URL.EscapedPath(), r.URL.RawQuery
+		if r.Method == http.MethodPost && r.URL.Path == "/v1/forks" {
+			json.NewDecoder(r.Body).Decode(&gotBody)
+		}
+		w.WriteHeader(201)
+		json.NewEncoder(w).Encode(Fork{Fork: fsm.Fork{ID: "fork_1", Name: gotBody.Name, State: fsm.ForkPending}})
+	}))
+	defer srv.Close()
+	c, _ := NewClient(srv.URL, "s3cret")
+	f, err := c.CreateFork(context.Background(), CreateForkRequest{Source: "db", Name: "pr-1", Via: "stream"}, "key-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gotAuth != "Bearer s3cret" || gotKey != "key-1" || gotBody.Source != "db" || gotBody.Via != "stream" {
+		t.Fatalf("request: auth=%q key=%q body=%+v", gotAuth, gotKey, gotBody)
+	}
+	if f.ID != "fork_1" || f.Name != "pr-1" {
+		t.Fatalf("response: %+v", f)
+	}
+	if _, err := c.CreateVolume(context.Background(), CreateVolumeRequest{Name: "a", Size: 4096}, true); err != nil {
+		t.Fatal(err)
+	}
+	if gotPath != "/v1/volumes" || gotQuery != "wait=1" {
+		t.Fatalf("wait create: path=%q query=%q", gotPath, gotQuery)
+	}
+	c.Volume(context.Background(), "a/b")
+	if gotPath != "/v1/volumes/a%2Fb" {
+		t.Fatalf("escaped path = %q", gotPath)
+	}
+}
+
+func TestClientTimeout(t *testing.T) {
+	block := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-block:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(block)
+	c, _ := NewClient(srv.URL, "t")
+	c.Timeout = 100 * time.Millisecond
+	start := time.Now()
+	_, err := c.Status(context.Background())
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("want deadline exceeded, got %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("timeout took %s", d)
+	}
+}
+
+func TestWaitFork(t *testing.T) {
+	calls := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls++
+		f := Fork{Fork: fsm.Fork{ID: "fork_1", State: fsm.ForkRunning, BytesDone: int64(calls), BytesTotal: 3}}
+		switch {
+		case r.URL.Path == "/v1/forks/fork_bad":
+			f.ID, f.State, f.Error = "fork_bad", fsm.ForkFailed, "source host died"
+		case calls == 1:
+			w.WriteHeader(503)
+			json.NewEncoder(w).Encode(ErrorBody{Error: "no leader", Code: CodeNoLeader})
+			return
+		case calls >= 3:
+			f.State = fsm.ForkReady
+		}
+		json.NewEncoder(w).Encode(f)
+	}))
+	defer srv.Close()
+	c, _ := NewClient(srv.URL, "t")
+	var seen []int64
+	f, err := c.WaitFork(context.Background(), "fork_1", time.Millisecond, func(f Fork) { seen = append(seen, f.BytesDone) })
+	if err != nil || f.State != fsm.ForkReady {
+		t.Fatalf("WaitFork: %v %+v", err, f)
+	}
+	if len(seen) != 2 || seen[1] != 3 {
+		t.Fatalf("progress calls: %v", seen)
+	}
+	_, err = c.WaitFork(context.Background(), "fork_bad", time.Millisecond, nil)
+	if err == nil || !strings.Contains(err.Error(), "source host died") {
+		t.Fatalf("failed fork: %v", err)
+	}
+}
+
+func TestDerive(t *testing.T) {
+	s := int64(time.Second)
+	for _, tc := range []struct {
+		name             string
+		f                fsm.Fork
+		pct, ratio, rate float64
+		eta              float64
+	}{
+		{"pending", fsm.Fork{State: fsm.ForkPending, BytesTotal: 100, CreatedAt: s, UpdatedAt: s}, 0, 0, 0, 0},
+		{"running stream", fsm.Fork{State: fsm.ForkRunning, BytesDone: 50, BytesTotal: 100, WireBytes: 10, CreatedAt: s, UpdatedAt: 6 * s}, 50, 5, 10, 5},
+		{"ready uses finish time", fsm.Fork{State: fsm.ForkReady, BytesDone: 100, BytesTotal: 100, CreatedAt: s, UpdatedAt: 2 * s, FinishedAt: 3 * s}, 100, 0, 50, 0},
+		{"clamped percent", fsm.Fork{State: fsm.ForkRunning, BytesDone: 200, BytesTotal: 100, CreatedAt: s, UpdatedAt: 2 * s}, 100, 0, 200, 0},
+	} {
+		d := Derive(tc.f)
+		if d.Percent != tc.pct || d.CompressionRatio != tc.ratio || d.RateBytesPerSec != tc.rate || d.ETASeconds != tc.eta {
+			t.Errorf("%s: got pct=%v ratio=%v rate=%v eta=%v", tc.name, d.Percent, d.CompressionRatio, d.RateBytesPerSec, d.ETASeconds)
+		}
+	}
+	// The embedded fork's fields stay flat in JSON.
+	b, _ := json.Marshal(Derive(fsm.Fork{ID: "fork_x", BytesDone: 4, WireBytes: 2}))
+	if !strings.Contains(string(b), `"id":"fork_x"`) || !strings.Contains(string(b), `"compression_ratio":2`) {
+		t.Fatalf("json: %s", b)
+	}
+}

@@ -1,0 +1,18 @@
+// Package api is the contract of forknode's HTTP API: the JSON request and
+// response types that the server (internal/cluster/http.go), the CLI
+// (cmd/forknode) and the end-to-end tests share, and a typed Client.
+//
+// The API lives under /v1 and speaks JSON. Every request carries
+// "Authorization: Bearer <token>" (the token is derived from the cluster key:
+// `forknode token --key FILE`). Every error, whatever the route, is a JSON
+// object {"error": "...", "code": "..."}; Client turns it into an *Error, so
+// callers test the code (IsCode) rather than parse messages.
+//
+// Status codes: 400 invalid input, 401 missing or bad token (on every path,
+// so an unauthenticated caller learns nothing about which routes exist),
+// 404 unknown volume, fork or route, 405 wrong method, 409 duplicate name,
+// conflicting state or no room (code "no_room": a capacity refusal is a
+// conflict with the current catalog and may succeed later, and keeping it 4xx
+// stops proxies and retry loops from treating it as a server fault), 413 body
+// over 64 KiB, 503 no leader reachable or node shutting down.
+package api

@@ -1,0 +1,138 @@
+package api
+
+import (
+	"github.com/forknode/forknode/internal/fsm"
+)
+
+// MaxBodyBytes bounds every request body the server reads.
+const MaxBodyBytes = 64 << 10
+
+// IdempotencyHeader names the header whose value becomes the command's
+// RequestID: retrying a POST with the same key returns the first result.
+const IdempotencyHeader = "Idempotency-Key"
+
+// Volume is a catalog volume, exactly as the catalog stores it.
+type Volume = fsm.Volume
+
+// CreateVolumeRequest is the body of POST /v1/volumes. Size is in bytes (a
+// multiple of 4096). Host pins the volume to a host; Region is a placement
+// hint used when Host is empty.
+type CreateVolumeRequest struct {
+	Name   string `json:"name"`
+	App    string `json:"app,omitempty"`
+	Size   int64  `json:"size"`
+	Host   string `json:"host,omitempty"`
+	Region string `json:"region,omitempty"`
+}
+
+// CreateForkRequest is the body of POST /v1/forks. Source is a volume name
+// or id, an app name, or "app:vol_id". Via forces a path: clone, copy,
+// replica or stream.
+type CreateForkRequest struct {
+	Source string `json:"source"`
+	Name   string `json:"name"`
+	Host   string `json:"host,omitempty"`
+	Region string `json:"region,omitempty"`
+	Via    string `json:"via,omitempty"`
+	App    string `json:"app,omitempty"`
+}
+
+// Fork is a catalog fork plus figures derived from it at read time.
+type Fork struct {
+	fsm.Fork
+	// Percent of BytesTotal done (0..100).
+	Percent float64 `json:"percent"`
+	// CompressionRatio is bytes_done / wire_bytes for streamed forks (how
+	// much the wire format saved); 0 when nothing went over the wire.
+	CompressionRatio float64 `json:"compression_ratio,omitempty"`
+	// RateBytesPerSec is the average rate since the fork was created.
+	RateBytesPerSec float64 `json:"rate_bytes_per_sec,omitempty"`
+	// ETASeconds estimates the time left while running, from the average rate.
+	ETASeconds float64 `json:"eta_seconds,omitempty"`
+}
+
+// Finished reports whether the fork reached a final state.
+func (f Fork) Finished() bool {
+	return f.State == fsm.ForkReady || f.State == fsm.ForkFailed
+}
+
+// VolumeList is the body of GET /v1/volumes.
+type VolumeList struct {
+	Volumes []Volume `json:"volumes"`
+}
+
+// ForkList is the body of GET /v1/forks.
+type ForkList struct {
+	Forks []Fork `json:"forks"`
+}
+
+// AttachResponse is the body of POST /v1/volumes/{id}/attach and /detach.
+// Device is the block device on Host ("" after detach).
+type AttachResponse struct {
+	Volume Volume `json:"volume"`
+	Host   string `json:"host"`
+	Device string `json:"device,omitempty"`
+}
+
+// Member is one gossip member, as the answering node sees it.
+type Member struct {
+	Name        string `json:"name"`
+	Region      string `json:"region"`
+	GossipAddr  string `json:"gossip_addr"`
+	ClusterAddr string `json:"cluster_addr"`
+	APIAddr     string `json:"api_addr"`
+	Status      string `json:"status"`
+	Voter       bool   `json:"voter"`
+}
+
+// HostStatus is one host's catalog record with its capacity figures.
+type HostStatus struct {
+	ID       string `json:"id"`
+	Region   string `json:"region"`
+	Backend  string `json:"backend"`
+	CanClone bool   `json:"can_clone"`
+	Alive    bool   `json:"alive"`
+	APIAddr  string `json:"api_addr"`
+	Budget   int64  `json:"budget"`
+	Used     int64  `json:"used"`
+	Free     int64  `json:"free"`
+	Volumes  int    `json:"volumes"`
+}
+
+// Status is the body of GET /v1/status: the answering node's view.
+type Status struct {
+	Node      string       `json:"node"`
+	Region    string       `json:"region"`
+	RaftState string       `json:"raft_state"`
+	Leader    string       `json:"leader"`
+	LeaderAPI string       `json:"leader_api"`
+	Members   []Member     `json:"members"`
+	Hosts     []HostStatus `json:"hosts"`
+}
+
+// Derive fills the derived fields of a fork from its catalog record. Times
+// are the leader-stamped unix nanos in the record, so every node derives the
+// same figures from the same catalog.
+func Derive(f fsm.Fork) Fork {
+	out := Fork{Fork: f}
+	if f.BytesTotal > 0 {
+		out.Percent = 100 * float64(f.BytesDone) / float64(f.BytesTotal)
+		if out.Percent > 100 {
+			out.Percent = 100
+		}
+	}
+	if f.WireBytes > 0 {
+		out.CompressionRatio = float64(f.BytesDone) / float64(f.WireBytes)
+	}
+	end := f.UpdatedAt
+	if f.FinishedAt > 0 {
+		end = f.FinishedAt
+	}
+	if secs := float64(end-f.CreatedAt) / 1e9; secs > 0 && f.BytesDone > 0 {
+		out.RateBytesPerSec = float64(f.BytesDone) / secs
+		if f.State == fsm.ForkRunning && f.BytesTotal > f.BytesDone {
+			out.ETASeconds = float64(f.BytesTotal-f.BytesDone) / out.RateBytesPerSec
+		}
+	}
+	return out
+}

@@ -1,0 +1,347 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/forknode/forknode/internal/cow"
+	"github.com/forknode/forknode/internal/fsm"
+	"github.com/forknode/forknode/internal/keys"
+	"github.com/forknode/forknode/internal/testutil"
+	"github.com/hashicorp/go-hclog"
+)
+
+const MiB = 1 << 20
+
+type testCluster struct {
+	t     *testing.T
+	key   *keys.Material
+	nodes []*Node
+	cfgs  []Config
+}
+
+func testLogger(t *testing.T, name string) hclog.Logger {
+	level := hclog.Warn
+	if os.Getenv("FORKNODE_TEST_LOG") != "" {
+		level = hclog.Debug
+	}
+	return hclog.New(&hclog.LoggerOptions{Name: name, Level: level, Output: os.Stderr})
+}
+
+// newTestCluster starts n in-process nodes on 127.0.0.1:0 with tight
+// timings and file backends with the given budgets.
+func newTestCluster(t *testing.T, budgets []int64, regions []string) *testCluster {
+	t.Helper()
+	key, err := keys.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := &testCluster{t: t, key: key}
+	for i, budget := range budgets {
+		name := fmt.Sprintf("n%d", i+1)
+		dir := t.TempDir()
+		lg := testLogger(t, name)
+		be, err := cow.NewFileBackend(filepath.Join(dir, "volumes"), budget, lg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		region := "r1"
+		if regions != nil {
+			region = regions[i]
+		}
+		cfg := Config{
+			Name: name, DataDir: filepath.Join(dir, "data"), Region: region,
+			GossipAddr: "127.0.0.1:0", ClusterAddr: "127.0.0.1:0", APIAddr: "127.0.0.1:0",
+			BootstrapExpect: len(budgets), Backend: be, Keys: key, Logger: lg, Fast: true,
+		}
+		if i > 0 {
+			cfg.Join = []string{tc.nodes[0].GossipAddr()}
+		}
+		n, err := New(cfg)
+		if err != nil {
+			t.Fatalf("start %s: %v", name, err)
+		}
+		tc.nodes = append(tc.nodes, n)
+		tc.cfgs = append(tc.cfgs, cfg)
+	}
+	t.Cleanup(func() {
+		for _, n := range tc.nodes {
+			if n != nil {
+				n.shutdown(false)
+			}
+		}
+	})
+	tc.waitReady(len(budgets))
+	return tc
+}
+
+func (tc *testCluster) leader() *Node {
+	for _, n := range tc.nodes {
+		if n != nil && n.IsLeader() {
+			return n
+		}
+	}
+	return nil
+}
+
+func (tc *testCluster) follower() *Node {
+	for _, n := range tc.nodes {
+		if n != nil && !n.IsLeader() {
+			return n
+		}
+	}
+	return nil
+}
+
+// waitReady waits for a leader and for every host to be in the catalog.
+func (tc *testCluster) waitReady(hosts int) {
+	tc.t.Helper()
+	testutil.Eventually(tc.t, 15*time.Second, "leader and hosts registered", func() bool {
+		l := tc.leader()
+		if l == nil {
+			return false
+		}
+		cnt := 0
+		l.View(func(s *fsm.State) {
+			for _, h := range s.Hosts() {
+				if h.Alive {
+					cnt++
+				}
+			}
+		})
+		return cnt == hosts
+	})
+}
+
+func (tc *testCluster) node(name string) *Node {
+	for _, n := range tc.nodes {
+		if n != nil && n.Name() == name {
+			return n
+		}
+	}
+	tc.t.Fatalf("no node %s", name)
+	return nil
+}
+
+func (tc *testCluster) createVolume(via *Node, name, app, host string, size int64) fsm.Volume {
+	tc.t.Helper()
+	v, err := via.Apply(context.Background(), fsm.CmdCreateVolume, &fsm.CreateVolumeCmd{
+		Volume: fsm.Volume{ID: NewID("vol_"), Name: name, App: app, Host: host, Size: size},
+	})
+	if err != nil {
+		tc.t.Fatalf("create volume %s: %v", name, err)
+	}
+	vol := *(v.(*fsm.Volume))
+	testutil.Eventually(tc.t, 10*time.Second, "volume "+name+" ready", func() bool {
+		var st fsm.VolumeState
+		via.View(func(s *fsm.State) {
+			if x, ok := s.Volume(vol.ID); ok {
+				st = x.State
+			}
+		})
+		return st == fsm.VolumeReady
+	})
+	return vol
+}
+
+// fill writes a pattern with holes into a volume on its host.
+func (tc *testCluster) fill(vol fsm.Volume, seed int64) {
+	tc.t.Helper()
+	n := tc.node(vol.Host)
+	dev, err := n.Backend().Open(context.Background(), vol.ID, true)
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	defer dev.Close()
+	rng := rand.New(rand.NewSource(seed))
+	buf := make([]byte, MiB)
+	for off := int64(0); off < vol.Size; off += MiB {
+		if rng.Intn(3) == 0 {
+			continue // leave a hole
+		}
+		rng.Read(buf[:MiB/2])
+		if _, err := dev.WriteAt(buf, off); err != nil {
+			tc.t.Fatal(err)
+		}
+	}
+	if err := dev.Sync(); err != nil {
+		tc.t.Fatal(err)
+	}
+}
+
+func (tc *testCluster) read(host, id string) []byte {
+	tc.t.Helper()
+	dev, err := tc.node(host).Backend().Open(context.Background(), id, false)
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	defer dev.Close()
+	b := make([]byte, dev.Size())
+	if _, err := dev.ReadAt(b, 0); err != nil {
+		tc.t.Fatal(err)
+	}
+	return b
+}
+
+func (tc *testCluster) fork(via *Node, req fsm.ForkRequest) (fsm.Fork, error) {
+	v, err := via.Apply(context.Background(), fsm.CmdCreateFork, &fsm.CreateForkCmd{
+		ForkID: NewID("fork_"), TargetVolumeID: NewID("vol_"), Request: req,
+	})
+	if err != nil {
+		return fsm.Fork{}, err
+	}
+	return *(v.(*fsm.Fork)), nil
+}
+
+func (tc *testCluster) waitFork(via *Node, id string, timeout time.Duration) fsm.Fork {
+	tc.t.Helper()
+	var f fsm.Fork
+	testutil.Eventually(tc.t, timeout, "fork "+id+" finished", func() bool {
+		via.View(func(s *fsm.State) { f, _ = s.Fork(id) })
+		return f.State == fsm.ForkReady || f.State == fsm.ForkFailed
+	})
+	return f
+}
+
+func TestClusterForkPaths(t *testing.T) {
+	// n1 has room for one more 16 MiB volume only, so its second fork streams.
+	tc := newTestCluster(t, []int64{40 * MiB, 200 * MiB, 200 * MiB}, nil)
+	f := tc.follower()
+	src := tc.createVolume(f, "pg", "app", "n1", 16*MiB)
+	tc.fill(src, 1)
+	want := tc.read("n1", src.ID)
+
+	// Local fork through a follower: clone on XFS/btrfs, else copy.
+	fk, err := tc.fork(f, fsm.ForkRequest{Source: "pg", Name: "pg-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fk = tc.waitFork(f, fk.ID, 20*time.Second)
+	if fk.State != fsm.ForkReady {
+		t.Fatalf("local fork: %s: %s", fk.State, fk.Error)
+	}
+	if fk.TargetHost != "n1" || (fk.Path != fsm.PathClone && fk.Path != fsm.PathCopy) {
+		t.Fatalf("local fork planned as %s on %s", fk.Path, fk.TargetHost)
+	}
+	if got := tc.read("n1", fk.TargetVolume); !bytes.Equal(got, want) {
+		t.Fatal("local fork differs from source")
+	}
+
+	// n1 is now full: the next fork streams to another host.
+	fk2, err := tc.fork(tc.nodes[2], fsm.ForkRequest{Source: src.ID, Name: "pg-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fk2.Path != fsm.PathStream || fk2.TargetHost == "n1" {
+		t.Fatalf("expected a stream to another host, got %s to %s", fk2.Path, fk2.TargetHost)
+	}
+	fk2 = tc.waitFork(f, fk2.ID, 30*time.Second)
+	if fk2.State != fsm.ForkReady {
+		t.Fatalf("stream fork: %s: %s", fk2.State, fk2.Error)
+	}
+	if got := tc.read(fk2.TargetHost, fk2.TargetVolume); !bytes.Equal(got, want) {
+		t.Fatal("streamed fork differs from source")
+	}
+	// The source's stream snapshot is released once the fork is done.
+	testutil.Eventually(t, 5*time.Second, "stream snapshot released", func() bool {
+		vs, _ := tc.node("n1").Backend().List(context.Background())
+		for _, v := range vs {
+			if v.Kind == cow.KindSnapshot {
+				return false
+			}
+		}
+		return true
+	})
+
+	// Unknown source and duplicate names are domain errors through any node.
+	if _, err := tc.fork(f, fsm.ForkRequest{Source: "nope", Name: "x"}); !errors.Is(err, fsm.ErrNotFound) {
+		t.Fatalf("unknown source: %v", err)
+	}
+	if _, err := tc.fork(f, fsm.ForkRequest{Source: "pg", Name: "pg-a"}); !errors.Is(err, fsm.ErrExists) {
+		t.Fatalf("duplicate name: %v", err)
+	}
+}
+
+func TestClusterCapacityRace(t *testing.T) {
+	// n2 has room for exactly 5 forks of 4 MiB.
+	tc := newTestCluster(t, []int64{100 * MiB, 20 * MiB, 100 * MiB}, nil)
+	src := tc.createVolume(tc.nodes[0], "src", "app", "n1", 4*MiB)
+	tc.fill(src, 2)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	placed, refused := 0, 0
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			via := tc.nodes[i%3]
+			fk, err := tc.fork(via, fsm.ForkRequest{Source: "src", Name: fmt.Sprintf("race-%d", i), Host: "n2"})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil && fk.TargetHost == "n2":
+				placed++
+			case errors.Is(err, fsm.ErrNoRoom):
+				refused++
+			default:
+				t.Errorf("fork %d: unexpected %v (%+v)", i, err, fk)
+			}
+		}(i)
+	}
+	wg.Wait()
+	if placed != 5 || refused != 15 {
+		t.Fatalf("placed %d, refused %d; want 5 and 15", placed, refused)
+	}
+	tc.nodes[0].View(func(s *fsm.State) {
+		if used := s.Used("n2"); used > 20*MiB {
+			t.Fatalf("budget exceeded: used %d", used)
+		}
+	})
+}
+
+func TestClusterLeaderFailover(t *testing.T) {
+	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil)
+	old := tc.leader()
+	src := tc.createVolume(old, "db", "app", tc.follower().Name(), 4*MiB)
+	idx := -1
+	for i, n := range tc.nodes {
+		if n == old {
+			idx = i
+		}
+	}
+	old.shutdown(false) // a crash: no graceful leave
+	tc.nodes[idx] = nil
+	testutil.Eventually(t, 10*time.Second, "new leader", func() bool { return tc.leader() != nil })
+	fk, err := tc.fork(tc.leader(), fsm.ForkRequest{Source: src.ID, Name: "db-2", Via: fsm.PathCopy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fk = tc.waitFork(tc.leader(), fk.ID, 20*time.Second); fk.State != fsm.ForkReady {
+		t.Fatalf("fork after failover: %s %s", fk.State, fk.Error)
+	}
+
+	// Restart the old leader on its data dir: the catalog comes back from
+	// raft-boltdb and it rejoins.
+	cfg := tc.cfgs[idx]
+	cfg.GossipAddr = "127.0.0.1:0"
+	cfg.ClusterAddr = "127.0.0.1:0"
+	cfg.Join = []string{tc.leader().GossipAddr()}
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.nodes[idx] = n
+	testutil.Eventually(t, 15*time.Second, "restarted node catches up", func() bool {
+		ok := false
+		n.View(func(s *fsm.State) { _, ok = s.VolumeByName("db-2") })
+		return ok
+	})
+}

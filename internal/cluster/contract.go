@@ -1,0 +1,70 @@
+package cluster
+
+// CONTRACT between the node runtime (node.go, raft.go, gossip.go, mux.go,
+// executor.go: the lead) and the HTTP API (http.go: the API engineer).
+
+import (
+	"errors"
+	"time"
+
+	"github.com/forknode/forknode/internal/cow"
+	"github.com/forknode/forknode/internal/keys"
+	"github.com/hashicorp/go-hclog"
+)
+
+var (
+	// ErrNoLeader: no leader could be reached in time (HTTP 503).
+	ErrNoLeader = errors.New("no cluster leader reachable")
+	// ErrShutdown: the node is shutting down (HTTP 503).
+	ErrShutdown = errors.New("node is shutting down")
+)
+
+// Config of one node. Addresses are host:port; port 0 picks a free port
+// (tests), and the bound address is what gets advertised.
+type Config struct {
+	Name    string
+	DataDir string
+	Region  string
+
+	GossipAddr  string // memberlist bind (TCP and UDP)
+	ClusterAddr string // mTLS port multiplexing raft, forwarding and transfer
+	APIAddr     string // HTTP API
+
+	Join            []string // gossip addresses of existing members
+	BootstrapExpect int      // servers to wait for before bootstrapping raft
+
+	Backend cow.Backend
+	Keys    *keys.Material
+	Logger  hclog.Logger
+
+	// RateLimit caps this node's outgoing stream bytes/s (0 = unlimited).
+	RateLimit int64
+	// StreamCodec: "zstd", "s2" or "auto".
+	StreamCodec string
+
+	// Fast shrinks raft and memberlist timings to tens of milliseconds (tests, dev).
+	Fast bool
+	// DeadHostTimeout: forks touching a host dead this long are failed.
+	DeadHostTimeout time.Duration
+}
+
+// MemberInfo is one gossip member.
+type MemberInfo struct {
+	Name        string `json:"name"`
+	Region      string `json:"region"`
+	GossipAddr  string `json:"gossip_addr"`
+	ClusterAddr string `json:"cluster_addr"`
+	APIAddr     string `json:"api_addr"`
+	Status      string `json:"status"` // alive, suspect, dead, left
+	Voter       bool   `json:"voter"`
+}
+
+// StatusInfo is what /v1/status reports from this node's point of view.
+type StatusInfo struct {
+	Node      string       `json:"node"`
+	Region    string       `json:"region"`
+	RaftState string       `json:"raft_state"`
+	Leader    string       `json:"leader"`
+	LeaderAPI string       `json:"leader_api"`
+	Members   []MemberInfo `json:"members"`
+}

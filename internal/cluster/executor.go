@@ -1,0 +1,541 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/forknode/forknode/internal/cow"
+	"github.com/forknode/forknode/internal/fsm"
+	"github.com/forknode/forknode/internal/transfer"
+	"github.com/hashicorp/go-hclog"
+)
+
+// The executor carries out this host's part of the catalog. It is a level-
+// triggered reconciler: on every catalog change (and on a timer, in case a
+// change was missed) it compares what the catalog wants on this host with
+// what it is already doing, and starts the missing work. Every step is
+// idempotent (ids come from the catalog), so a crash at any point is
+// repaired by running the same steps again.
+//
+// Snapshots are named after the fork's target volume ("snap_" + vol id), so
+// one rule finds leftovers after a crash: a snapshot whose fork is not being
+// worked on by this process is released.
+type executor struct {
+	n      *Node
+	logger hclog.Logger
+
+	mu      sync.Mutex
+	running map[string]context.CancelFunc // task key -> cancel
+	snapMu  sync.Mutex                    // serializes stream snapshot creation
+
+	xfer     *transfer.Server
+	limiter  *transfer.Limiter
+	progress time.Duration
+
+	restarted bool // restart reconciliation done
+	wg        sync.WaitGroup
+}
+
+func newExecutor(n *Node) *executor {
+	e := &executor{n: n, logger: n.logger.Named("executor"), running: map[string]context.CancelFunc{}}
+	e.progress = time.Second
+	if n.cfg.Fast {
+		e.progress = 200 * time.Millisecond
+	}
+	if n.cfg.RateLimit > 0 {
+		e.limiter = transfer.NewLimiter(n.cfg.RateLimit)
+	}
+	e.xfer = transfer.NewServer(e.openStream, e.streamOptions())
+	return e
+}
+
+func snapID(targetVolume string) string { return "snap_" + targetVolume }
+
+func (e *executor) streamOptions() transfer.Options {
+	return transfer.Options{
+		Codec:   e.n.cfg.StreamCodec,
+		Limiter: e.limiter,
+		Logger:  e.logger.Named("transfer"),
+	}
+}
+
+func (e *executor) serveTransfer(c net.Conn) { e.xfer.ServeConn(c) }
+
+func (e *executor) stop() {
+	e.mu.Lock()
+	for _, cancel := range e.running {
+		cancel()
+	}
+	e.mu.Unlock()
+	_ = e.xfer.Close()
+	e.wg.Wait()
+}
+
+func (e *executor) run() {
+	interval := 2 * time.Second
+	if e.n.cfg.Fast {
+		interval = 250 * time.Millisecond
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		watch := e.n.fsm.Watch()
+		e.pass()
+		select {
+		case <-e.n.ctx.Done():
+			return
+		case <-watch:
+		case <-tick.C:
+		}
+	}
+}
+
+// start runs fn once per key; a key already running is left alone.
+func (e *executor) start(key string, fn func(ctx context.Context)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.running[key]; ok {
+		return
+	}
+	if e.n.ctx.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(e.n.ctx)
+	e.running[key] = cancel
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer func() {
+			e.mu.Lock()
+			delete(e.running, key)
+			e.mu.Unlock()
+			cancel()
+		}()
+		fn(ctx)
+	}()
+}
+
+func (e *executor) isRunning(key string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, ok := e.running[key]
+	return ok
+}
+
+func (e *executor) cancel(key string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if c, ok := e.running[key]; ok {
+		c()
+	}
+}
+
+func finished(f fsm.Fork) bool { return f.State == fsm.ForkReady || f.State == fsm.ForkFailed }
+
+func isLocal(f fsm.Fork) bool { return f.SourceHost == f.TargetHost }
+
+// pass looks at the catalog once and starts what is missing.
+func (e *executor) pass() {
+	me := e.n.cfg.Name
+	if !e.restarted {
+		// After a restart the catalog may lag the leader: catch up first so
+		// nothing is judged an orphan by a stale view.
+		ctx, cancel := context.WithTimeout(e.n.ctx, 2*time.Second)
+		err := e.n.Barrier(ctx)
+		cancel()
+		if err != nil {
+			return
+		}
+	}
+	var vols []fsm.Volume
+	var forks []fsm.Fork
+	e.n.fsm.View(func(s *fsm.State) {
+		for _, v := range s.Volumes() {
+			if v.Host == me {
+				vols = append(vols, v)
+			}
+		}
+		for _, f := range s.Forks() {
+			if f.SourceHost == me || f.TargetHost == me {
+				forks = append(forks, f)
+			}
+		}
+	})
+	forkByTarget := map[string]fsm.Fork{}
+	for _, f := range forks {
+		forkByTarget[f.TargetVolume] = f
+	}
+
+	if !e.restarted {
+		e.reconcileBackend(vols, forkByTarget)
+		e.restarted = true
+	}
+
+	for _, v := range vols {
+		v := v
+		switch v.State {
+		case fsm.VolumeCreating:
+			if v.ForkID == "" {
+				e.start("create:"+v.ID, func(ctx context.Context) { e.createVolume(ctx, v) })
+			}
+		case fsm.VolumeDeleting:
+			e.start("delete:"+v.ID, func(ctx context.Context) { e.deleteVolume(ctx, v) })
+		case fsm.VolumeFailed:
+			if f, ok := forkByTarget[v.ID]; ok && !finished(f) {
+				continue
+			}
+			e.start("delete:"+v.ID, func(ctx context.Context) { e.deleteVolume(ctx, v) })
+		}
+	}
+	for _, f := range forks {
+		f := f
+		key := "fork:" + f.ID
+		if finished(f) {
+			e.cancel(key) // the leader failed it (e.g. the peer died)
+			if f.SourceHost == me && !e.isRunning(key) {
+				e.releaseSnapshot(f)
+			}
+			continue
+		}
+		switch {
+		case isLocal(f) && f.TargetHost == me:
+			e.start(key, func(ctx context.Context) { e.localFork(ctx, f) })
+		case !isLocal(f) && f.TargetHost == me:
+			e.start(key, func(ctx context.Context) { e.pullFork(ctx, f) })
+		}
+		// The source of a stream is passive: openStream serves it on demand.
+	}
+	e.releaseOrphanSnapshots(forkByTarget)
+}
+
+// reconcileBackend runs once after start: anything the backend holds that
+// the catalog does not know is a leftover of a crash, and local forks that
+// were in flight start over from a clean target.
+func (e *executor) reconcileBackend(vols []fsm.Volume, forkByTarget map[string]fsm.Fork) {
+	ctx, cancel := context.WithTimeout(e.n.ctx, 30*time.Second)
+	defer cancel()
+	b := e.n.cfg.Backend
+	have, err := b.List(ctx)
+	if err != nil {
+		e.logger.Error("list backend volumes", "error", err)
+		return
+	}
+	known := map[string]fsm.Volume{}
+	for _, v := range vols {
+		known[v.ID] = v
+	}
+	for _, hv := range have {
+		if hv.Kind == cow.KindSnapshot {
+			// A stream source's snapshot of an in-flight fork is kept so the
+			// target can resume; any other one is redone or not needed.
+			f, ok := forkByTarget[strings.TrimPrefix(hv.ID, "snap_")]
+			if ok && !finished(f) && !isLocal(f) {
+				continue
+			}
+			e.logger.Info("releasing leftover snapshot after restart", "snapshot", hv.ID)
+			if err := b.Release(ctx, hv.ID); err != nil && !errors.Is(err, cow.ErrNotFound) {
+				e.logger.Warn("release snapshot", "snapshot", hv.ID, "error", err)
+			}
+			continue
+		}
+		cv, ok := known[hv.ID]
+		if !ok {
+			e.logger.Warn("removing orphan volume", "volume", hv.ID, "name", hv.Name)
+			e.removeBackendVolume(ctx, hv.ID)
+			continue
+		}
+		if f, ok := forkByTarget[cv.ID]; ok && !finished(f) && cv.State == fsm.VolumeCreating {
+			// A half-made fork target: start it over.
+			e.logger.Info("removing half-made fork target after restart", "volume", cv.ID, "fork", f.ID)
+			e.removeBackendVolume(ctx, hv.ID)
+		}
+	}
+}
+
+func (e *executor) removeBackendVolume(ctx context.Context, id string) {
+	b := e.n.cfg.Backend
+	err := b.Remove(ctx, id)
+	if errors.Is(err, cow.ErrBusy) {
+		if derr := b.Detach(ctx, id); derr == nil {
+			err = b.Remove(ctx, id)
+		}
+	}
+	if err != nil && !errors.Is(err, cow.ErrNotFound) {
+		e.logger.Error("remove volume", "volume", id, "error", err)
+	}
+}
+
+func (e *executor) releaseOrphanSnapshots(forkByTarget map[string]fsm.Fork) {
+	ctx, cancel := context.WithTimeout(e.n.ctx, 10*time.Second)
+	defer cancel()
+	have, err := e.n.cfg.Backend.List(ctx)
+	if err != nil {
+		return
+	}
+	for _, hv := range have {
+		if hv.Kind != cow.KindSnapshot || !strings.HasPrefix(hv.ID, "snap_") {
+			continue
+		}
+		target := strings.TrimPrefix(hv.ID, "snap_")
+		f, ok := forkByTarget[target]
+		key := "fork:" + f.ID
+		if ok && !finished(f) && (!isLocal(f) || e.isRunning(key)) {
+			continue // in use: a local fork at work, or a stream source
+		}
+		e.logger.Info("releasing leftover snapshot", "snapshot", hv.ID)
+		if err := e.n.cfg.Backend.Release(ctx, hv.ID); err != nil && !errors.Is(err, cow.ErrNotFound) {
+			e.logger.Warn("release snapshot", "snapshot", hv.ID, "error", err)
+		}
+	}
+}
+
+func (e *executor) releaseSnapshot(f fsm.Fork) {
+	if err := e.n.cfg.Backend.Release(e.n.ctx, snapID(f.TargetVolume)); err != nil && !errors.Is(err, cow.ErrNotFound) {
+		e.logger.Warn("release snapshot", "fork", f.ID, "error", err)
+	}
+}
+
+// apply retries a catalog write until it lands or the node stops: results
+// of work done must not be lost to a leader election.
+func (e *executor) apply(t fsm.CommandType, cmd any) error {
+	for {
+		ctx, cancel := context.WithTimeout(e.n.ctx, 10*time.Second)
+		_, err := e.n.Apply(ctx, t, cmd)
+		cancel()
+		if err == nil || !errors.Is(err, ErrNoLeader) {
+			return err
+		}
+		if e.n.ctx.Err() != nil {
+			return ErrShutdown
+		}
+		e.logger.Warn("catalog write failed, retrying", "error", err)
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func spec(v fsm.Volume, owner string) cow.CreateSpec {
+	return cow.CreateSpec{ID: v.ID, Name: v.Name, Size: v.Size, Owner: owner}
+}
+
+func (e *executor) createVolume(ctx context.Context, v fsm.Volume) {
+	_, err := e.n.cfg.Backend.Create(ctx, spec(v, "forknode"))
+	state := fsm.VolumeReady
+	if err != nil {
+		e.logger.Error("create volume", "volume", v.ID, "name", v.Name, "error", err)
+		state = fsm.VolumeFailed
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	if err := e.apply(fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: v.ID, State: state}); err != nil {
+		e.logger.Error("record volume state", "volume", v.ID, "error", err)
+	}
+}
+
+func (e *executor) deleteVolume(ctx context.Context, v fsm.Volume) {
+	e.removeBackendVolume(ctx, v.ID)
+	if ctx.Err() != nil {
+		return
+	}
+	if _, err := e.n.cfg.Backend.Get(ctx, v.ID); err == nil {
+		return // still there (e.g. busy): try again on the next pass
+	}
+	if err := e.apply(fsm.CmdDeleteVolume, &fsm.DeleteVolumeCmd{ID: v.ID}); err != nil && !errors.Is(err, fsm.ErrNotFound) {
+		e.logger.Error("purge volume", "volume", v.ID, "error", err)
+	}
+}
+
+// progressReporter throttles ForkProgress writes.
+type progressReporter struct {
+	e    *executor
+	fork string
+	mu   sync.Mutex
+	last time.Time
+}
+
+func (p *progressReporter) report(done, total, wire int64) {
+	p.mu.Lock()
+	if time.Since(p.last) < p.e.progress && done < total {
+		p.mu.Unlock()
+		return
+	}
+	p.last = time.Now()
+	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(p.e.n.ctx, 2*time.Second)
+	defer cancel()
+	// Best effort: a lost progress update is replaced by the next one.
+	_, _ = p.e.n.Apply(ctx, fsm.CmdForkProgress, &fsm.ForkProgressCmd{ForkID: p.fork, BytesDone: done, BytesTotal: total, WireBytes: wire})
+}
+
+func (e *executor) finish(f fsm.Fork, err error) {
+	cmd := &fsm.FinishForkCmd{ForkID: f.ID, OK: err == nil}
+	if err != nil {
+		cmd.Error = err.Error()
+		e.logger.Error("fork failed", "fork", f.ID, "path", f.Path, "error", err)
+	} else {
+		e.logger.Info("fork ready", "fork", f.ID, "path", f.Path, "target", f.TargetVolume)
+	}
+	if aerr := e.apply(fsm.CmdFinishFork, cmd); aerr != nil {
+		e.logger.Error("record fork result", "fork", f.ID, "error", aerr)
+	}
+}
+
+func (e *executor) targetVolume(f fsm.Fork) (fsm.Volume, error) {
+	var v fsm.Volume
+	var ok bool
+	e.n.fsm.View(func(s *fsm.State) { v, ok = s.Volume(f.TargetVolume) })
+	if !ok {
+		return v, fmt.Errorf("target volume %s of fork %s is not in the catalog", f.TargetVolume, f.ID)
+	}
+	return v, nil
+}
+
+// localFork makes a same-host fork: an O(1) clone where the backend can and
+// the path allows, else snapshot + block copy.
+func (e *executor) localFork(ctx context.Context, f fsm.Fork) {
+	tv, err := e.targetVolume(f)
+	if err != nil {
+		e.finish(f, err)
+		return
+	}
+	b := e.n.cfg.Backend
+	sp := spec(tv, f.ID)
+	pr := &progressReporter{e: e, fork: f.ID}
+	pr.report(0, tv.Size, 0)
+	if f.Path == fsm.PathClone || (f.Path == fsm.PathReplica && b.Features().Clone) {
+		_, err = b.Clone(ctx, f.SourceVolume, sp)
+		if err == nil {
+			pr.report(tv.Size, tv.Size, 0)
+		}
+	} else {
+		_, err = cow.ForkLocal(ctx, b, f.SourceVolume, sp, cow.CopyOptions{
+			Logger:   e.logger,
+			Progress: func(done, total int64) { pr.report(done, total, 0) },
+		})
+	}
+	if ctx.Err() != nil {
+		// Cancelled: the node is stopping (restart reconciliation redoes
+		// the fork) or the leader failed the fork (its volume is removed).
+		return
+	}
+	if err != nil {
+		e.removeBackendVolume(e.n.ctx, tv.ID)
+	}
+	e.finish(f, err)
+}
+
+// pullFork is the target side of a stream: create the volume, pull the
+// source's snapshot into it, verify, then mark it ready.
+func (e *executor) pullFork(ctx context.Context, f fsm.Fork) {
+	tv, err := e.targetVolume(f)
+	if err != nil {
+		e.finish(f, err)
+		return
+	}
+	b := e.n.cfg.Backend
+	fail := func(err error) {
+		if ctx.Err() != nil {
+			return
+		}
+		e.removeBackendVolume(e.n.ctx, tv.ID)
+		e.finish(f, err)
+	}
+	if _, err := b.Create(ctx, spec(tv, f.ID)); err != nil && !errors.Is(err, cow.ErrExists) {
+		fail(fmt.Errorf("create target volume on %s: %w", e.n.cfg.Name, err))
+		return
+	}
+	dev, err := b.Open(ctx, tv.ID, true)
+	if err != nil {
+		fail(fmt.Errorf("open target volume: %w", err))
+		return
+	}
+	pr := &progressReporter{e: e, fork: f.ID}
+	opts := e.streamOptions()
+	opts.Progress = func(p transfer.Progress) { pr.report(p.Done, p.Total, p.Wire) }
+	dial := func(ctx context.Context) (net.Conn, error) {
+		var addr string
+		e.n.fsm.View(func(s *fsm.State) {
+			if h, ok := s.Host(f.SourceHost); ok {
+				addr = h.XferAddr
+			}
+		})
+		if addr == "" {
+			return nil, fmt.Errorf("source host %s has no transfer address", f.SourceHost)
+		}
+		return e.n.mux.dial(ctx, addr, protoTransfer)
+	}
+	stats, err := transfer.Pull(ctx, dial, f.ID, e.n.cfg.Name, dev, opts)
+	cerr := dev.Close()
+	if err == nil {
+		err = cerr
+	}
+	if err != nil {
+		fail(fmt.Errorf("stream from %s: %w", f.SourceHost, err))
+		return
+	}
+	pr.report(stats.Bytes, stats.Bytes, stats.Wire)
+	e.logger.Info("stream complete", "fork", f.ID, "bytes", stats.Bytes, "wire", stats.Wire,
+		"resent", stats.Resent, "reconnects", stats.Reconnects, "duration", stats.Duration)
+	e.finish(f, nil)
+}
+
+// openStream is the source side of a stream, called by the transfer server
+// for each (re)connection: only the fork's target host may pull, only while
+// the fork is in flight, and only from a snapshot, never the live volume.
+func (e *executor) openStream(ctx context.Context, forkID, peer string) (transfer.Source, []transfer.Extent, func(), error) {
+	var f fsm.Fork
+	var ok bool
+	e.n.fsm.View(func(s *fsm.State) { f, ok = s.Fork(forkID) })
+	if !ok {
+		// Our catalog may lag the target's: catch up once before refusing.
+		bctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_ = e.n.Barrier(bctx)
+		cancel()
+		e.n.fsm.View(func(s *fsm.State) { f, ok = s.Fork(forkID) })
+	}
+	switch {
+	case !ok:
+		return nil, nil, nil, fmt.Errorf("%w: unknown fork %q", transfer.ErrUnauthorized, forkID)
+	case f.Path != fsm.PathStream || f.SourceHost != e.n.cfg.Name:
+		return nil, nil, nil, fmt.Errorf("%w: fork %s is not streamed from %s", transfer.ErrUnauthorized, forkID, e.n.cfg.Name)
+	case peer != f.TargetHost:
+		return nil, nil, nil, fmt.Errorf("%w: fork %s may only be pulled by %s, not %q", transfer.ErrUnauthorized, forkID, f.TargetHost, peer)
+	case finished(f):
+		return nil, nil, nil, fmt.Errorf("%w: fork %s is %s", transfer.ErrUnauthorized, forkID, f.State)
+	}
+	b := e.n.cfg.Backend
+	sid := snapID(f.TargetVolume)
+	e.snapMu.Lock()
+	if _, err := b.Get(ctx, sid); errors.Is(err, cow.ErrNotFound) {
+		if _, err := b.Snapshot(ctx, f.SourceVolume, sid); err != nil {
+			e.snapMu.Unlock()
+			return nil, nil, nil, fmt.Errorf("snapshot %s: %w", f.SourceVolume, err)
+		}
+		e.logger.Info("snapshot taken for stream", "fork", f.ID, "snapshot", sid)
+	} else if err != nil {
+		e.snapMu.Unlock()
+		return nil, nil, nil, err
+	}
+	e.snapMu.Unlock()
+	dev, err := b.Open(ctx, sid, false)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("open snapshot: %w", err)
+	}
+	ext, err := b.Extents(ctx, sid)
+	if err != nil {
+		ext = nil // unknown: the sender scans and skips zero chunks
+	}
+	out := make([]transfer.Extent, len(ext))
+	for i, x := range ext {
+		out[i] = transfer.Extent{Offset: x.Offset, Length: x.Length}
+	}
+	if ext == nil {
+		out = nil
+	}
+	return dev, out, func() { dev.Close() }, nil
+}

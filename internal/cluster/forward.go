@@ -1,0 +1,408 @@
+package cluster
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/forknode/forknode/internal/fsm"
+	"github.com/hashicorp/raft"
+)
+
+// Every write goes through Apply. On the leader it is a raft.Apply; on a
+// follower it is forwarded to the leader over the mTLS cluster port. Retries
+// are safe because every command carries a request id that the FSM
+// deduplicates, so an indeterminate ErrLeadershipLost is simply retried.
+
+const (
+	defaultApplyTimeout = 5 * time.Second
+	maxForwardMsg       = 1 << 20
+)
+
+type fwdRequest struct {
+	Op    string `json:"op"` // "apply" or "index"
+	Entry []byte `json:"entry,omitempty"`
+}
+
+type fwdResponse struct {
+	Kind  string          `json:"kind,omitempty"` // host, volume, fork
+	Value json.RawMessage `json:"value,omitempty"`
+	Code  string          `json:"code,omitempty"`
+	Error string          `json:"error,omitempty"`
+	Index uint64          `json:"index,omitempty"`
+}
+
+// remoteError carries a domain error across the wire with its sentinel.
+type remoteError struct {
+	msg      string
+	sentinel error
+}
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Unwrap() error { return e.sentinel }
+
+var codes = []struct {
+	code string
+	err  error
+}{
+	{"not_found", fsm.ErrNotFound},
+	{"exists", fsm.ErrExists},
+	{"invalid", fsm.ErrInvalid},
+	{"no_room", fsm.ErrNoRoom},
+	{"conflict", fsm.ErrConflict},
+	{"not_leader", raft.ErrNotLeader},
+	{"leadership_lost", raft.ErrLeadershipLost},
+}
+
+func errCode(err error) string {
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
+	}
+	return "internal"
+}
+
+func codeErr(code, msg string) error {
+	for _, c := range codes {
+		if c.code == code {
+			return &remoteError{msg: msg, sentinel: c.err}
+		}
+	}
+	return errors.New(msg)
+}
+
+// Apply sends a command to the leader and returns ApplyResult.Value (a
+// *fsm.Host, *fsm.Volume or *fsm.Fork) or the domain error.
+func (n *Node) Apply(ctx context.Context, t fsm.CommandType, cmd any) (any, error) {
+	entry, err := encodeWithRequestID(t, cmd)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", fsm.ErrInvalid, err)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
+		defer cancel()
+	}
+	var last error
+	backoff := 20 * time.Millisecond
+	for {
+		var (
+			v   any
+			err error
+		)
+		if n.raft.State() == raft.Leader {
+			v, err = n.applyLocal(ctx, entry)
+		} else {
+			v, err = n.forwardApply(ctx, entry)
+		}
+		if err == nil || !retryable(err) {
+			return v, err
+		}
+		last = err
+		select {
+		case <-n.ctx.Done():
+			return nil, ErrShutdown
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %v", ErrNoLeader, last)
+		case <-time.After(backoff):
+		}
+		if backoff < 500*time.Millisecond {
+			backoff *= 2
+		}
+	}
+}
+
+func retryable(err error) bool {
+	var re *remoteError
+	if errors.As(err, &re) {
+		return errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost)
+	}
+	var ae *applyErr
+	if errors.As(err, &ae) {
+		return false
+	}
+	return true // transport trouble, no leader, raft state changes
+}
+
+// applyErr marks a domain error from the FSM (not retryable).
+type applyErr struct{ err error }
+
+func (e *applyErr) Error() string { return e.err.Error() }
+func (e *applyErr) Unwrap() error { return e.err }
+
+func encodeWithRequestID(t fsm.CommandType, cmd any) ([]byte, error) {
+	body, err := json.Marshal(cmd)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		return nil, fmt.Errorf("command must be a JSON object: %w", err)
+	}
+	if rid, ok := m["request_id"]; !ok || string(rid) == `""` || string(rid) == "null" {
+		m["request_id"], _ = json.Marshal(NewID("req_"))
+	}
+	body, err = json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte{byte(t)}, body...), nil
+}
+
+// stamp sets the leader's clock into the entry, so the FSM never reads one.
+func stamp(entry []byte, now time.Time) ([]byte, error) {
+	if len(entry) < 2 {
+		return nil, fmt.Errorf("%w: empty command", fsm.ErrInvalid)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(entry[1:], &m); err != nil {
+		return nil, fmt.Errorf("%w: command body: %v", fsm.ErrInvalid, err)
+	}
+	m["time"], _ = json.Marshal(now.UnixNano())
+	body, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte{entry[0]}, body...), nil
+}
+
+func (n *Node) applyLocal(ctx context.Context, entry []byte) (any, error) {
+	entry, err := stamp(entry, time.Now())
+	if err != nil {
+		return nil, &applyErr{err}
+	}
+	timeout := defaultApplyTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	f := n.raft.Apply(entry, timeout)
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	res, ok := f.Response().(fsm.ApplyResult)
+	if !ok {
+		if p, ok2 := f.Response().(*fsm.ApplyResult); ok2 && p != nil {
+			res = *p
+		} else {
+			return nil, &applyErr{fmt.Errorf("unexpected apply response %T", f.Response())}
+		}
+	}
+	if res.Err != nil {
+		return nil, &applyErr{res.Err}
+	}
+	return normalize(res.Value), nil
+}
+
+func normalize(v any) any {
+	switch x := v.(type) {
+	case fsm.Host:
+		return &x
+	case fsm.Volume:
+		return &x
+	case fsm.Fork:
+		return &x
+	}
+	return v
+}
+
+func kindOf(v any) string {
+	switch v.(type) {
+	case *fsm.Host:
+		return "host"
+	case *fsm.Volume:
+		return "volume"
+	case *fsm.Fork:
+		return "fork"
+	}
+	return ""
+}
+
+func decodeKind(kind string, raw json.RawMessage) (any, error) {
+	var v any
+	switch kind {
+	case "":
+		return nil, nil
+	case "host":
+		v = &fsm.Host{}
+	case "volume":
+		v = &fsm.Volume{}
+	case "fork":
+		v = &fsm.Fork{}
+	default:
+		return nil, fmt.Errorf("unknown result kind %q", kind)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func (n *Node) leaderClusterAddr() (string, error) {
+	addr, id := n.raft.LeaderWithID()
+	if addr == "" || id == "" {
+		return "", fmt.Errorf("no leader known")
+	}
+	return string(addr), nil
+}
+
+func (n *Node) forwardCall(ctx context.Context, req fwdRequest) (fwdResponse, error) {
+	addr, err := n.leaderClusterAddr()
+	if err != nil {
+		return fwdResponse{}, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	c, err := n.mux.dial(dctx, addr, protoForward)
+	if err != nil {
+		return fwdResponse{}, fmt.Errorf("forward to leader %s: %w", addr, err)
+	}
+	defer c.Close()
+	dl := time.Now().Add(defaultApplyTimeout + time.Second)
+	if d, ok := ctx.Deadline(); ok {
+		dl = d
+	}
+	_ = c.SetDeadline(dl)
+	if err := writeMsg(c, req); err != nil {
+		return fwdResponse{}, err
+	}
+	var resp fwdResponse
+	if err := readMsg(c, &resp); err != nil {
+		return fwdResponse{}, fmt.Errorf("forward to leader %s: %w", addr, err)
+	}
+	return resp, nil
+}
+
+func (n *Node) forwardApply(ctx context.Context, entry []byte) (any, error) {
+	resp, err := n.forwardCall(ctx, fwdRequest{Op: "apply", Entry: entry})
+	if err != nil {
+		return nil, err
+	}
+	if resp.Error != "" {
+		e := codeErr(resp.Code, resp.Error)
+		if resp.Code == "not_leader" || resp.Code == "leadership_lost" {
+			return nil, e // retried: the leader moved
+		}
+		return nil, &applyErr{e}
+	}
+	return decodeKind(resp.Kind, resp.Value)
+}
+
+// serveForward answers forwarded requests; only the leader applies.
+func (n *Node) serveForward(c net.Conn) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(defaultApplyTimeout + 2*time.Second))
+	var req fwdRequest
+	if err := readMsg(c, &req); err != nil {
+		n.logger.Debug("bad forward request", "error", err)
+		return
+	}
+	var resp fwdResponse
+	switch req.Op {
+	case "apply":
+		if n.raft.State() != raft.Leader {
+			resp = fwdResponse{Code: "not_leader", Error: raft.ErrNotLeader.Error()}
+			break
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, defaultApplyTimeout)
+		v, err := n.applyLocal(ctx, req.Entry)
+		cancel()
+		if err != nil {
+			resp = fwdResponse{Code: errCode(err), Error: err.Error()}
+			break
+		}
+		resp.Kind = kindOf(v)
+		if v != nil {
+			resp.Value, _ = json.Marshal(v)
+		}
+	case "index":
+		if n.raft.State() != raft.Leader {
+			resp = fwdResponse{Code: "not_leader", Error: raft.ErrNotLeader.Error()}
+			break
+		}
+		if err := n.raft.VerifyLeader().Error(); err != nil {
+			resp = fwdResponse{Code: "not_leader", Error: err.Error()}
+			break
+		}
+		resp.Index = n.raft.CommitIndex()
+	default:
+		resp = fwdResponse{Code: "invalid", Error: fmt.Sprintf("unknown forward op %q", req.Op)}
+	}
+	_ = writeMsg(c, resp)
+}
+
+// Barrier waits until this node's catalog has applied everything the leader
+// had committed when Barrier was called.
+func (n *Node) Barrier(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
+		defer cancel()
+	}
+	for {
+		var target uint64
+		var err error
+		if n.raft.State() == raft.Leader {
+			target = n.raft.CommitIndex()
+		} else {
+			var resp fwdResponse
+			resp, err = n.forwardCall(ctx, fwdRequest{Op: "index"})
+			if err == nil && resp.Error != "" {
+				err = errors.New(resp.Error)
+			}
+			target = resp.Index
+		}
+		if err == nil {
+			for n.raft.AppliedIndex() < target {
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("%w: catalog did not catch up: %v", ErrNoLeader, ctx.Err())
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", ErrNoLeader, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func writeMsg(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if len(b) > maxForwardMsg {
+		return fmt.Errorf("forward message of %d bytes exceeds %d", len(b), maxForwardMsg)
+	}
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
+	if _, err := w.Write(append(hdr[:], b...)); err != nil {
+		return err
+	}
+	return nil
+}
+
+func readMsg(r io.Reader, v any) error {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n > maxForwardMsg {
+		return fmt.Errorf("forward message of %d bytes exceeds %d", n, maxForwardMsg)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}

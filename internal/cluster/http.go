@@ -1,0 +1,812 @@
+package cluster
+
+// The HTTP API (/v1, JSON). Handlers depend on apiBackend, a small slice of
+// *Node, so they are unit-tested against an in-memory catalog (http_test.go).
+// Types shared with clients live in internal/api.
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/forknode/forknode/internal/api"
+	"github.com/forknode/forknode/internal/cow"
+	"github.com/forknode/forknode/internal/fsm"
+	"github.com/hashicorp/go-hclog"
+)
+
+// apiBackend is what the HTTP API needs from a node.
+type apiBackend interface {
+	Name() string
+	Backend() cow.Backend
+	APIToken() string
+	Apply(ctx context.Context, t fsm.CommandType, cmd any) (any, error)
+	View(fn func(s *fsm.State))
+	Barrier(ctx context.Context) error
+	Status() StatusInfo
+}
+
+const (
+	// requestTimeout bounds every handler that is not a ?wait=1.
+	requestTimeout = 15 * time.Second
+	// applyTimeout bounds one write: a node that cannot reach the leader
+	// answers 503 within it (a healthy commit takes milliseconds).
+	applyTimeout = 5 * time.Second
+	// waitTimeout bounds ?wait=1 (volume made ready by its host, etc.).
+	waitTimeout = 60 * time.Second
+	// barrierTimeout bounds the read-your-writes barrier of reads; a node
+	// cut off from the leader then answers from its local catalog (lists)
+	// or with 503 (lookups of unknown ids).
+	barrierTimeout = 2 * time.Second
+	// proxiedHeader marks an attach/detach forwarded to the owning host, so
+	// a stale catalog can never bounce a request between nodes.
+	proxiedHeader = "X-Forknode-Proxied"
+	// staleHeader marks a list served from a catalog that may lag the leader.
+	staleHeader = "X-Forknode-Stale"
+)
+
+// httpHandler is the API the node serves on APIAddr. Server timeouts
+// (ReadHeaderTimeout, ReadTimeout) are the node's; no WriteTimeout, since
+// ?wait=1 legitimately holds a response for up to waitTimeout.
+func (n *Node) httpHandler() http.Handler {
+	return newAPIServer(n, n.logger.Named("http"), NewID).handler()
+}
+
+type apiServer struct {
+	b       apiBackend
+	log     hclog.Logger
+	newID   func(prefix string) string
+	proxy   *http.Client
+	poll    time.Duration
+	reqTO   time.Duration
+	applyTO time.Duration
+	waitTO  time.Duration
+}
+
+func newAPIServer(b apiBackend, logger hclog.Logger, newID func(string) string) *apiServer {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	return &apiServer{
+		b:       b,
+		log:     logger,
+		newID:   newID,
+		proxy:   &http.Client{Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute}},
+		poll:    50 * time.Millisecond,
+		reqTO:   requestTimeout,
+		applyTO: applyTimeout,
+		waitTO:  waitTimeout,
+	}
+}
+
+func (s *apiServer) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/status", s.methods(map[string]http.HandlerFunc{"GET": s.status}))
+	mux.HandleFunc("/v1/volumes", s.methods(map[string]http.HandlerFunc{"GET": s.listVolumes, "POST": s.createVolume}))
+	mux.HandleFunc("/v1/volumes/{id}", s.methods(map[string]http.HandlerFunc{"GET": s.getVolume, "DELETE": s.deleteVolume}))
+	mux.HandleFunc("/v1/volumes/{id}/attach", s.methods(map[string]http.HandlerFunc{"POST": s.attach}))
+	mux.HandleFunc("/v1/volumes/{id}/detach", s.methods(map[string]http.HandlerFunc{"POST": s.detach}))
+	mux.HandleFunc("/v1/forks", s.methods(map[string]http.HandlerFunc{"GET": s.listForks, "POST": s.createFork}))
+	mux.HandleFunc("/v1/forks/{id}", s.methods(map[string]http.HandlerFunc{"GET": s.getFork}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such route: %s %s", r.Method, r.URL.Path))
+	})
+	// Auth wraps the router: an unauthenticated caller gets 401 for every
+	// path, so it cannot even probe which routes exist.
+	return s.recoverer(s.logged(s.auth(mux)))
+}
+
+// methods dispatches by method and answers 405 (JSON, with Allow) otherwise.
+func (s *apiServer) methods(m map[string]http.HandlerFunc) http.HandlerFunc {
+	allow := make([]string, 0, len(m))
+	for _, k := range []string{"GET", "POST", "DELETE"} {
+		if m[k] != nil {
+			allow = append(allow, k)
+		}
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		h := m[r.Method]
+		if h == nil && r.Method == http.MethodHead {
+			h = m["GET"]
+		}
+		if h == nil {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, http.StatusMethodNotAllowed, api.CodeMethodNotAllowed,
+				fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", ")))
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (s *apiServer) auth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		want := s.b.APIToken()
+		got, ok := bearer(r.Header.Get("Authorization"))
+		// An empty configured token must never match an empty presented one.
+		if !ok || want == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="forknode"`)
+			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "missing or invalid bearer token (see `forknode token`)")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func bearer(h string) (string, bool) {
+	const p = "bearer "
+	if len(h) < len(p) || !strings.EqualFold(h[:len(p)], p) {
+		return "", false
+	}
+	tok := strings.TrimSpace(h[len(p):])
+	return tok, tok != ""
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (s *apiServer) logged(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r)
+		s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
+			"remote", r.RemoteAddr, "took", time.Since(start))
+	})
+}
+
+// recoverer turns a handler panic into a JSON 500 rather than a dropped
+// connection; nothing should panic, and the log says where if it does.
+func (s *apiServer) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("handler panic", "method", r.Method, "path", r.URL.Path, "panic", v, "stack", string(debug.Stack()))
+				writeError(w, http.StatusInternalServerError, api.CodeInternal, fmt.Sprintf("internal error: %v", v))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// ---- responses and errors
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b, _ = json.Marshal(api.ErrorBody{Error: "encode response: " + err.Error(), Code: api.CodeInternal})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, api.ErrorBody{Error: msg, Code: code})
+}
+
+// httpError is an error with the status and code it should be answered with.
+type httpError struct {
+	status int
+	code   string
+	err    error
+}
+
+func (e *httpError) Error() string { return e.err.Error() }
+func (e *httpError) Unwrap() error { return e.err }
+
+func badRequest(format string, args ...any) error {
+	return &httpError{status: http.StatusBadRequest, code: api.CodeInvalid, err: fmt.Errorf(format, args...)}
+}
+
+// classify maps an error to its HTTP status and code. Domain errors are
+// matched by sentinel (errors.Is), never by message.
+func classify(err error) (int, string) {
+	var he *httpError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &he):
+		return he.status, he.code
+	case errors.As(err, &mbe):
+		return http.StatusRequestEntityTooLarge, api.CodeTooLarge
+	case errors.Is(err, ErrNoLeader):
+		return http.StatusServiceUnavailable, api.CodeNoLeader
+	case errors.Is(err, ErrShutdown):
+		return http.StatusServiceUnavailable, api.CodeShuttingDown
+	case errors.Is(err, fsm.ErrNotFound), errors.Is(err, cow.ErrNotFound):
+		return http.StatusNotFound, api.CodeNotFound
+	case errors.Is(err, fsm.ErrExists), errors.Is(err, cow.ErrExists):
+		return http.StatusConflict, api.CodeExists
+	case errors.Is(err, fsm.ErrNoRoom), errors.Is(err, cow.ErrNoSpace):
+		// 409, not 507: see internal/api/doc.go.
+		return http.StatusConflict, api.CodeNoRoom
+	case errors.Is(err, fsm.ErrConflict), errors.Is(err, cow.ErrBusy):
+		return http.StatusConflict, api.CodeConflict
+	case errors.Is(err, fsm.ErrInvalid), errors.Is(err, cow.ErrInvalid), errors.Is(err, cow.ErrNotSupported):
+		return http.StatusBadRequest, api.CodeInvalid
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return http.StatusServiceUnavailable, api.CodeTimeout
+	}
+	return http.StatusInternalServerError, api.CodeInternal
+}
+
+func (s *apiServer) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status, code := classify(err)
+	msg := err.Error()
+	if code == api.CodeTimeout {
+		msg = "request timed out (is the cluster leader reachable?): " + msg
+	}
+	if status >= 500 {
+		s.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "error", err)
+	}
+	writeError(w, status, code, msg)
+}
+
+// ---- request decoding
+
+// decode reads one JSON object into dst: at most api.MaxBodyBytes, no
+// unknown fields, nothing after the object. Errors name the problem.
+func decode(w http.ResponseWriter, r *http.Request, dst any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return jsonError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return jsonError(err)
+		}
+		return badRequest("request body has data after the JSON object")
+	}
+	return nil
+}
+
+func jsonError(err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return &httpError{status: http.StatusRequestEntityTooLarge, code: api.CodeTooLarge,
+			err: fmt.Errorf("request body exceeds %d bytes", mbe.Limit)}
+	case errors.Is(err, io.EOF):
+		return badRequest("request body is empty; expected a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return badRequest("malformed JSON: unexpected end of body")
+	case errors.As(err, &syn):
+		return badRequest("malformed JSON at byte %d: %v", syn.Offset, syn)
+	case errors.As(err, &typ):
+		if typ.Field != "" {
+			return badRequest("field %q must be %s, got JSON %s", typ.Field, typ.Type, typ.Value)
+		}
+		return badRequest("request body must be a JSON object, got JSON %s", typ.Value)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return badRequest("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	}
+	return badRequest("malformed JSON: %v", err)
+}
+
+func queryBool(r *http.Request, key string) (bool, error) {
+	v := r.URL.Query().Get(key)
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, badRequest("query parameter %s=%q: want 1/0/true/false", key, v)
+	}
+	return b, nil
+}
+
+// requestID turns an Idempotency-Key into the command's RequestID, scoped
+// per kind so a key reused across routes cannot return the wrong record.
+func requestID(r *http.Request, kind string) (string, error) {
+	k := r.Header.Get(api.IdempotencyHeader)
+	if k == "" {
+		return "", nil
+	}
+	if len(k) > 128 {
+		return "", badRequest("%s header is %d characters, at most 128 allowed", api.IdempotencyHeader, len(k))
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x21 || k[i] > 0x7e {
+			return "", badRequest("%s header must be printable ASCII without spaces", api.IdempotencyHeader)
+		}
+	}
+	return kind + ":" + k, nil
+}
+
+func validateOptionalName(field, v string) error {
+	if v == "" {
+		return nil
+	}
+	if err := cow.ValidateName(v); err != nil {
+		return badRequest("%s: %v", field, err)
+	}
+	return nil
+}
+
+// ---- catalog helpers
+
+func (s *apiServer) ctx(r *http.Request, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.Context(), d)
+}
+
+func findVolume(st *fsm.State, idOrName string) (fsm.Volume, bool) {
+	if v, ok := st.Volume(idOrName); ok {
+		return v, true
+	}
+	return st.VolumeByName(idOrName)
+}
+
+// lookupVolume finds a volume by id or name. A miss in the local catalog is
+// retried after a barrier, so a follower sees what was just written through
+// it; if the barrier cannot complete the node says so (503) rather than
+// claim the volume does not exist.
+func (s *apiServer) lookupVolume(ctx context.Context, idOrName string) (fsm.Volume, error) {
+	var v fsm.Volume
+	var ok bool
+	s.b.View(func(st *fsm.State) { v, ok = findVolume(st, idOrName) })
+	if ok {
+		return v, nil
+	}
+	bctx, cancel := context.WithTimeout(ctx, barrierTimeout)
+	defer cancel()
+	if err := s.b.Barrier(bctx); err != nil {
+		return v, fmt.Errorf("volume %q not in this node's catalog, and it cannot sync with the leader: %w", idOrName, err)
+	}
+	s.b.View(func(st *fsm.State) { v, ok = findVolume(st, idOrName) })
+	if !ok {
+		return v, fmt.Errorf("volume %q: %w", idOrName, fsm.ErrNotFound)
+	}
+	return v, nil
+}
+
+func (s *apiServer) lookupFork(ctx context.Context, id string) (fsm.Fork, error) {
+	var f fsm.Fork
+	var ok bool
+	s.b.View(func(st *fsm.State) { f, ok = st.Fork(id) })
+	if ok {
+		return f, nil
+	}
+	bctx, cancel := context.WithTimeout(ctx, barrierTimeout)
+	defer cancel()
+	if err := s.b.Barrier(bctx); err != nil {
+		return f, fmt.Errorf("fork %q not in this node's catalog, and it cannot sync with the leader: %w", id, err)
+	}
+	s.b.View(func(st *fsm.State) { f, ok = st.Fork(id) })
+	if !ok {
+		return f, fmt.Errorf("fork %q: %w", id, fsm.ErrNotFound)
+	}
+	return f, nil
+}
+
+// freshen is the best-effort barrier of list reads: on failure the list is
+// served from the local catalog and marked stale.
+func (s *apiServer) freshen(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), barrierTimeout)
+	defer cancel()
+	if err := s.b.Barrier(ctx); err != nil {
+		w.Header().Set(staleHeader, "true")
+	}
+}
+
+func asVolume(v any) (fsm.Volume, error) {
+	switch x := v.(type) {
+	case *fsm.Volume:
+		if x != nil {
+			return *x, nil
+		}
+	case fsm.Volume:
+		return x, nil
+	}
+	return fsm.Volume{}, fmt.Errorf("catalog returned %T, want a volume", v)
+}
+
+func asFork(v any) (fsm.Fork, error) {
+	switch x := v.(type) {
+	case *fsm.Fork:
+		if x != nil {
+			return *x, nil
+		}
+	case fsm.Fork:
+		return x, nil
+	}
+	return fsm.Fork{}, fmt.Errorf("catalog returned %T, want a fork", v)
+}
+
+// apply runs one command with the write bound.
+func (s *apiServer) apply(ctx context.Context, t fsm.CommandType, cmd any) (any, error) {
+	actx, cancel := context.WithTimeout(ctx, s.applyTO)
+	defer cancel()
+	return s.b.Apply(actx, t, cmd)
+}
+
+// waitFor polls the local catalog until done returns true or ctx ends.
+func (s *apiServer) waitFor(ctx context.Context, done func(st *fsm.State) bool) error {
+	t := time.NewTicker(s.poll)
+	defer t.Stop()
+	for {
+		var ok bool
+		s.b.View(func(st *fsm.State) { ok = done(st) })
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// ---- handlers
+
+func (s *apiServer) status(w http.ResponseWriter, r *http.Request) {
+	si := s.b.Status()
+	out := api.Status{Node: si.Node, Region: si.Region, RaftState: si.RaftState,
+		Leader: si.Leader, LeaderAPI: si.LeaderAPI, Members: []api.Member{}, Hosts: []api.HostStatus{}}
+	for _, m := range si.Members {
+		out.Members = append(out.Members, api.Member(m))
+	}
+	s.b.View(func(st *fsm.State) {
+		count := map[string]int{}
+		for _, v := range st.Volumes() {
+			count[v.Host]++
+		}
+		for _, h := range st.Hosts() {
+			out.Hosts = append(out.Hosts, api.HostStatus{
+				ID: h.ID, Region: h.Region, Backend: h.Backend, CanClone: h.CanClone, Alive: h.Alive,
+				APIAddr: h.APIAddr, Budget: h.Budget, Used: st.Used(h.ID), Free: st.Free(h.ID),
+				Volumes: count[h.ID],
+			})
+		}
+	})
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *apiServer) listVolumes(w http.ResponseWriter, r *http.Request) {
+	s.freshen(w, r)
+	out := api.VolumeList{Volumes: []api.Volume{}}
+	s.b.View(func(st *fsm.State) { out.Volumes = append(out.Volumes, st.Volumes()...) })
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *apiServer) getVolume(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := s.ctx(r, s.reqTO)
+	defer cancel()
+	v, err := s.lookupVolume(ctx, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func validateCreateVolume(req *api.CreateVolumeRequest) error {
+	if err := cow.ValidateName(req.Name); err != nil {
+		return badRequest("name: %v", err)
+	}
+	if err := cow.ValidateSize(req.Size); err != nil {
+		return badRequest("size: %v", err)
+	}
+	if err := validateOptionalName("app", req.App); err != nil {
+		return err
+	}
+	if err := validateOptionalName("host", req.Host); err != nil {
+		return err
+	}
+	return validateOptionalName("region", req.Region)
+}
+
+func (s *apiServer) createVolume(w http.ResponseWriter, r *http.Request) {
+	var req api.CreateVolumeRequest
+	if err := decode(w, r, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	wait, err := queryBool(r, "wait")
+	if err == nil {
+		err = validateCreateVolume(&req)
+	}
+	rid, rerr := requestID(r, "volume")
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	ctx, cancel := s.ctx(r, s.reqTO)
+	defer cancel()
+	cmd := &fsm.CreateVolumeCmd{
+		Header: fsm.Header{RequestID: rid},
+		Volume: fsm.Volume{ID: s.newID("vol_"), Name: req.Name, App: req.App, Host: req.Host,
+			Size: req.Size, State: fsm.VolumeCreating},
+		Region: req.Region,
+	}
+	res, err := s.apply(ctx, fsm.CmdCreateVolume, cmd)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	v, err := asVolume(res)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	status := http.StatusCreated
+	if wait {
+		// Ready or failed, the answer is the volume: the client reads its
+		// state. Still creating when the wait ends: 202, it is on its way.
+		wctx, wcancel := s.ctx(r, s.waitTO)
+		defer wcancel()
+		werr := s.waitFor(wctx, func(st *fsm.State) bool {
+			cur, ok := st.Volume(v.ID)
+			if ok {
+				v = cur
+			}
+			return ok && (cur.State == fsm.VolumeReady || cur.State == fsm.VolumeFailed)
+		})
+		if werr != nil {
+			status = http.StatusAccepted
+		}
+	}
+	writeJSON(w, status, v)
+}
+
+func (s *apiServer) deleteVolume(w http.ResponseWriter, r *http.Request) {
+	wait, err := queryBool(r, "wait")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	ctx, cancel := s.ctx(r, s.reqTO)
+	defer cancel()
+	v, err := s.lookupVolume(ctx, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	res, err := s.apply(ctx, fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: v.ID, State: fsm.VolumeDeleting})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if nv, err := asVolume(res); err == nil {
+		v = nv
+	} else {
+		v.State = fsm.VolumeDeleting
+	}
+	if wait {
+		// Waits until the owning host removed the data and purged the record.
+		wctx, wcancel := s.ctx(r, s.waitTO)
+		defer wcancel()
+		werr := s.waitFor(wctx, func(st *fsm.State) bool {
+			_, ok := st.Volume(v.ID)
+			return !ok
+		})
+		if werr == nil {
+			writeJSON(w, http.StatusOK, v)
+			return
+		}
+	}
+	writeJSON(w, http.StatusAccepted, v)
+}
+
+func (s *apiServer) attach(w http.ResponseWriter, r *http.Request) { s.attachDetach(w, r, true) }
+func (s *apiServer) detach(w http.ResponseWriter, r *http.Request) { s.attachDetach(w, r, false) }
+
+// attachDetach runs on the volume's host: another node proxies the request
+// there with the caller's token.
+func (s *apiServer) attachDetach(w http.ResponseWriter, r *http.Request, attach bool) {
+	ctx, cancel := s.ctx(r, s.reqTO)
+	defer cancel()
+	v, err := s.lookupVolume(ctx, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if v.Host != s.b.Name() {
+		if r.Header.Get(proxiedHeader) != "" {
+			s.fail(w, r, &httpError{status: http.StatusConflict, code: api.CodeConflict,
+				err: fmt.Errorf("volume %s is on host %s, not on %s (catalogs disagree; retry)", v.ID, v.Host, s.b.Name())})
+			return
+		}
+		s.proxyTo(ctx, w, r, v)
+		return
+	}
+	if v.State != fsm.VolumeReady {
+		s.fail(w, r, fmt.Errorf("volume %s is %s, not ready: %w", v.ID, v.State, fsm.ErrConflict))
+		return
+	}
+	out := api.AttachResponse{Volume: v, Host: v.Host}
+	if attach {
+		dev, err := s.b.Backend().Attach(ctx, v.ID)
+		if err != nil {
+			s.fail(w, r, fmt.Errorf("attach %s on %s: %w", v.ID, v.Host, err))
+			return
+		}
+		out.Device = dev
+		s.log.Info("volume attached", "volume", v.ID, "device", dev)
+	} else {
+		if err := s.b.Backend().Detach(ctx, v.ID); err != nil {
+			s.fail(w, r, fmt.Errorf("detach %s on %s: %w", v.ID, v.Host, err))
+			return
+		}
+		s.log.Info("volume detached", "volume", v.ID)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *apiServer) proxyTo(ctx context.Context, w http.ResponseWriter, r *http.Request, v fsm.Volume) {
+	var h fsm.Host
+	var ok bool
+	s.b.View(func(st *fsm.State) { h, ok = st.Host(v.Host) })
+	if !ok || h.APIAddr == "" {
+		s.fail(w, r, &httpError{status: http.StatusServiceUnavailable, code: api.CodeUnavailable,
+			err: fmt.Errorf("volume %s is on host %s, whose API address is unknown", v.ID, v.Host)})
+		return
+	}
+	url := "http://" + h.APIAddr + r.URL.Path
+	req, err := http.NewRequestWithContext(ctx, r.Method, url, nil)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	req.Header.Set("Authorization", r.Header.Get("Authorization"))
+	req.Header.Set(proxiedHeader, s.b.Name())
+	resp, err := s.proxy.Do(req)
+	if err != nil {
+		s.fail(w, r, &httpError{status: http.StatusServiceUnavailable, code: api.CodeUnavailable,
+			err: fmt.Errorf("volume %s is on host %s, which did not answer at %s: %w", v.ID, v.Host, h.APIAddr, err)})
+		return
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		s.fail(w, r, &httpError{status: http.StatusServiceUnavailable, code: api.CodeUnavailable,
+			err: fmt.Errorf("host %s: read response: %w", v.Host, err)})
+		return
+	}
+	if !json.Valid(body) {
+		s.fail(w, r, &httpError{status: http.StatusBadGateway, code: api.CodeUnavailable,
+			err: fmt.Errorf("host %s answered HTTP %d without JSON", v.Host, resp.StatusCode)})
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(resp.StatusCode)
+	_, _ = w.Write(body)
+}
+
+func validateCreateFork(req *api.CreateForkRequest) error {
+	if req.Source == "" {
+		return badRequest("source: empty; name a volume (name or id), an app, or app:vol_id")
+	}
+	if len(req.Source) > 200 {
+		return badRequest("source: %d characters, at most 200 allowed", len(req.Source))
+	}
+	if err := cow.ValidateName(req.Name); err != nil {
+		return badRequest("name: %v", err)
+	}
+	switch fsm.Path(req.Via) {
+	case "", fsm.PathClone, fsm.PathCopy, fsm.PathReplica, fsm.PathStream:
+	default:
+		return badRequest("via: %q is not a fork path; want clone, copy, replica or stream", req.Via)
+	}
+	for _, f := range []struct{ field, v string }{{"app", req.App}, {"host", req.Host}, {"region", req.Region}} {
+		if err := validateOptionalName(f.field, f.v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *apiServer) createFork(w http.ResponseWriter, r *http.Request) {
+	var req api.CreateForkRequest
+	if err := decode(w, r, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	wait, err := queryBool(r, "wait")
+	if err == nil {
+		err = validateCreateFork(&req)
+	}
+	rid, rerr := requestID(r, "fork")
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	ctx, cancel := s.ctx(r, s.reqTO)
+	defer cancel()
+	cmd := &fsm.CreateForkCmd{
+		Header:         fsm.Header{RequestID: rid},
+		ForkID:         s.newID("fork_"),
+		TargetVolumeID: s.newID("vol_"),
+		Request: fsm.ForkRequest{Source: req.Source, Name: req.Name, Host: req.Host,
+			Region: req.Region, Via: fsm.Path(req.Via), App: req.App},
+	}
+	res, err := s.apply(ctx, fsm.CmdCreateFork, cmd)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	f, err := asFork(res)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	status := http.StatusCreated
+	if wait {
+		wctx, wcancel := s.ctx(r, s.waitTO)
+		defer wcancel()
+		werr := s.waitFor(wctx, func(st *fsm.State) bool {
+			cur, ok := st.Fork(f.ID)
+			if ok {
+				f = cur
+			}
+			return ok && (cur.State == fsm.ForkReady || cur.State == fsm.ForkFailed)
+		})
+		if werr != nil {
+			status = http.StatusAccepted
+		}
+	}
+	writeJSON(w, status, api.Derive(f))
+}
+
+func (s *apiServer) listForks(w http.ResponseWriter, r *http.Request) {
+	s.freshen(w, r)
+	out := api.ForkList{Forks: []api.Fork{}}
+	s.b.View(func(st *fsm.State) {
+		for _, f := range st.Forks() {
+			out.Forks = append(out.Forks, api.Derive(f))
+		}
+	})
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *apiServer) getFork(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := s.ctx(r, s.reqTO)
+	defer cancel()
+	f, err := s.lookupFork(ctx, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.Derive(f))
+}

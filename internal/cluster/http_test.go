@@ -1,0 +1,673 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/forknode/forknode/internal/api"
+	"github.com/forknode/forknode/internal/cow"
+	"github.com/forknode/forknode/internal/fsm"
+	"github.com/hashicorp/raft"
+)
+
+// memNode is an in-memory apiBackend: commands go through a real fsm.FSM
+// (encoded exactly as raft entries), serialized like raft would. Several
+// memNodes may share one FSM to stand for the nodes of one cluster.
+type memNode struct {
+	name    string
+	token   string
+	cat     *memCatalog
+	backend *fakeBackend
+
+	mu         sync.Mutex
+	applyErr   error // injected: every Apply fails with it
+	barrierErr error // injected: Barrier fails with it
+}
+
+type memCatalog struct {
+	mu  sync.Mutex
+	f   *fsm.FSM
+	idx uint64
+	now int64
+	ids atomic.Int64
+}
+
+func newMemCatalog() *memCatalog {
+	return &memCatalog{f: fsm.New(nil), now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()}
+}
+
+// apply stamps time and a request id (as the leader does) and applies.
+func (c *memCatalog) apply(t fsm.CommandType, cmd any) (any, error) {
+	b, err := json.Marshal(cmd)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now += int64(time.Second)
+	m["time"] = c.now
+	if rid, _ := m["request_id"].(string); rid == "" {
+		m["request_id"] = fmt.Sprintf("req_%d", c.ids.Add(1))
+	}
+	entry, err := fsm.Encode(t, m)
+	if err != nil {
+		return nil, err
+	}
+	c.idx++
+	res, ok := c.f.Apply(&raft.Log{Index: c.idx, Term: 1, Type: raft.LogCommand, Data: entry}).(fsm.ApplyResult)
+	if !ok {
+		return nil, errors.New("fsm returned no ApplyResult")
+	}
+	return res.Value, res.Err
+}
+
+func (n *memNode) Name() string             { return n.name }
+func (n *memNode) Backend() cow.Backend     { return n.backend }
+func (n *memNode) APIToken() string         { return n.token }
+func (n *memNode) View(fn func(*fsm.State)) { n.cat.f.View(fn) }
+func (n *memNode) Status() StatusInfo {
+	return StatusInfo{Node: n.name, Region: "r1", RaftState: "Leader", Leader: n.name,
+		Members: []MemberInfo{{Name: n.name, Region: "r1", Status: "alive", Voter: true}}}
+}
+
+func (n *memNode) Barrier(ctx context.Context) error {
+	n.mu.Lock()
+	err := n.barrierErr
+	n.mu.Unlock()
+	return err
+}
+
+func (n *memNode) Apply(ctx context.Context, t fsm.CommandType, cmd any) (any, error) {
+	n.mu.Lock()
+	err := n.applyErr
+	n.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return n.cat.apply(t, cmd)
+}
+
+// fakeBackend records attach/detach; the HTTP layer touches nothing else.
+type fakeBackend struct {
+	mu       sync.Mutex
+	attached map[string]string
+	failWith error
+}
+
+func (b *fakeBackend) Features() cow.Features { return cow.Features{Backend: "file"} }
+func (b *fakeBackend) Capacity(context.Context) (cow.Capacity, error) {
+	return cow.Capacity{}, nil
+}
+func (b *fakeBackend) Create(context.Context, cow.CreateSpec) (cow.Volume, error) {
+	return cow.Volume{}, cow.ErrNotSupported
+}
+func (b *fakeBackend) Get(context.Context, string) (cow.Volume, error) {
+	return cow.Volume{}, cow.ErrNotSupported
+}
+func (b *fakeBackend) List(context.Context) ([]cow.Volume, error) { return nil, cow.ErrNotSupported }
+func (b *fakeBackend) Remove(context.Context, string) error       { return cow.ErrNotSupported }
+func (b *fakeBackend) Open(context.Context, string, bool) (cow.Device, error) {
+	return nil, cow.ErrNotSupported
+}
+func (b *fakeBackend) Clone(context.Context, string, cow.CreateSpec) (cow.Volume, error) {
+	return cow.Volume{}, cow.ErrNotSupported
+}
+func (b *fakeBackend) Snapshot(context.Context, string, string) (cow.Volume, error) {
+	return cow.Volume{}, cow.ErrNotSupported
+}
+func (b *fakeBackend) Release(context.Context, string) error { return cow.ErrNotSupported }
+func (b *fakeBackend) Extents(context.Context, string) ([]cow.Extent, error) {
+	return nil, cow.ErrNotSupported
+}
+func (b *fakeBackend) Attach(_ context.Context, id string) (string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.failWith != nil {
+		return "", b.failWith
+	}
+	if b.attached == nil {
+		b.attached = map[string]string{}
+	}
+	if d, ok := b.attached[id]; ok {
+		return d, nil
+	}
+	d := fmt.Sprintf("/dev/loop%d", 10+len(b.attached))
+	b.attached[id] = d
+	return d, nil
+}
+func (b *fakeBackend) device(id string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.attached[id]
+}
+
+func (b *fakeBackend) count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.attached)
+}
+
+func (b *fakeBackend) fail(err error) {
+	b.mu.Lock()
+	b.failWith = err
+	b.mu.Unlock()
+}
+
+func (b *fakeBackend) Detach(_ context.Context, id string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.attached[id]; !ok {
+		return fmt.Errorf("volume %s is not attached: %w", id, cow.ErrInvalid)
+	}
+	delete(b.attached, id)
+	return nil
+}
+
+const testToken = "test-token"
+
+const (
+	gib = int64(1) << 30
+	mib = int64(1) << 20
+)
+
+type env struct {
+	t    testing.TB
+	h1   http.Handler
+	cat  *memCatalog
+	n1   *memNode // host h1: 10 GiB, region r1
+	n2   *memNode // host h2: 1 GiB, region r2
+	srv1 *httptest.Server
+	srv2 *httptest.Server
+	seq  atomic.Int64
+}
+
+// newEnv builds a two-host catalog with a ready 256 MiB volume "db" (app
+// "shop") on h1, and an API server per host.
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	e := &env{t: t, cat: newMemCatalog()}
+	e.n1 = &memNode{name: "h1", token: testToken, cat: e.cat, backend: &fakeBackend{}}
+	e.n2 = &memNode{name: "h2", token: testToken, cat: e.cat, backend: &fakeBackend{}}
+	newID := func(p string) string { return fmt.Sprintf("%s%04d", p, e.seq.Add(1)) }
+	s1 := newAPIServer(e.n1, nil, newID)
+	s2 := newAPIServer(e.n2, nil, newID)
+	for _, s := range []*apiServer{s1, s2} {
+		s.poll = 5 * time.Millisecond
+		s.waitTO = 2 * time.Second
+	}
+	e.h1 = s1.handler()
+	e.srv1 = httptest.NewServer(e.h1)
+	e.srv2 = httptest.NewServer(s2.handler())
+	t.Cleanup(e.srv1.Close)
+	t.Cleanup(e.srv2.Close)
+	e.host("h1", "r1", e.srv1, 10*gib)
+	e.host("h2", "r2", e.srv2, 1*gib)
+	e.mustApply(fsm.CmdCreateVolume, &fsm.CreateVolumeCmd{Volume: fsm.Volume{ID: "vol_db", Name: "db", App: "shop", Host: "h1", Size: 256 * mib, State: fsm.VolumeCreating}})
+	e.mustApply(fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: "vol_db", State: fsm.VolumeReady})
+	return e
+}
+
+func (e *env) host(id, region string, srv *httptest.Server, budget int64) {
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	e.mustApply(fsm.CmdUpsertHost, &fsm.UpsertHostCmd{Host: fsm.Host{ID: id, Region: region, APIAddr: addr, Backend: "file", Budget: budget}})
+	e.mustApply(fsm.CmdSetHostAlive, &fsm.SetHostAliveCmd{ID: id, Alive: true})
+}
+
+func (e *env) mustApply(t fsm.CommandType, cmd any) any {
+	e.t.Helper()
+	v, err := e.cat.apply(t, cmd)
+	if err != nil {
+		e.t.Fatalf("apply %v: %v", t, err)
+	}
+	return v
+}
+
+type resp struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r resp) errBody(t *testing.T) api.ErrorBody {
+	t.Helper()
+	var eb api.ErrorBody
+	if err := json.Unmarshal(r.body, &eb); err != nil {
+		t.Fatalf("error response is not JSON: %v: %q", err, r.body)
+	}
+	return eb
+}
+
+func do(t *testing.T, srv *httptest.Server, method, path, token string, body io.Reader, hdr ...string) resp {
+	t.Helper()
+	req, err := http.NewRequest(method, srv.URL+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	res, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return resp{status: res.StatusCode, header: res.Header, body: b}
+}
+
+func jsonBody(v any) io.Reader {
+	b, _ := json.Marshal(v)
+	return bytes.NewReader(b)
+}
+
+func TestHTTPErrors(t *testing.T) {
+	e := newEnv(t)
+	e.mustApply(fsm.CmdCreateVolume, &fsm.CreateVolumeCmd{Volume: fsm.Volume{ID: "vol_new", Name: "fresh", Host: "h1", Size: mib, State: fsm.VolumeCreating}})
+	big := `{"name":"x","size":4096,"app":"` + strings.Repeat("a", 70<<10) + `"}`
+	for _, tc := range []struct {
+		name, method, path, token, body string
+		status                          int
+		code, msg                       string
+	}{
+		{"no token", "GET", "/v1/status", "", "", 401, api.CodeUnauthorized, "bearer token"},
+		{"bad token", "GET", "/v1/volumes", "nope", "", 401, api.CodeUnauthorized, "bearer token"},
+		{"no token hides routes", "GET", "/v1/nope", "", "", 401, api.CodeUnauthorized, ""},
+		{"no token on write", "POST", "/v1/forks", "", `{"source":"db","name":"x"}`, 401, api.CodeUnauthorized, ""},
+		{"unknown route", "GET", "/v1/nope", testToken, "", 404, api.CodeNotFound, "no such route"},
+		{"unknown root", "GET", "/", testToken, "", 404, api.CodeNotFound, "no such route"},
+		{"too deep", "GET", "/v1/volumes/db/attach/x", testToken, "", 404, api.CodeNotFound, "no such route"},
+		{"wrong method", "PUT", "/v1/volumes", testToken, "", 405, api.CodeMethodNotAllowed, "GET, POST"},
+		{"wrong method attach", "GET", "/v1/volumes/db/attach", testToken, "", 405, api.CodeMethodNotAllowed, "POST"},
+		{"malformed json", "POST", "/v1/volumes", testToken, `{"name":`, 400, api.CodeInvalid, "malformed JSON"},
+		{"syntax error", "POST", "/v1/forks", testToken, `{"source" "db"}`, 400, api.CodeInvalid, "malformed JSON at byte"},
+		{"empty body", "POST", "/v1/volumes", testToken, ``, 400, api.CodeInvalid, "empty"},
+		{"not an object", "POST", "/v1/volumes", testToken, `[1,2]`, 400, api.CodeInvalid, "JSON object"},
+		{"unknown field", "POST", "/v1/volumes", testToken, `{"name":"a","size":4096,"colour":"red"}`, 400, api.CodeInvalid, `unknown field "colour"`},
+		{"wrong type", "POST", "/v1/volumes", testToken, `{"name":"a","size":"1GiB"}`, 400, api.CodeInvalid, `field "size"`},
+		{"trailing data", "POST", "/v1/volumes", testToken, `{"name":"a","size":4096} {}`, 400, api.CodeInvalid, "after the JSON object"},
+		{"body too large", "POST", "/v1/volumes", testToken, big, 413, api.CodeTooLarge, "exceeds 65536"},
+		{"bad name", "POST", "/v1/volumes", testToken, `{"name":"Bad Name","size":4096}`, 400, api.CodeInvalid, "name"},
+		{"long name", "POST", "/v1/volumes", testToken, `{"name":"` + strings.Repeat("a", 64) + `","size":4096}`, 400, api.CodeInvalid, "at most 63"},
+		{"empty name", "POST", "/v1/volumes", testToken, `{"size":4096}`, 400, api.CodeInvalid, "name is empty"},
+		{"zero size", "POST", "/v1/volumes", testToken, `{"name":"a"}`, 400, api.CodeInvalid, "size"},
+		{"negative size", "POST", "/v1/volumes", testToken, `{"name":"a","size":-4096}`, 400, api.CodeInvalid, "must be positive"},
+		{"unaligned size", "POST", "/v1/volumes", testToken, `{"name":"a","size":4097}`, 400, api.CodeInvalid, "multiple of 4096"},
+		{"huge size", "POST", "/v1/volumes", testToken, `{"name":"a","size":9223372036854771712}`, 400, api.CodeInvalid, "exceeds"},
+		{"bad app", "POST", "/v1/volumes", testToken, `{"name":"a","size":4096,"app":"A/B"}`, 400, api.CodeInvalid, "app"},
+		{"bad wait", "POST", "/v1/volumes?wait=maybe", testToken, `{"name":"a","size":4096}`, 400, api.CodeInvalid, "wait"},
+		{"duplicate volume", "POST", "/v1/volumes", testToken, `{"name":"db","size":4096}`, 409, api.CodeExists, "db"},
+		{"unknown host", "POST", "/v1/volumes", testToken, `{"name":"a","size":4096,"host":"h9"}`, 404, api.CodeNotFound, "h9"},
+		{"volume no room", "POST", "/v1/volumes", testToken, `{"name":"a","size":2147483648,"host":"h2"}`, 409, api.CodeNoRoom, ""},
+		{"unknown volume", "GET", "/v1/volumes/ghost", testToken, "", 404, api.CodeNotFound, "ghost"},
+		{"delete unknown", "DELETE", "/v1/volumes/ghost", testToken, "", 404, api.CodeNotFound, "ghost"},
+		{"attach unknown", "POST", "/v1/volumes/ghost/attach", testToken, "", 404, api.CodeNotFound, "ghost"},
+		{"attach not ready", "POST", "/v1/volumes/fresh/attach", testToken, "", 409, api.CodeConflict, "creating"},
+		{"unknown fork", "GET", "/v1/forks/fork_ghost", testToken, "", 404, api.CodeNotFound, "fork_ghost"},
+		{"fork unknown source", "POST", "/v1/forks", testToken, `{"source":"ghost","name":"x"}`, 404, api.CodeNotFound, "ghost"},
+		{"fork empty source", "POST", "/v1/forks", testToken, `{"name":"x"}`, 400, api.CodeInvalid, "source"},
+		{"fork bad name", "POST", "/v1/forks", testToken, `{"source":"db","name":"-x"}`, 400, api.CodeInvalid, "name"},
+		{"fork duplicate name", "POST", "/v1/forks", testToken, `{"source":"db","name":"db"}`, 409, api.CodeExists, ""},
+		{"fork bad via", "POST", "/v1/forks", testToken, `{"source":"db","name":"x","via":"teleport"}`, 400, api.CodeInvalid, "teleport"},
+		{"fork unknown field", "POST", "/v1/forks", testToken, `{"source":"db","name":"x","size":1}`, 400, api.CodeInvalid, `unknown field "size"`},
+		{"fork stream to host", "POST", "/v1/forks", testToken, `{"source":"db","name":"x","host":"h2","via":"stream"}`, 201, "", ""},
+		{"fork source not ready", "POST", "/v1/forks", testToken, `{"source":"fresh","name":"y"}`, 409, api.CodeConflict, "creating"},
+		{"bad idempotency key", "POST", "/v1/forks", testToken, `{"source":"db","name":"z"}`, 400, api.CodeInvalid, "Idempotency-Key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var body io.Reader
+			if tc.body != "" {
+				body = strings.NewReader(tc.body)
+			}
+			var hdr []string
+			if tc.name == "bad idempotency key" {
+				hdr = []string{api.IdempotencyHeader, "has space"}
+			}
+			r := do(t, e.srv1, tc.method, tc.path, tc.token, body, hdr...)
+			if r.status != tc.status {
+				t.Fatalf("status %d, want %d: %s", r.status, tc.status, r.body)
+			}
+			if ct := r.header.Get("Content-Type"); ct != "application/json" {
+				t.Fatalf("Content-Type %q", ct)
+			}
+			if tc.code == "" {
+				return
+			}
+			eb := r.errBody(t)
+			if eb.Code != tc.code || eb.Error == "" || !strings.Contains(eb.Error, tc.msg) {
+				t.Fatalf("got %+v, want code %q and message containing %q", eb, tc.code, tc.msg)
+			}
+		})
+	}
+	// "fork stream to host" placed 256 MiB on h2; four more fill its 1 GiB
+	// budget, the fifth is refused with the capacity code.
+	for i := 0; i < 3; i++ {
+		r := do(t, e.srv1, "POST", "/v1/forks", testToken, jsonBody(api.CreateForkRequest{Source: "db", Name: fmt.Sprintf("fill%d", i), Host: "h2"}))
+		if r.status != 201 {
+			t.Fatalf("fill %d: %d %s", i, r.status, r.body)
+		}
+	}
+	r := do(t, e.srv1, "POST", "/v1/forks", testToken, jsonBody(api.CreateForkRequest{Source: "db", Name: "over", Host: "h2"}))
+	if eb := r.errBody(t); r.status != 409 || eb.Code != api.CodeNoRoom {
+		t.Fatalf("over budget: %d %+v", r.status, eb)
+	}
+}
+
+func TestHTTPLeaderTrouble(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		name     string
+		applyErr error
+		barrier  error
+		method   string
+		path     string
+		body     string
+		status   int
+		code     string
+	}{
+		{"no leader on create", fmt.Errorf("%w: dial timeout", ErrNoLeader), nil, "POST", "/v1/volumes", `{"name":"a","size":4096}`, 503, api.CodeNoLeader},
+		{"no leader on fork", ErrNoLeader, nil, "POST", "/v1/forks", `{"source":"db","name":"a"}`, 503, api.CodeNoLeader},
+		{"shutdown", ErrShutdown, nil, "DELETE", "/v1/volumes/db", "", 503, api.CodeShuttingDown},
+		{"deadline", context.DeadlineExceeded, nil, "POST", "/v1/forks", `{"source":"db","name":"a"}`, 503, api.CodeTimeout},
+		{"lookup miss without leader", nil, ErrNoLeader, "GET", "/v1/volumes/ghost", "", 503, api.CodeNoLeader},
+		{"fork miss without leader", nil, ErrNoLeader, "GET", "/v1/forks/fork_x", "", 503, api.CodeNoLeader},
+		{"internal", errors.New("disk on fire"), nil, "POST", "/v1/forks", `{"source":"db","name":"a"}`, 500, api.CodeInternal},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.n1.mu.Lock()
+			e.n1.applyErr, e.n1.barrierErr = tc.applyErr, tc.barrier
+			e.n1.mu.Unlock()
+			var body io.Reader
+			if tc.body != "" {
+				body = strings.NewReader(tc.body)
+			}
+			r := do(t, e.srv1, tc.method, tc.path, testToken, body)
+			if eb := r.errBody(t); r.status != tc.status || eb.Code != tc.code || eb.Error == "" {
+				t.Fatalf("got %d %+v, want %d %s", r.status, eb, tc.status, tc.code)
+			}
+		})
+	}
+	// Lists still answer from the local catalog, marked stale; known
+	// volumes are found without the leader.
+	e.n1.mu.Lock()
+	e.n1.applyErr, e.n1.barrierErr = ErrNoLeader, ErrNoLeader
+	e.n1.mu.Unlock()
+	r := do(t, e.srv1, "GET", "/v1/volumes", testToken, nil)
+	if r.status != 200 || r.header.Get(staleHeader) != "true" {
+		t.Fatalf("stale list: %d %v", r.status, r.header)
+	}
+	if r := do(t, e.srv1, "GET", "/v1/volumes/db", testToken, nil); r.status != 200 {
+		t.Fatalf("local lookup: %d %s", r.status, r.body)
+	}
+}
+
+// A node that cannot reach the leader must answer within the apply bound,
+// not hang: the Apply below blocks until its context ends.
+func TestHTTPApplyIsBounded(t *testing.T) {
+	e := newEnv(t)
+	s := newAPIServer(&blockingNode{memNode: e.n1}, nil, NewID)
+	s.applyTO = 200 * time.Millisecond
+	srv := httptest.NewServer(s.handler())
+	defer srv.Close()
+	start := time.Now()
+	r := do(t, srv, "POST", "/v1/forks", testToken, strings.NewReader(`{"source":"db","name":"a"}`))
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("took %s", took)
+	}
+	if eb := r.errBody(t); r.status != 503 || eb.Code != api.CodeTimeout {
+		t.Fatalf("got %d %+v", r.status, eb)
+	}
+}
+
+type blockingNode struct{ *memNode }
+
+func (b *blockingNode) Apply(ctx context.Context, _ fsm.CommandType, _ any) (any, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func TestHTTPVolumes(t *testing.T) {
+	e := newEnv(t)
+	c, err := api.NewClient(e.srv2.URL, testToken) // h2 is not the volume's host
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+
+	v, err := c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "orders", App: "shop", Size: 64 * mib, Region: "r2"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(v.ID, "vol_") || v.Name != "orders" || v.Host != "h2" || v.State != fsm.VolumeCreating || v.Size != 64*mib {
+		t.Fatalf("created %+v", v)
+	}
+
+	// ?wait=1 returns once the owning host made it ready.
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		for {
+			var id string
+			e.cat.f.View(func(s *fsm.State) {
+				if v, ok := s.VolumeByName("waited"); ok {
+					id = v.ID
+				}
+			})
+			if id != "" {
+				e.cat.apply(fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: id, State: fsm.VolumeReady})
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	w, err := c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "waited", Size: 4096, Host: "h1"}, true)
+	if err != nil || w.State != fsm.VolumeReady {
+		t.Fatalf("wait create: %v %+v", err, w)
+	}
+
+	// Nobody makes this one ready: the wait ends with 202 and the volume.
+	r := do(t, e.srv1, "POST", "/v1/volumes?wait=1", testToken, strings.NewReader(`{"name":"slow","size":4096,"host":"h1"}`))
+	if r.status != http.StatusAccepted || !bytes.Contains(r.body, []byte(`"state":"creating"`)) {
+		t.Fatalf("slow wait: %d %s", r.status, r.body)
+	}
+
+	byName, err := c.Volume(ctx, "orders")
+	if err != nil || byName.ID != v.ID {
+		t.Fatalf("by name: %v %+v", err, byName)
+	}
+	byID, err := c.Volume(ctx, v.ID)
+	if err != nil || byID.Name != "orders" {
+		t.Fatalf("by id: %v %+v", err, byID)
+	}
+	list, err := c.Volumes(ctx)
+	if err != nil || len(list) != 4 {
+		t.Fatalf("list: %v %d", err, len(list))
+	}
+
+	// Idempotent create: the same key returns the first volume.
+	h := []string{api.IdempotencyHeader, "k1"}
+	r1 := do(t, e.srv1, "POST", "/v1/volumes", testToken, strings.NewReader(`{"name":"idem","size":4096}`), h...)
+	r2 := do(t, e.srv1, "POST", "/v1/volumes", testToken, strings.NewReader(`{"name":"idem","size":4096}`), h...)
+	if r1.status != 201 || r2.status != 201 || !bytes.Equal(r1.body, r2.body) {
+		t.Fatalf("idempotent create: %d %s / %d %s", r1.status, r1.body, r2.status, r2.body)
+	}
+
+	del, err := c.DeleteVolume(ctx, "orders")
+	if err != nil || del.State != fsm.VolumeDeleting {
+		t.Fatalf("delete: %v %+v", err, del)
+	}
+	got, _ := c.Volume(ctx, "orders")
+	if got.State != fsm.VolumeDeleting {
+		t.Fatalf("after delete: %+v", got)
+	}
+}
+
+func TestHTTPAttachProxies(t *testing.T) {
+	e := newEnv(t)
+	e.mustApply(fsm.CmdCreateVolume, &fsm.CreateVolumeCmd{Volume: fsm.Volume{ID: "vol_two", Name: "two", Host: "h2", Size: mib, State: fsm.VolumeCreating}})
+	e.mustApply(fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: "vol_two", State: fsm.VolumeReady})
+	c1, _ := api.NewClient(e.srv1.URL, testToken)
+	ctx := context.Background()
+
+	// Local attach on h1.
+	a, err := c1.Attach(ctx, "db")
+	if err != nil || a.Host != "h1" || a.Device == "" || e.n1.backend.device("vol_db") != a.Device {
+		t.Fatalf("local attach: %v %+v", err, a)
+	}
+	// Through h1, a volume on h2: h2's backend does it.
+	a, err = c1.Attach(ctx, "two")
+	if err != nil || a.Host != "h2" || a.Device == "" {
+		t.Fatalf("proxied attach: %v %+v", err, a)
+	}
+	if e.n2.backend.device("vol_two") != a.Device || e.n1.backend.device("vol_two") != "" {
+		t.Fatalf("attach ran on the wrong host: h1=%d h2=%d", e.n1.backend.count(), e.n2.backend.count())
+	}
+	if _, err := c1.Detach(ctx, "two"); err != nil || e.n2.backend.count() != 0 {
+		t.Fatalf("proxied detach: %v %d", err, e.n2.backend.count())
+	}
+	// Errors of the owning host come back as they were.
+	if _, err := c1.Detach(ctx, "two"); !api.IsCode(err, api.CodeInvalid) {
+		t.Fatalf("detach twice: %v", err)
+	}
+	e.n2.backend.fail(fmt.Errorf("loop devices exhausted: %w", cow.ErrBusy))
+	if _, err := c1.Attach(ctx, "two"); !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), "exhausted") {
+		t.Fatalf("remote failure: %v", err)
+	}
+	// A token the owning host refuses is refused there too (not laundered).
+	r := do(t, e.srv1, "POST", "/v1/volumes/two/attach", "wrong", nil)
+	if r.status != 401 {
+		t.Fatalf("bad token through proxy: %d", r.status)
+	}
+	// A proxied request that lands on a non-owner is not bounced again.
+	r = do(t, e.srv1, "POST", "/v1/volumes/two/attach", testToken, nil, proxiedHeader, "h3")
+	if eb := r.errBody(t); r.status != 409 || !strings.Contains(eb.Error, "catalogs disagree") {
+		t.Fatalf("proxy loop guard: %d %+v", r.status, eb)
+	}
+	// Owning host unreachable: 503 naming it.
+	e.srv2.Close()
+	_, err = c1.Attach(ctx, "two")
+	if !api.IsCode(err, api.CodeUnavailable) || !strings.Contains(err.Error(), "h2") {
+		t.Fatalf("dead owner: %v", err)
+	}
+}
+
+func TestHTTPForks(t *testing.T) {
+	e := newEnv(t)
+	c, _ := api.NewClient(e.srv2.URL, testToken)
+	ctx := context.Background()
+
+	f, err := c.CreateFork(ctx, api.CreateForkRequest{Source: "db", Name: "pr-1"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(f.ID, "fork_") || f.State != fsm.ForkPending || f.SourceVolume != "vol_db" || f.Name != "pr-1" || f.BytesTotal != 256*mib {
+		t.Fatalf("fork: %+v", f)
+	}
+	tv, err := c.Volume(ctx, "pr-1")
+	if err != nil || tv.ID != f.TargetVolume || tv.App != "shop" || tv.State != fsm.VolumeCreating {
+		t.Fatalf("target volume: %v %+v", err, tv)
+	}
+
+	// Same Idempotency-Key: same fork, no second one.
+	f1, err := c.CreateFork(ctx, api.CreateForkRequest{Source: "db", Name: "pr-2", Via: "stream", Host: "h2"}, "retry-me")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2, err := c.CreateFork(ctx, api.CreateForkRequest{Source: "db", Name: "pr-2", Via: "stream", Host: "h2"}, "retry-me")
+	if err != nil || f2.ID != f1.ID || f1.Path != fsm.PathStream || f1.TargetHost != "h2" {
+		t.Fatalf("idempotent fork: %v %+v %+v", err, f1, f2)
+	}
+	forks, err := c.Forks(ctx)
+	if err != nil || len(forks) != 2 {
+		t.Fatalf("forks: %v %d", err, len(forks))
+	}
+
+	// Progress shows up with derived figures.
+	e.mustApply(fsm.CmdForkProgress, &fsm.ForkProgressCmd{ForkID: f1.ID, BytesDone: 128 * mib, BytesTotal: 256 * mib, WireBytes: 32 * mib})
+	got, err := c.Fork(ctx, f1.ID)
+	if err != nil || got.State != fsm.ForkRunning || got.CompressionRatio != 4 || got.Percent != 50 || got.RateBytesPerSec <= 0 || got.ETASeconds <= 0 {
+		t.Fatalf("progress: %v %+v", err, got)
+	}
+	// ?wait=1 on a fork returns when it finished.
+	go func() {
+		time.Sleep(30 * time.Millisecond)
+		e.cat.apply(fsm.CmdFinishFork, &fsm.FinishForkCmd{ForkID: f1.ID, OK: false, Error: "source host died"})
+	}()
+	w, err := c.WaitFork(ctx, f1.ID, 10*time.Millisecond, nil)
+	if err == nil || !strings.Contains(err.Error(), "source host died") || w.State != fsm.ForkFailed {
+		t.Fatalf("failed fork: %v %+v", err, w)
+	}
+}
+
+func TestHTTPStatus(t *testing.T) {
+	e := newEnv(t)
+	c, _ := api.NewClient(e.srv1.URL, testToken)
+	st, err := c.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Node != "h1" || st.Leader != "h1" || len(st.Members) != 1 || len(st.Hosts) != 2 {
+		t.Fatalf("status: %+v", st)
+	}
+	h1 := st.Hosts[0]
+	if h1.ID != "h1" || h1.Budget != 10*gib || h1.Used != 256*mib || h1.Free != 10*gib-256*mib || !h1.Alive || h1.Volumes != 1 || h1.Region != "r1" {
+		t.Fatalf("h1: %+v", h1)
+	}
+}
+
+// Twenty forks race for a host with room for five, through both nodes:
+// exactly five land, the rest get no_room, the budget holds.
+func TestHTTPCapacityRace(t *testing.T) {
+	e := newEnv(t)
+	var wg sync.WaitGroup
+	var ok, noRoom, other atomic.Int64
+	for i := 0; i < 20; i++ {
+		srv := e.srv1
+		if i%2 == 1 {
+			srv = e.srv2
+		}
+		wg.Add(1)
+		go func(i int, srv *httptest.Server) {
+			defer wg.Done()
+			c, _ := api.NewClient(srv.URL, testToken)
+			_, err := c.CreateFork(context.Background(), api.CreateForkRequest{Source: "db", Name: fmt.Sprintf("race-%02d", i), Host: "h2"}, "")
+			switch {
+			case err == nil:
+				ok.Add(1)
+			case api.IsCode(err, api.CodeNoRoom):
+				noRoom.Add(1)
+			default:
+				other.Add(1)
+				t.Errorf("fork %d: %v", i, err)
+			}
+		}(i, srv)
+	}
+	wg.Wait()
+	// h2 has 1 GiB: four 256 MiB forks fit.
+	if ok.Load() != 4 || noRoom.Load() != 16 || other.Load() != 0 {
+		t.Fatalf("ok=%d no_room=%d other=%d", ok.Load(), noRoom.Load(), other.Load())
+	}
+	c, _ := api.NewClient(e.srv1.URL, testToken)
+	st, _ := c.Status(context.Background())
+	for _, h := range st.Hosts {
+		if h.Used > h.Budget {
+			t.Fatalf("host %s over budget: %+v", h.ID, h)
+		}
+	}
+}

@@ -1,0 +1,189 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/forknode/forknode/internal/fsm"
+	"github.com/hashicorp/raft"
+)
+
+// leaderLoop runs the leader's duties while this node leads: Barrier first
+// (so the catalog is current), then reconcile gossip membership into raft
+// servers and catalog hosts, on every gossip event and on a timer (a dropped
+// event is covered by the next tick).
+func (n *Node) leaderLoop() {
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case isLeader := <-n.raft.LeaderCh():
+			if isLeader {
+				n.lead()
+			}
+		}
+	}
+}
+
+func (n *Node) lead() {
+	n.logger.Info("acquired leadership")
+	n.gossip.setMeta(func(m *nodeMeta) { m.Bootstrapped = true })
+	interval := time.Second
+	if n.cfg.Fast {
+		interval = 100 * time.Millisecond
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	barrierDone := false
+	deadSince := map[string]time.Time{}
+	for n.raft.State() == raft.Leader {
+		if !barrierDone {
+			if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
+				n.logger.Warn("leader barrier failed", "error", err)
+			} else {
+				barrierDone = true
+			}
+		}
+		if barrierDone {
+			n.reconcile(deadSince)
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-n.gossip.events:
+		case <-tick.C:
+		}
+	}
+	n.logger.Info("lost leadership")
+}
+
+// reconcile makes raft servers and catalog hosts follow gossip:
+//   - an alive member that is not a raft server is added (idempotently: the
+//     same id with a new address is removed and re-added);
+//   - a member that left gracefully is removed from raft;
+//   - a dead member stays a server until removed explicitly: removing it
+//     needs quorum and it may come back;
+//   - hosts are upserted from gossip metadata and marked alive or not;
+//   - forks touching a host dead for longer than DeadHostTimeout fail, so a
+//     fork never hangs on a lost host.
+func (n *Node) reconcile(deadSince map[string]time.Time) {
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	members := n.gossip.snapshot()
+
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		n.logger.Warn("raft configuration", "error", err)
+		return
+	}
+	servers := map[string]raft.ServerAddress{}
+	for _, s := range cf.Configuration().Servers {
+		servers[string(s.ID)] = s.Address
+	}
+	for _, m := range members {
+		addr := raft.ServerAddress(m.meta.ClusterAddr)
+		cur, known := servers[m.name]
+		switch {
+		case m.state == "alive" && m.meta.ClusterAddr != "" && (!known || cur != addr):
+			if known {
+				n.logger.Info("server address changed", "server", m.name, "old", cur, "new", addr)
+				if err := n.raft.RemoveServer(raft.ServerID(m.name), 0, 0).Error(); err != nil {
+					n.logger.Warn("remove server", "server", m.name, "error", err)
+					continue
+				}
+			}
+			n.logger.Info("adding raft voter", "server", m.name, "addr", addr)
+			if err := n.raft.AddVoter(raft.ServerID(m.name), addr, 0, 0).Error(); err != nil {
+				n.logger.Warn("add voter", "server", m.name, "error", err)
+			}
+		case m.state == "left" && known && m.name != n.cfg.Name:
+			n.logger.Info("removing raft server that left", "server", m.name)
+			if err := n.raft.RemoveServer(raft.ServerID(m.name), 0, 0).Error(); err != nil {
+				n.logger.Warn("remove server", "server", m.name, "error", err)
+			}
+		}
+	}
+
+	// Catalog hosts.
+	var hosts map[string]fsm.Host
+	n.fsm.View(func(s *fsm.State) {
+		hosts = map[string]fsm.Host{}
+		for _, h := range s.Hosts() {
+			hosts[h.ID] = h
+		}
+	})
+	now := time.Now()
+	for _, m := range members {
+		alive := m.state == "alive" || m.state == "suspect"
+		if m.meta.ClusterAddr == "" {
+			continue
+		}
+		want := fsm.Host{ID: m.name, Region: m.meta.Region, RaftAddr: m.meta.ClusterAddr,
+			APIAddr: m.meta.APIAddr, XferAddr: m.meta.ClusterAddr, Backend: m.meta.Backend,
+			CanClone: m.meta.CanClone, Budget: m.meta.Budget, Alive: alive}
+		have, ok := hosts[m.name]
+		if m.state == "left" && !ok {
+			continue
+		}
+		if !ok || have.Region != want.Region || have.RaftAddr != want.RaftAddr || have.APIAddr != want.APIAddr ||
+			have.Backend != want.Backend || have.CanClone != want.CanClone || have.Budget != want.Budget {
+			if _, err := n.Apply(ctx, fsm.CmdUpsertHost, &fsm.UpsertHostCmd{Host: want}); err != nil {
+				n.logger.Warn("upsert host", "host", m.name, "error", err)
+				continue
+			}
+		} else if have.Alive != alive {
+			if _, err := n.Apply(ctx, fsm.CmdSetHostAlive, &fsm.SetHostAliveCmd{ID: m.name, Alive: alive}); err != nil {
+				n.logger.Warn("set host alive", "host", m.name, "error", err)
+			}
+		}
+		if alive {
+			delete(deadSince, m.name)
+		} else if _, ok := deadSince[m.name]; !ok {
+			deadSince[m.name] = now
+		}
+	}
+	// A host in the catalog that gossip never saw since this leader started
+	// (e.g. it died while there was no leader) counts as dead from now.
+	for id := range hosts {
+		found := false
+		for _, m := range members {
+			if m.name == id {
+				found = true
+			}
+		}
+		if !found {
+			if _, ok := deadSince[id]; !ok {
+				deadSince[id] = now
+			}
+			if hosts[id].Alive {
+				_, _ = n.Apply(ctx, fsm.CmdSetHostAlive, &fsm.SetHostAliveCmd{ID: id, Alive: false})
+			}
+		}
+	}
+
+	// Fail forks stuck on a dead host.
+	var stuck []fsm.Fork
+	n.fsm.View(func(s *fsm.State) {
+		for _, f := range s.Forks() {
+			if f.State == fsm.ForkReady || f.State == fsm.ForkFailed {
+				continue
+			}
+			for _, h := range []string{f.SourceHost, f.TargetHost} {
+				if t, ok := deadSince[h]; ok && now.Sub(t) > n.cfg.DeadHostTimeout {
+					f.Error = fmt.Sprintf("host %s unreachable for %s", h, now.Sub(t).Round(time.Second))
+					stuck = append(stuck, f)
+					break
+				}
+			}
+		}
+	})
+	for _, f := range stuck {
+		n.logger.Warn("failing fork on dead host", "fork", f.ID, "reason", f.Error)
+		_, err := n.Apply(ctx, fsm.CmdFinishFork, &fsm.FinishForkCmd{ForkID: f.ID, OK: false, Error: f.Error})
+		if err != nil && !errors.Is(err, fsm.ErrNotFound) {
+			n.logger.Warn("fail fork", "fork", f.ID, "error", err)
+		}
+	}
+}

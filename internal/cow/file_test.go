@@ -1,0 +1,272 @@
+package cow
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestCreateGetListRemove(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t, "", 0)
+	v, err := b.Create(ctx, CreateSpec{ID: "vol_a", Name: "alpha", Size: 8 << 20, Owner: "fork_1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Kind != KindVolume || v.Size != 8<<20 || v.Path != imgPath(b, "vol_a") || v.Created.IsZero() {
+		t.Fatalf("bad volume %+v", v)
+	}
+	st, err := os.Stat(v.Path)
+	if err != nil || st.Size() != 8<<20 {
+		t.Fatalf("image: %v %v", st, err)
+	}
+	if ext, _ := b.Extents(ctx, "vol_a"); len(ext) != 0 {
+		t.Fatalf("new volume should be all hole, extents %v", ext)
+	}
+	if _, err := b.Create(ctx, CreateSpec{ID: "vol_b", Name: "beta", Size: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Get(ctx, "vol_a")
+	if err != nil || !reflect.DeepEqual(got, v) {
+		t.Fatalf("Get = %+v, %v; want %+v", got, err, v)
+	}
+	if ids := listIDs(t, b); !reflect.DeepEqual(ids, []string{"vol_a/volume", "vol_b/volume"}) {
+		t.Fatalf("List = %v", ids)
+	}
+	if err := b.Remove(ctx, "vol_a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Get(ctx, "vol_a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get after remove: %v", err)
+	}
+	if err := b.Remove(ctx, "vol_a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second Remove: %v", err)
+	}
+	if files := dirFiles(t, b.Dir()); !reflect.DeepEqual(files, []string{"vol_b.img", "vol_b.json"}) {
+		t.Fatalf("dir holds %v", files)
+	}
+}
+
+func TestMetadataDurableAcrossReopen(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b := newTestBackend(t, dir, 0)
+	v, err := b.Create(ctx, CreateSpec{ID: "vol_a", Name: "alpha", Size: 1 << 20, Owner: "o"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.Snapshot(ctx, "vol_a", "snap_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Debris of a crash: a temp file and an image without metadata.
+	os.WriteFile(filepath.Join(dir, ".vol_x.img.tmp"), []byte("x"), 0o600)
+	os.WriteFile(filepath.Join(dir, "vol_y.img"), []byte("y"), 0o600)
+
+	b2 := newTestBackend(t, dir, 0)
+	for _, want := range []Volume{v, s} {
+		got, err := b2.Get(ctx, want.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.ID != want.ID || got.Name != want.Name || got.Size != want.Size || got.Kind != want.Kind ||
+			got.Owner != want.Owner || got.Origin != want.Origin || !got.Created.Equal(want.Created) || got.Path != want.Path {
+			t.Fatalf("reopened %+v, want %+v", got, want)
+		}
+	}
+	if files := dirFiles(t, dir); !reflect.DeepEqual(files, []string{"snap_1.img", "snap_1.json", "vol_a.img", "vol_a.json"}) {
+		t.Fatalf("debris not cleaned: %v", files)
+	}
+	// A corrupt metadata file is an error, not a silent loss.
+	os.WriteFile(filepath.Join(dir, "vol_a.json"), []byte("{"), 0o600)
+	if _, err := NewFileBackend(dir, 0, nil); err == nil || !strings.Contains(err.Error(), "vol_a.json") {
+		t.Fatalf("corrupt metadata: %v", err)
+	}
+}
+
+func TestCreateIdempotent(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t, "", 0)
+	spec := CreateSpec{ID: "vol_a", Name: "alpha", Size: 1 << 20, Owner: "f"}
+	v1, err := b.Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2, err := b.Create(ctx, spec)
+	if err != nil || !reflect.DeepEqual(v1, v2) {
+		t.Fatalf("retry: %+v %v", v2, err)
+	}
+	for _, other := range []CreateSpec{
+		{ID: "vol_a", Name: "alpha", Size: 2 << 20, Owner: "f"},
+		{ID: "vol_a", Name: "other", Size: 1 << 20, Owner: "f"},
+		{ID: "vol_a", Name: "alpha", Size: 1 << 20, Owner: "g"},
+	} {
+		if _, err := b.Create(ctx, other); !errors.Is(err, ErrExists) {
+			t.Errorf("%+v: want ErrExists, got %v", other, err)
+		}
+	}
+	if _, err := b.Create(ctx, CreateSpec{ID: "vol_b", Name: "alpha", Size: 4096}); !errors.Is(err, ErrExists) {
+		t.Errorf("duplicate name: %v", err)
+	}
+}
+
+func TestCapacity(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t, "", 10<<20)
+	c, err := b.Capacity(ctx)
+	if err != nil || c.Budget != 10<<20 || c.Used != 0 || c.Free != 10<<20 {
+		t.Fatalf("capacity %+v %v", c, err)
+	}
+	if _, err := b.Create(ctx, CreateSpec{ID: "v1", Name: "v1", Size: 6 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.Create(ctx, CreateSpec{ID: "v2", Name: "v2", Size: 6 << 20})
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "6291456") || !strings.Contains(err.Error(), "4194304 free") {
+		t.Fatalf("want ErrNoSpace with figures, got %v", err)
+	}
+	if _, err := b.Create(ctx, CreateSpec{ID: "v2", Name: "v2", Size: 4 << 20}); err != nil {
+		t.Fatalf("exact fit: %v", err)
+	}
+	// Snapshots do not count against the budget.
+	if _, err := b.Snapshot(ctx, "v1", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	c, _ = b.Capacity(ctx)
+	if c.Used != 10<<20 || c.Free != 0 {
+		t.Fatalf("capacity %+v", c)
+	}
+	// Budget 0: the filesystem's free space bounds it.
+	b0 := newTestBackend(t, "", 0)
+	c0, err := b0.Capacity(ctx)
+	if err != nil || c0.Budget <= 0 || c0.Free != c0.Budget {
+		t.Fatalf("capacity %+v %v", c0, err)
+	}
+	if _, err := b0.Create(ctx, CreateSpec{ID: "huge", Name: "huge", Size: (c0.Free/4096 + 1) * 4096}); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("over statfs free: %v", err)
+	}
+	// A budget above the filesystem's free space is capped by it.
+	bBig := newTestBackend(t, "", MaxSize*1000)
+	cb, _ := bBig.Capacity(ctx)
+	if cb.Budget >= MaxSize*1000 {
+		t.Fatalf("budget not capped by statfs: %+v", cb)
+	}
+}
+
+func TestExtentsAndDevice(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t, "", 0)
+	if _, err := b.Create(ctx, CreateSpec{ID: "v", Name: "v", Size: 8 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := b.Open(ctx, "v", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte{0xab}, 64<<10)
+	for _, off := range []int64{0, 4 << 20} {
+		if _, err := d.WriteAt(data, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.WriteAt(data, 8<<20-4096); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("write past end: %v", err)
+	}
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	ext, err := b.Extents(ctx, "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Filesystems allocate in their own block size; each extent must
+	// cover the data written and there must be a hole between them.
+	if len(ext) != 2 || ext[0].Offset != 0 || ext[0].Length < 64<<10 || ext[1].Offset > 4<<20 ||
+		ext[1].Offset+ext[1].Length < 4<<20+64<<10 || ext[0].Length >= 4<<20 {
+		t.Fatalf("extents %+v", ext)
+	}
+	// Zero punches a hole: data reads back as zeros, the extent goes away.
+	if err := d.Zero(4<<20, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	if _, err := d.ReadAt(buf, 4<<20); err != nil || !isZero(buf) {
+		t.Fatalf("after Zero: %v zero=%v", err, isZero(buf))
+	}
+	ext, _ = b.Extents(ctx, "v")
+	if len(ext) != 1 {
+		t.Fatalf("extents after punch %+v", ext)
+	}
+	if d.Size() != 8<<20 {
+		t.Fatalf("size %d", d.Size())
+	}
+	d.Close()
+	if _, err := b.Open(ctx, "nope", false); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("open missing: %v", err)
+	}
+}
+
+func TestSnapshotUnattached(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t, "", 0)
+	if _, err := b.Create(ctx, CreateSpec{ID: "v", Name: "v", Size: 6 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	want := writeLayout(t, imgPath(b, "v"), "dzhpdh", 1)
+	s, err := b.Snapshot(ctx, "v", "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Kind != KindSnapshot || s.Origin != "v" || s.Size != 6<<20 {
+		t.Fatalf("snapshot %+v", s)
+	}
+	// Later writes to the source do not reach the snapshot.
+	writeLayout(t, imgPath(b, "v"), "dddddd", 2)
+	if got := readAll(t, s.Path); !bytes.Equal(got, want) {
+		t.Fatal("snapshot content differs from the source at snapshot time")
+	}
+	if again, err := b.Snapshot(ctx, "v", "s"); err != nil || again.ID != "s" {
+		t.Fatalf("idempotent snapshot: %v", err)
+	}
+	if _, err := b.Open(ctx, "s", true); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("writable snapshot open: %v", err)
+	}
+	if err := b.Release(ctx, "v"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("release of a volume: %v", err)
+	}
+	if err := b.Release(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	if ids := listIDs(t, b); !reflect.DeepEqual(ids, []string{"v/volume"}) {
+		t.Fatalf("List = %v", ids)
+	}
+}
+
+func TestCloneFollowsFeatures(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t, "", 0)
+	if _, err := b.Create(ctx, CreateSpec{ID: "v", Name: "v", Size: 2 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	want := writeLayout(t, imgPath(b, "v"), "dp", 3)
+	_, err := b.Clone(ctx, "v", CreateSpec{ID: "c", Name: "c"})
+	if !b.Features().Clone {
+		if !errors.Is(err, ErrNotSupported) {
+			t.Fatalf("clone on %s: want ErrNotSupported, got %v", b.Features().Filesystem, err)
+		}
+		if files := dirFiles(t, b.Dir()); len(files) != 2 {
+			t.Fatalf("stray files %v", files)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(readAll(t, imgPath(b, "c")), want) {
+		t.Fatal("clone differs")
+	}
+}

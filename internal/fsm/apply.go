@@ -1,0 +1,362 @@
+package fsm
+
+import (
+	"fmt"
+)
+
+// apply runs one decoded command against s. It returns the result and
+// whether the catalog changed (watchers are woken only then).
+func (s *State) apply(t CommandType, cmd commander) (ApplyResult, bool) {
+	h := cmd.header()
+	if h.RequestID != "" {
+		if r, ok := s.results[h.RequestID]; ok {
+			return r.result(), false
+		}
+	}
+	val, err := s.dispatch(cmd)
+	changed := err == nil
+	if h.RequestID == "" {
+		if err != nil {
+			return ApplyResult{Err: err}, false
+		}
+		return ApplyResult{Value: val}, changed
+	}
+	rec := newRecord(h.RequestID, t, val, err)
+	s.remember(rec)
+	// Return the recorded form, so the first answer and any retry's answer
+	// are the same on every replica.
+	return rec.result(), changed
+}
+
+func (s *State) dispatch(cmd commander) (any, error) {
+	switch c := cmd.(type) {
+	case *UpsertHostCmd:
+		return s.upsertHost(c)
+	case *RemoveHostCmd:
+		return s.removeHost(c)
+	case *SetHostAliveCmd:
+		return s.setHostAlive(c)
+	case *CreateVolumeCmd:
+		return s.createVolume(c)
+	case *SetVolumeStateCmd:
+		return s.setVolumeStateCmd(c)
+	case *DeleteVolumeCmd:
+		return s.deleteVolume(c)
+	case *CreateForkCmd:
+		return s.createFork(c)
+	case *ForkProgressCmd:
+		return s.forkProgress(c)
+	case *FinishForkCmd:
+		return s.finishFork(c)
+	}
+	return nil, fmt.Errorf("%w: %w %T", ErrInvalid, ErrUnknownCommand, cmd)
+}
+
+func hostCopy(h *Host) *Host       { c := *h; return &c }
+func volumeCopy(v *Volume) *Volume { c := *v; return &c }
+func forkCopy(f *Fork) *Fork       { c := *f; return &c }
+
+// upsertHost registers or updates a host. A new host takes Alive and
+// UpdatedAt from the command (UpdatedAt defaulting to the command's time); an
+// existing host keeps its own: liveness changes only through SetHostAlive,
+// so a re-registration cannot revive a host gossip declared dead.
+func (s *State) upsertHost(c *UpsertHostCmd) (any, error) {
+	h := c.Host
+	if err := validateNodeName("host id", h.ID); err != nil {
+		return nil, err
+	}
+	if err := validateNodeName("region", h.Region); err != nil {
+		return nil, fmt.Errorf("host %s: %w", h.ID, err)
+	}
+	if h.Budget < 0 {
+		return nil, fmt.Errorf("%w: host %s: budget %d is negative", ErrInvalid, h.ID, h.Budget)
+	}
+	if old, ok := s.hosts[h.ID]; ok {
+		h.Alive, h.UpdatedAt = old.Alive, old.UpdatedAt
+	} else if h.UpdatedAt == 0 {
+		h.UpdatedAt = c.Time
+	}
+	s.hosts[h.ID] = &h
+	return hostCopy(&h), nil
+}
+
+func (s *State) removeHost(c *RemoveHostCmd) (any, error) {
+	h, ok := s.hosts[c.ID]
+	if !ok {
+		return nil, fmt.Errorf("%w: host %q", ErrNotFound, c.ID)
+	}
+	if n := len(s.byHost[c.ID]); n > 0 {
+		return nil, fmt.Errorf("%w: host %s still holds %d volume(s)", ErrConflict, c.ID, n)
+	}
+	delete(s.hosts, c.ID)
+	return hostCopy(h), nil
+}
+
+func (s *State) setHostAlive(c *SetHostAliveCmd) (any, error) {
+	h, ok := s.hosts[c.ID]
+	if !ok {
+		return nil, fmt.Errorf("%w: host %q", ErrNotFound, c.ID)
+	}
+	nh := *h
+	nh.Alive = c.Alive
+	nh.UpdatedAt = c.Time
+	s.hosts[nh.ID] = &nh
+	return hostCopy(&nh), nil
+}
+
+func (s *State) createVolume(c *CreateVolumeCmd) (any, error) {
+	v := c.Volume
+	if err := validateID("volume id", VolumeIDPrefix, v.ID); err != nil {
+		return nil, err
+	}
+	if err := ValidateName("volume name", v.Name); err != nil {
+		return nil, err
+	}
+	if v.App != "" {
+		if err := ValidateName("app", v.App); err != nil {
+			return nil, err
+		}
+	}
+	if err := validateSize(v.Size); err != nil {
+		return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+	}
+	switch v.State {
+	case "":
+		v.State = VolumeCreating
+	case VolumeCreating, VolumeReady:
+	default:
+		return nil, fmt.Errorf("%w: volume %s: cannot be created in state %q", ErrInvalid, v.Name, v.State)
+	}
+	if _, ok := s.volumes[v.ID]; ok {
+		return nil, fmt.Errorf("%w: volume id %s", ErrExists, v.ID)
+	}
+	if old, ok := s.byName[v.Name]; ok {
+		return nil, fmt.Errorf("%w: a volume named %q exists (%s)", ErrExists, v.Name, old.ID)
+	}
+	if v.Host == "" {
+		h, err := s.placeVolume(v.Size, c.Region)
+		if err != nil {
+			return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+		}
+		v.Host = h
+	} else {
+		h, ok := s.hosts[v.Host]
+		if !ok {
+			return nil, fmt.Errorf("%w: volume %s: host %q", ErrNotFound, v.Name, v.Host)
+		}
+		if !h.Alive {
+			return nil, fmt.Errorf("%w: volume %s: host %s is down", ErrConflict, v.Name, v.Host)
+		}
+		if free := s.Free(h.ID); free < v.Size {
+			return nil, fmt.Errorf("%w: volume %s: host %s has %s free, need %s", ErrNoRoom, v.Name, h.ID, FormatBytes(free), FormatBytes(v.Size))
+		}
+	}
+	if v.CreatedAt == 0 {
+		v.CreatedAt = c.Time
+	}
+	s.addVolume(&v)
+	return volumeCopy(&v), nil
+}
+
+// placeVolume picks an alive host with room: the hinted region first, then
+// the most free, then the smaller id.
+func (s *State) placeVolume(size int64, region string) (string, error) {
+	var best *Host
+	var bestFree int64
+	var most *Host
+	var mostFree int64
+	for _, h := range s.hosts {
+		if !h.Alive {
+			continue
+		}
+		free := s.Free(h.ID)
+		if most == nil || free > mostFree || free == mostFree && h.ID < most.ID {
+			most, mostFree = h, free
+		}
+		if free < size {
+			continue
+		}
+		if best == nil || betterPlacement(h, free, best, bestFree, region) {
+			best, bestFree = h, free
+		}
+	}
+	if best != nil {
+		return best.ID, nil
+	}
+	if most == nil {
+		return "", fmt.Errorf("%w: need %s, no alive host", ErrNoRoom, FormatBytes(size))
+	}
+	return "", fmt.Errorf("%w: need %s, most free is %s on %s", ErrNoRoom, FormatBytes(size), FormatBytes(mostFree), most.ID)
+}
+
+func betterPlacement(h *Host, free int64, b *Host, bfree int64, region string) bool {
+	if region != "" {
+		hr, br := h.Region == region, b.Region == region
+		if hr != br {
+			return hr
+		}
+	}
+	if free != bfree {
+		return free > bfree
+	}
+	return h.ID < b.ID
+}
+
+func validVolumeState(st VolumeState) bool {
+	switch st {
+	case VolumeCreating, VolumeReady, VolumeFailed, VolumeDeleting:
+		return true
+	}
+	return false
+}
+
+func (s *State) setVolumeStateCmd(c *SetVolumeStateCmd) (any, error) {
+	v, ok := s.volumes[c.ID]
+	if !ok {
+		return nil, fmt.Errorf("%w: volume %q", ErrNotFound, c.ID)
+	}
+	if !validVolumeState(c.State) {
+		return nil, fmt.Errorf("%w: volume state %q", ErrInvalid, c.State)
+	}
+	// Leaving failed re-reserves the space: refuse if it is gone meanwhile.
+	if !countsAgainstBudget(v.State) && countsAgainstBudget(c.State) {
+		if free := s.Free(v.Host); free < v.Size {
+			return nil, fmt.Errorf("%w: volume %s: host %s has %s free, need %s to leave state failed", ErrNoRoom, v.ID, v.Host, FormatBytes(free), FormatBytes(v.Size))
+		}
+	}
+	return volumeCopy(s.setVolumeState(v, c.State)), nil
+}
+
+// deleteVolume purges the record. A volume an active fork reads from or
+// writes to is refused: finish or fail the fork first.
+func (s *State) deleteVolume(c *DeleteVolumeCmd) (any, error) {
+	v, ok := s.volumes[c.ID]
+	if !ok {
+		return nil, fmt.Errorf("%w: volume %q", ErrNotFound, c.ID)
+	}
+	var busy *Fork
+	for _, f := range s.active {
+		if (f.SourceVolume == v.ID || f.TargetVolume == v.ID) && (busy == nil || f.ID < busy.ID) {
+			busy = f
+		}
+	}
+	if busy != nil {
+		return nil, fmt.Errorf("%w: volume %s is used by %s fork %s", ErrConflict, v.ID, busy.State, busy.ID)
+	}
+	s.removeVolume(v)
+	return volumeCopy(v), nil
+}
+
+func (s *State) createFork(c *CreateForkCmd) (any, error) {
+	if err := validateID("fork id", ForkIDPrefix, c.ForkID); err != nil {
+		return nil, err
+	}
+	if err := validateID("target volume id", VolumeIDPrefix, c.TargetVolumeID); err != nil {
+		return nil, err
+	}
+	if _, ok := s.forks[c.ForkID]; ok {
+		return nil, fmt.Errorf("%w: fork id %s", ErrExists, c.ForkID)
+	}
+	if _, ok := s.volumes[c.TargetVolumeID]; ok {
+		return nil, fmt.Errorf("%w: volume id %s", ErrExists, c.TargetVolumeID)
+	}
+	plan, err := PlanFork(s, c.Request)
+	if err != nil {
+		return nil, err
+	}
+	src := s.volumes[plan.SourceVolume]
+	app := c.Request.App
+	if app == "" {
+		app = src.App
+	}
+	f := &Fork{
+		ID:           c.ForkID,
+		Request:      c.Request.Source,
+		Name:         c.Request.Name,
+		SourceVolume: plan.SourceVolume,
+		SourceHost:   plan.SourceHost,
+		TargetVolume: c.TargetVolumeID,
+		TargetHost:   plan.TargetHost,
+		Path:         plan.Path,
+		State:        ForkPending,
+		BytesTotal:   plan.Size,
+		CreatedAt:    c.Time,
+		UpdatedAt:    c.Time,
+	}
+	v := &Volume{
+		ID:        c.TargetVolumeID,
+		Name:      c.Request.Name,
+		App:       app,
+		Host:      plan.TargetHost,
+		Size:      plan.Size,
+		State:     VolumeCreating,
+		Origin:    plan.SourceVolume,
+		ForkID:    c.ForkID,
+		CreatedAt: c.Time,
+	}
+	s.addVolume(v)
+	s.putFork(f)
+	return forkCopy(f), nil
+}
+
+func finished(f *Fork) bool { return f.State == ForkReady || f.State == ForkFailed }
+
+// forkProgress marks the fork running. Progress for a finished fork is late
+// news from the executor and is ignored.
+func (s *State) forkProgress(c *ForkProgressCmd) (any, error) {
+	f, ok := s.forks[c.ForkID]
+	if !ok {
+		return nil, fmt.Errorf("%w: fork %q", ErrNotFound, c.ForkID)
+	}
+	if c.BytesDone < 0 || c.BytesTotal < 0 || c.WireBytes < 0 {
+		return nil, fmt.Errorf("%w: fork %s: negative progress figures", ErrInvalid, c.ForkID)
+	}
+	if finished(f) {
+		return forkCopy(f), nil
+	}
+	f = forkCopy(f)
+	f.State = ForkRunning
+	f.BytesDone = c.BytesDone
+	if c.BytesTotal > 0 {
+		f.BytesTotal = c.BytesTotal
+	}
+	f.WireBytes = c.WireBytes
+	f.UpdatedAt = c.Time
+	s.putFork(f)
+	return forkCopy(f), nil
+}
+
+// finishFork ends the fork and sets its target volume ready or failed (a
+// failed volume stops counting against its host's budget).
+func (s *State) finishFork(c *FinishForkCmd) (any, error) {
+	f, ok := s.forks[c.ForkID]
+	if !ok {
+		return nil, fmt.Errorf("%w: fork %q", ErrNotFound, c.ForkID)
+	}
+	if finished(f) {
+		return forkCopy(f), nil
+	}
+	f = forkCopy(f)
+	target := s.volumes[f.TargetVolume]
+	if c.OK {
+		f.State = ForkReady
+		f.BytesDone = f.BytesTotal
+		f.Error = ""
+		if target != nil {
+			s.setVolumeState(target, VolumeReady)
+		}
+	} else {
+		f.State = ForkFailed
+		f.Error = c.Error
+		if f.Error == "" {
+			f.Error = "failed"
+		}
+		if target != nil {
+			s.setVolumeState(target, VolumeFailed)
+		}
+	}
+	f.UpdatedAt = c.Time
+	f.FinishedAt = c.Time
+	s.putFork(f)
+	return forkCopy(f), nil
+}

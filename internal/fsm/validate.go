@@ -1,0 +1,112 @@
+package fsm
+
+import (
+	"fmt"
+	"strings"
+)
+
+const (
+	maxNameLen = 63
+	// blockSize: volume sizes are whole 4 KiB blocks, what every backend
+	// (loop devices, LVM extents after rounding) can honour exactly.
+	blockSize = 4096
+	// VolumeIDPrefix and ForkIDPrefix are stamped by the leader.
+	VolumeIDPrefix = "vol_"
+	ForkIDPrefix   = "fork_"
+)
+
+// ValidateName checks a volume or app name: 1-63 chars of [a-z0-9_.-],
+// starting with [a-z0-9]. Names starting with "vol_" are refused so that a
+// name can never be mistaken for a volume id when resolving a fork source.
+func ValidateName(what, name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: %s is empty", ErrInvalid, what)
+	}
+	if len(name) > maxNameLen {
+		return fmt.Errorf("%w: %s %q is %d chars, at most %d", ErrInvalid, what, name, len(name), maxNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
+		if i > 0 {
+			ok = ok || c == '_' || c == '.' || c == '-'
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s %q: character %q at %d not allowed (want [a-z0-9][a-z0-9_.-]*)", ErrInvalid, what, name, c, i)
+		}
+	}
+	if strings.HasPrefix(name, VolumeIDPrefix) {
+		return fmt.Errorf("%w: %s %q: the prefix %q is reserved for volume ids", ErrInvalid, what, name, VolumeIDPrefix)
+	}
+	return nil
+}
+
+// validateNodeName checks host ids and regions: node names may carry
+// upper-case letters, so they get a slightly looser rule than volume names.
+func validateNodeName(what, name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: %s is empty", ErrInvalid, what)
+	}
+	if len(name) > maxNameLen {
+		return fmt.Errorf("%w: %s %q is %d chars, at most %d", ErrInvalid, what, name, len(name), maxNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if i > 0 {
+			ok = ok || c == '_' || c == '.' || c == '-'
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s %q: character %q at %d not allowed", ErrInvalid, what, name, c, i)
+		}
+	}
+	return nil
+}
+
+// validateID checks a leader-stamped id: prefix then 1-64 chars of
+// [A-Za-z0-9_-].
+func validateID(what, prefix, id string) error {
+	rest, ok := strings.CutPrefix(id, prefix)
+	if !ok || rest == "" {
+		return fmt.Errorf("%w: %s %q must look like %s…", ErrInvalid, what, id, prefix)
+	}
+	if len(rest) > 64 {
+		return fmt.Errorf("%w: %s %q is too long", ErrInvalid, what, id)
+	}
+	for i := 0; i < len(rest); i++ {
+		c := rest[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return fmt.Errorf("%w: %s %q: character %q not allowed", ErrInvalid, what, id, c)
+		}
+	}
+	return nil
+}
+
+func validateSize(size int64) error {
+	if size <= 0 {
+		return fmt.Errorf("%w: size %d must be > 0", ErrInvalid, size)
+	}
+	if size%blockSize != 0 {
+		return fmt.Errorf("%w: size %d is not a multiple of %d", ErrInvalid, size, blockSize)
+	}
+	return nil
+}
+
+// FormatBytes renders a byte count for messages: "512 MiB", "1.0 GiB".
+func FormatBytes(n int64) string {
+	const unit = 1024
+	if n < unit && n > -unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	v := float64(n)
+	i := -1
+	for (v >= unit || v <= -unit) && i < len(units)-1 {
+		v /= unit
+		i++
+	}
+	if v < 10 && v > -10 {
+		return fmt.Sprintf("%.1f %s", v, units[i])
+	}
+	return fmt.Sprintf("%.0f %s", v, units[i])
+}

@@ -1,0 +1,112 @@
+package transfer
+
+import (
+	"errors"
+	"io"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Source is what the sending host reads: a snapshot. cow.Device satisfies it.
+type Source interface {
+	io.ReaderAt
+	Size() int64
+}
+
+// Sink is what the receiving host writes: the new volume. cow.Device
+// satisfies it. Zero must make a range read back as zeros on any backend.
+type Sink interface {
+	io.WriterAt
+	Size() int64
+	Sync() error
+	Zero(off, n int64) error
+}
+
+// Extent is a byte range of the source that holds data.
+type Extent struct{ Offset, Length int64 }
+
+// Options tune one side of a transfer. Zero values mean the defaults.
+type Options struct {
+	Codec     string         // "zstd" (default), "s2", "auto" (pick by measured link speed), "none"
+	ChunkSize int            // default 1 MiB, clamped to [MinChunk, MaxChunk]
+	Window    int            // in-flight chunks per side; default 8
+	RateLimit int64          // bytes/s of volume data for this transfer; 0 = unlimited
+	Limiter   *Limiter       // optional shared per-node limiter; both apply
+	Progress  func(Progress) // called at most every ~250 ms and at the end
+	Logger    hclog.Logger
+	IOTimeout time.Duration // deadline on every network read/write (default 30 s)
+	// GiveUp bounds how long Pull keeps reconnecting without any progress
+	// before it fails with ErrAborted (default 30 s).
+	GiveUp time.Duration
+}
+
+// Progress is a snapshot of a running transfer.
+type Progress struct {
+	Done, Total, Wire, Resent int64
+	Rate                      float64 // volume bytes per second since the start
+	ETA                       time.Duration
+}
+
+// Stats summarise a finished transfer. Bytes = DataBytes + ZeroBytes = the
+// volume size; Wire counts frame bytes over all connections.
+type Stats struct {
+	Bytes, DataBytes, ZeroBytes, Wire, Resent int64
+	Reconnects                                int
+	Digest                                    string
+	Duration                                  time.Duration
+}
+
+// Sentinel errors, checked with errors.Is.
+var (
+	// ErrUnauthorized: the source host refused the pull.
+	ErrUnauthorized = errors.New("transfer: unauthorized")
+	// ErrCorrupt: a checksum, decompression or digest check failed.
+	ErrCorrupt = errors.New("transfer: corrupt data")
+	// ErrProtocol: a malformed or unexpected frame.
+	ErrProtocol = errors.New("transfer: protocol error")
+	// ErrAborted: the transfer gave up (no progress in time, peer gone,
+	// fatal error reported by the peer, or cancelled).
+	ErrAborted = errors.New("transfer: aborted")
+)
+
+const (
+	defaultChunk     = 1 << 20
+	defaultWindow    = 8
+	defaultIOTimeout = 30 * time.Second
+	defaultGiveUp    = 30 * time.Second
+	progressEvery    = 250 * time.Millisecond
+)
+
+func (o Options) withDefaults() Options {
+	if o.Codec == "" {
+		o.Codec = "zstd"
+	}
+	if o.ChunkSize <= 0 {
+		o.ChunkSize = defaultChunk
+	}
+	if o.ChunkSize < MinChunk {
+		o.ChunkSize = MinChunk
+	}
+	if o.ChunkSize > MaxChunk {
+		o.ChunkSize = MaxChunk
+	}
+	if o.Window <= 0 {
+		o.Window = defaultWindow
+	}
+	// Memory bound: Window × (chunk + compressed chunk) must stay well
+	// under 64 MiB per side.
+	if maxW := (48 << 20) / (2 * o.ChunkSize); o.Window > maxW {
+		o.Window = maxW
+	}
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+	if o.IOTimeout <= 0 {
+		o.IOTimeout = defaultIOTimeout
+	}
+	if o.GiveUp <= 0 {
+		o.GiveUp = defaultGiveUp
+	}
+	return o
+}

@@ -1,0 +1,106 @@
+// Package transfer streams a volume snapshot from a source host to a target
+// host: the "remote stream" fork path. It depends only on the Source and
+// Sink interfaces it declares (cow.Device satisfies both).
+//
+// # Sessions
+//
+// The puller (target) dials and sends a hello; the source answers with an
+// accept (or an error frame) and then streams data and zero frames followed
+// by one done frame. Every frame carries its offset, so the puller accepts
+// them in any order; this source sends them in grid order (a reorder queue
+// of at most Window frames behind the parallel workers), which keeps the
+// puller's watermark right behind what it received and re-sends little
+// after a reconnect. The puller writes data frames with
+// pwrite, turns zero frames into Sink.Zero so holes read back as zeros even
+// on a reused thick LV, fsyncs about once a second and acks the contiguous
+// watermark that was complete before that fsync. After done it verifies
+// the whole-volume digest and its totals, fsyncs, and sends a final ack of
+// the volume size. If the connection breaks, the puller waits for its
+// in-flight writes, fsyncs, and reconnects with the hello's offset set to
+// its durable watermark; the source (whose Opener is called again) resumes
+// there. Data the puller had already received is counted as re-sent.
+//
+// # Frame format (version 1)
+//
+// Every frame is a 32-byte little-endian header followed by PayloadLen
+// bytes of payload:
+//
+//	off size field
+//	  0    4 magic        0x53424B46 ("FKBS" as bytes F K B S)
+//	  4    1 version      1
+//	  5    1 type         1 hello, 2 accept, 3 data, 4 zero, 5 ack, 6 done, 7 error
+//	  6    2 flags        data: codec (0 none, 1 zstd, 2 s2); error: code
+//	  8    8 offset       volume byte offset (≤ 2^50)
+//	 16    8 length       volume bytes covered (≤ 2^50, offset+length ≤ 2^50)
+//	 24    4 payload len
+//	 28    4 crc32c       Castagnoli CRC of header bytes 0..27, then the payload
+//
+// The CRC covers the header fields as well as the payload, so a flipped
+// offset is caught as surely as a flipped data byte. A decoder validates
+// magic, version, type, flags and every length against the bounds below
+// before it reads or allocates the payload; a mismatching CRC is
+// ErrCorrupt, a malformed header ErrProtocol, and a payload cut short is
+// io.ErrUnexpectedEOF wrapped with the frame's type, offset and sizes.
+//
+// Per type:
+//
+//   - hello (puller → source): offset = resume offset (0 at first), length =
+//     volume size learnt from an earlier accept (0 at first); payload =
+//     u16 len + fork id, u16 len + host name (4..1024 bytes).
+//   - accept (source → puller): offset = the resume offset accepted,
+//     length = volume size; payload = u32 chunk size G (64 KiB..4 MiB), the
+//     grid of the stream and of the digest.
+//   - data: covers exactly one grid block [i·G, min((i+1)·G, size));
+//     length 1..4 MiB; payload 1..4 MiB compressed with the codec in flags.
+//     zstd frames are made at the fastest level without zstd's own
+//     checksum; s2 uses the block format. When compression would not shrink
+//     a block it is sent raw (codec 0, payload = length), which bounds
+//     every payload by the chunk size.
+//   - zero: a run of whole grid blocks that must read back as zeros (known
+//     holes coalesce into one frame; a block found all-zero gets its own);
+//     empty payload.
+//   - ack (puller → source): offset = durable watermark; length 0; empty
+//     payload. offset = size is the final ack after verification. The
+//     source also sends acks as keepalives (offset = bytes re-hashed) while
+//     it re-reads the prefix after a resume; the puller ignores them.
+//   - done (source → puller): offset 0, length = size; payload = u64 data
+//     bytes, u64 zero bytes, 32-byte digest.
+//   - error: offset = length = 0; flags = 1 fatal, 2 unauthorized, 3 retry,
+//     4 corrupt; payload = UTF-8 message (≤ 1024 bytes).
+//
+// # Whole-volume digest
+//
+// digest = SHA-256(H_0 ‖ H_1 ‖ … ‖ H_{n-1}), where H_i = SHA-256 of grid
+// block i's bytes, and a hole or zero block hashes as that many zero bytes.
+// Each side hashes blocks as it reads or writes them, in any order; a
+// resuming source re-reads (locally) the blocks before the resume point.
+// The puller reports success only when its digest of what it wrote equals
+// the source's, and the data/zero byte totals agree.
+//
+// # Retries
+//
+// Pull reconnects (exponential backoff from 50 ms to 5 s) after any
+// transient failure: dial errors, I/O timeouts (Options.IOTimeout on every
+// read and write), a cut connection, a CRC mismatch (the bad frame is
+// dropped and re-sent from the durable watermark; three corrupt sessions in
+// a row without progress fail with ErrCorrupt). It gives up with ErrAborted
+// after Options.GiveUp without progress. It fails at once on
+// ErrUnauthorized, a fatal error frame, a source that changed size or grid,
+// a frame outside the grid, a local write/fsync error, or a digest or
+// totals mismatch at the end (ErrCorrupt: the data already written cannot
+// be trusted, so there is nothing to resume).
+//
+// # Pipeline and memory
+//
+// The source walks the grid (skipping known holes without reading them),
+// reads, classifies, hashes and compresses blocks on GOMAXPROCS workers
+// and writes frames from one writer goroutine. Both sides hold at most
+// Window chunk buffers (default 8 × 1 MiB, capped so buffers stay under
+// 48 MiB), so memory does not grow with the volume size. The rate limit
+// (per transfer and an optional shared Limiter) is charged for every block
+// read from the source, before it is read.
+//
+// The "auto" codec measures, per chunk, each codec's compression speed and
+// ratio and the link's speed while writing, and picks the codec with the
+// higher min(workers × speed, link / ratio), re-probing now and then.
+package transfer
