@@ -345,3 +345,48 @@ func TestClusterLeaderFailover(t *testing.T) {
 		return ok
 	})
 }
+
+func TestClusterRemoveDeadMember(t *testing.T) {
+	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil)
+	victim := tc.follower()
+	name := victim.Name()
+	via := tc.leader()
+	// An alive node is refused: it should leave by stopping.
+	if err := via.RemoveMember(context.Background(), name); !errors.Is(err, fsm.ErrConflict) {
+		t.Fatalf("removing an alive node: %v", err)
+	}
+	for i, n := range tc.nodes {
+		if n == victim {
+			n.shutdown(false)
+			tc.nodes[i] = nil
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "victim seen dead", func() bool {
+		for _, m := range via.Status().Members {
+			if m.Name == name {
+				return m.Status == "dead"
+			}
+		}
+		return false
+	})
+	// Through a follower, to exercise forwarding.
+	var other *Node
+	for _, n := range tc.nodes {
+		if n != nil && n != via {
+			other = n
+		}
+	}
+	if err := other.RemoveMember(context.Background(), name); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "host gone from catalog and raft", func() bool {
+		ok := false
+		via.View(func(s *fsm.State) { _, ok = s.Host(name) })
+		cf := via.raft.GetConfiguration()
+		return !ok && cf.Error() == nil && len(cf.Configuration().Servers) == 2
+	})
+	// Idempotent.
+	if err := via.RemoveMember(context.Background(), name); err != nil {
+		t.Fatalf("second removal: %v", err)
+	}
+}

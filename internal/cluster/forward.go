@@ -25,8 +25,9 @@ const (
 )
 
 type fwdRequest struct {
-	Op    string `json:"op"` // "apply" or "index"
+	Op    string `json:"op"` // "apply", "index" or "remove_server"
 	Entry []byte `json:"entry,omitempty"`
+	ID    string `json:"id,omitempty"`
 }
 
 type fwdResponse struct {
@@ -330,6 +331,14 @@ func (n *Node) serveForward(c net.Conn) {
 			break
 		}
 		resp.Index = n.raft.CommitIndex()
+	case "remove_server":
+		if n.raft.State() != raft.Leader {
+			resp = fwdResponse{Code: "not_leader", Error: raft.ErrNotLeader.Error()}
+			break
+		}
+		if err := n.removeServerLocal(req.ID); err != nil {
+			resp = fwdResponse{Code: errCode(err), Error: err.Error()}
+		}
 	default:
 		resp = fwdResponse{Code: "invalid", Error: fmt.Sprintf("unknown forward op %q", req.Op)}
 	}
@@ -405,4 +414,69 @@ func readMsg(r io.Reader, v any) error {
 		return err
 	}
 	return json.Unmarshal(b, v)
+}
+
+// RemoveMember removes a dead node for good: from raft's voters (which
+// needs a quorum of the rest) and from the catalog (refused while it still
+// holds volumes). A dead node is never removed automatically, because it
+// may come back; a node that leaves gracefully is removed by the leader.
+func (n *Node) RemoveMember(ctx context.Context, name string) error {
+	if name == n.cfg.Name {
+		return fmt.Errorf("%w: a node cannot remove itself; stop it to leave the cluster", fsm.ErrInvalid)
+	}
+	for _, m := range n.gossip.snapshot() {
+		if m.name == name && m.state == "alive" {
+			return fmt.Errorf("%w: node %s is alive; stop it first (it leaves gracefully)", fsm.ErrConflict, name)
+		}
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
+		defer cancel()
+	}
+	for {
+		var err error
+		if n.raft.State() == raft.Leader {
+			err = n.removeServerLocal(name)
+		} else {
+			var resp fwdResponse
+			resp, err = n.forwardCall(ctx, fwdRequest{Op: "remove_server", ID: name})
+			if err == nil && resp.Error != "" {
+				err = codeErr(resp.Code, resp.Error)
+				if resp.Code != "not_leader" {
+					err = &applyErr{err}
+				}
+			}
+		}
+		if err == nil {
+			break
+		}
+		if !retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", ErrNoLeader, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	n.gossip.forget(name)
+	_, err := n.Apply(ctx, fsm.CmdRemoveHost, &fsm.RemoveHostCmd{ID: name})
+	if errors.Is(err, fsm.ErrNotFound) {
+		err = nil
+	}
+	return err
+}
+
+func (n *Node) removeServerLocal(name string) error {
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	for _, s := range cf.Configuration().Servers {
+		if string(s.ID) == name {
+			return n.raft.RemoveServer(s.ID, 0, 0).Error()
+		}
+	}
+	return nil // already gone: removal is idempotent
 }

@@ -218,3 +218,12 @@ func (g *gossip) leave(timeout time.Duration) error {
 	}
 	return err
 }
+
+// forget drops a member that was removed for good from the table.
+func (g *gossip) forget(name string) {
+	g.mu.Lock()
+	if m := g.members[name]; m != nil && m.state != "alive" {
+		delete(g.members, name)
+	}
+	g.mu.Unlock()
+}

@@ -680,7 +680,7 @@ func (s *apiServer) proxyTo(ctx context.Context, w http.ResponseWriter, r *http.
 			err: fmt.Errorf("volume %s is on host %s, whose API address is unknown", v.ID, v.Host)})
 		return
 	}
-	url := "http://" + h.APIAddr + r.URL.Path
+	url := "http://" + dialableAPIAddr(h) + r.URL.Path
 	req, err := http.NewRequestWithContext(ctx, r.Method, url, nil)
 	if err != nil {
 		s.fail(w, r, err)
@@ -709,6 +709,25 @@ func (s *apiServer) proxyTo(ctx context.Context, w http.ResponseWriter, r *http.
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(resp.StatusCode)
 	_, _ = w.Write(body)
+}
+
+// dialableAPIAddr is the host's API address, with an unspecified bind IP
+// (":7948", "0.0.0.0:7948", "[::]:7948") replaced by the IP of its cluster
+// address: dialing the unspecified address would reach this node itself.
+func dialableAPIAddr(h fsm.Host) string {
+	host, port, err := net.SplitHostPort(h.APIAddr)
+	if err != nil {
+		return h.APIAddr
+	}
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		return h.APIAddr
+	}
+	if ch, _, err := net.SplitHostPort(h.RaftAddr); err == nil && ch != "" {
+		if ip := net.ParseIP(ch); ip == nil || !ip.IsUnspecified() {
+			return net.JoinHostPort(ch, port)
+		}
+	}
+	return h.APIAddr
 }
 
 func validateCreateFork(req *api.CreateForkRequest) error {

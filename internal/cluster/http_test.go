@@ -580,7 +580,7 @@ func TestHTTPForks(t *testing.T) {
 		t.Fatalf("fork: %+v", f)
 	}
 	tv, err := c.Volume(ctx, "pr-1")
-	if err != nil || tv.ID != f.TargetVolume || tv.App != "shop" || tv.State != fsm.VolumeCreating {
+	if err != nil || tv.ID != f.TargetVolume || tv.State != fsm.VolumeCreating {
 		t.Fatalf("target volume: %v %+v", err, tv)
 	}
 
@@ -668,6 +668,22 @@ func TestHTTPCapacityRace(t *testing.T) {
 	for _, h := range st.Hosts {
 		if h.Used > h.Budget {
 			t.Fatalf("host %s over budget: %+v", h.ID, h)
+		}
+	}
+}
+
+func TestHTTPDialableAPIAddr(t *testing.T) {
+	for _, tc := range []struct{ api, raft, want string }{
+		{"10.0.0.1:7948", "10.0.0.1:7947", "10.0.0.1:7948"},
+		{":7948", "10.0.0.2:7947", "10.0.0.2:7948"},
+		{"0.0.0.0:7948", "10.0.0.3:7947", "10.0.0.3:7948"},
+		{"[::]:7948", "[fd00::3]:7947", "[fd00::3]:7948"},
+		{"[::]:7948", "0.0.0.0:7947", "[::]:7948"},
+		{"node1.example:7948", "10.0.0.1:7947", "node1.example:7948"},
+		{"garbage", "10.0.0.1:7947", "garbage"},
+	} {
+		if got := dialableAPIAddr(fsm.Host{APIAddr: tc.api, RaftAddr: tc.raft}); got != tc.want {
+			t.Errorf("dialableAPIAddr(%q, %q) = %q, want %q", tc.api, tc.raft, got, tc.want)
 		}
 	}
 }

@@ -124,8 +124,8 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 			APIAddr: m.meta.APIAddr, XferAddr: m.meta.ClusterAddr, Backend: m.meta.Backend,
 			CanClone: m.meta.CanClone, Budget: m.meta.Budget, Alive: alive}
 		have, ok := hosts[m.name]
-		if m.state == "left" && !ok {
-			continue
+		if !alive && !ok {
+			continue // never re-add a host that is gone (left, or removed while dead)
 		}
 		if !ok || have.Region != want.Region || have.RaftAddr != want.RaftAddr || have.APIAddr != want.APIAddr ||
 			have.Backend != want.Backend || have.CanClone != want.CanClone || have.Budget != want.Budget {

@@ -264,11 +264,11 @@ func (s *State) createFork(c *CreateForkCmd) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	src := s.volumes[plan.SourceVolume]
+	// A fork is a new database, not a replica of its source: it joins an
+	// app only when asked, so it never becomes a candidate for the replica
+	// path of the production app (its data diverges from the moment it is
+	// made).
 	app := c.Request.App
-	if app == "" {
-		app = src.App
-	}
 	f := &Fork{
 		ID:           c.ForkID,
 		Request:      c.Request.Source,

@@ -232,7 +232,7 @@ func TestCreateForkRecordsForkAndVolume(t *testing.T) {
 	if got, _ := getFork(f, "fork_1"); got != wantFork {
 		t.Fatalf("stored fork %+v", got)
 	}
-	wantVol := Volume{ID: "vol_new", Name: "staging", App: "shop", Host: "h1", Size: GiB, State: VolumeCreating,
+	wantVol := Volume{ID: "vol_new", Name: "staging", Host: "h1", Size: GiB, State: VolumeCreating,
 		Origin: "vol_a", ForkID: "fork_1", CreatedAt: 777}
 	if got, _ := getVol(f, "vol_new"); got != wantVol {
 		t.Fatalf("volume\n got %+v\nwant %+v", got, wantVol)
