@@ -282,7 +282,9 @@ func runDemo(nodes []*cluster.Node, token string) error {
 		rows = append(rows, demoRow{name: "demo-clone", want: "clone", skipped: reason})
 	}
 	fork("demo-copy", "copy", api.CreateForkRequest{Source: "demo-src", Via: "copy"})
-	fork("demo-stream", "stream", api.CreateForkRequest{Source: "demo-src", Via: "stream", Host: "dev2"})
+	// This copy joins app "demo" (a fork joins an app only when asked): it
+	// is the replica the planner may fork from when dev1 is full.
+	fork("demo-stream", "stream", api.CreateForkRequest{Source: "demo-src", Via: "stream", Host: "dev2", App: "demo"})
 
 	// Fill dev1, so the next fork of demo-src cannot stay on its host: the
 	// planner forks demo-stream (same app, on dev2) there instead.

@@ -37,12 +37,17 @@ type executor struct {
 	limiter  *transfer.Limiter
 	progress time.Duration
 
+	// done holds forks this process finished. The local catalog can lag
+	// the leader for a moment after FinishFork commits; without this a pass
+	// in that window would start the fork again on top of its result.
+	done map[string]bool
+
 	restarted bool // restart reconciliation done
 	wg        sync.WaitGroup
 }
 
 func newExecutor(n *Node) *executor {
-	e := &executor{n: n, logger: n.logger.Named("executor"), running: map[string]context.CancelFunc{}}
+	e := &executor{n: n, logger: n.logger.Named("executor"), running: map[string]context.CancelFunc{}, done: map[string]bool{}}
 	e.progress = time.Second
 	if n.cfg.Fast {
 		e.progress = 200 * time.Millisecond
@@ -196,10 +201,19 @@ func (e *executor) pass() {
 		f := f
 		key := "fork:" + f.ID
 		if finished(f) {
+			e.mu.Lock()
+			delete(e.done, f.ID) // the local view caught up
+			e.mu.Unlock()
 			e.cancel(key) // the leader failed it (e.g. the peer died)
 			if f.SourceHost == me && !e.isRunning(key) {
 				e.releaseSnapshot(f)
 			}
+			continue
+		}
+		e.mu.Lock()
+		wasDone := e.done[f.ID]
+		e.mu.Unlock()
+		if wasDone {
 			continue
 		}
 		switch {
@@ -382,7 +396,11 @@ func (e *executor) finish(f fsm.Fork, err error) {
 	}
 	if aerr := e.apply(fsm.CmdFinishFork, cmd); aerr != nil {
 		e.logger.Error("record fork result", "fork", f.ID, "error", aerr)
+		return
 	}
+	e.mu.Lock()
+	e.done[f.ID] = true
+	e.mu.Unlock()
 }
 
 func (e *executor) targetVolume(f fsm.Fork) (fsm.Volume, error) {
@@ -424,9 +442,23 @@ func (e *executor) localFork(ctx context.Context, f fsm.Fork) {
 		return
 	}
 	if err != nil {
+		if e.forkReady(f.ID) {
+			return // never undo a fork that is already ready
+		}
 		e.removeBackendVolume(e.n.ctx, tv.ID)
 	}
 	e.finish(f, err)
+}
+
+// forkReady re-reads the catalog (after catching up with the leader) to
+// make sure a failure path never removes the volume of a finished fork.
+func (e *executor) forkReady(id string) bool {
+	ctx, cancel := context.WithTimeout(e.n.ctx, 2*time.Second)
+	_ = e.n.Barrier(ctx)
+	cancel()
+	var f fsm.Fork
+	e.n.fsm.View(func(s *fsm.State) { f, _ = s.Fork(id) })
+	return f.State == fsm.ForkReady
 }
 
 // pullFork is the target side of a stream: create the volume, pull the
@@ -439,7 +471,7 @@ func (e *executor) pullFork(ctx context.Context, f fsm.Fork) {
 	}
 	b := e.n.cfg.Backend
 	fail := func(err error) {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || e.forkReady(f.ID) {
 			return
 		}
 		e.removeBackendVolume(e.n.ctx, tv.ID)

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -23,16 +24,16 @@ func BenchmarkClone(b *testing.B) {
 	for _, sz := range []struct {
 		name string
 		size int64
-	}{{"1g", 1 << 30}, {"16g", 16 << 30}} {
+	}{{"1GiB", 1 << 30}, {"16GiB", 16 << 30}} {
 		b.Run(sz.name, func(b *testing.B) {
-			src := "src_" + sz.name
+			src := "src_" + strings.ToLower(sz.name)
 			if _, err := be.Create(ctx, CreateSpec{ID: src, Name: src, Size: sz.size}); err != nil {
 				b.Fatal(err)
 			}
 			writeSpots(b, imgPath(be, src), sz.size, 64)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				id := fmt.Sprintf("c_%s_%d", sz.name, i)
+				id := fmt.Sprintf("c_%s_%d", strings.ToLower(sz.name), i)
 				if _, err := be.Clone(ctx, src, CreateSpec{ID: id, Name: id}); err != nil {
 					b.Fatal(err)
 				}

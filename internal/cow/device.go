@@ -67,8 +67,8 @@ func (d *fileDevice) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func (d *fileDevice) Close() error { return d.f.Close() }
-func (d *fileDevice) Size() int64 { return d.size }
-func (d *fileDevice) Sync() error { return d.f.Sync() }
+func (d *fileDevice) Size() int64  { return d.size }
+func (d *fileDevice) Sync() error  { return d.f.Sync() }
 
 // Zero punches a hole, keeping the size; where the filesystem cannot punch
 // holes it writes zeros, so old data never stays visible.

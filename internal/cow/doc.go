@@ -46,7 +46,9 @@
 // needs_recovery while frozen, and no write() is cut in half. An attached but
 // unmounted volume gets an fsync of its block device first (dirty pages of
 // the device are otherwise invisible in the image); an unattached one is
-// copied as it is.
+// copied as it is. Mounts are looked up in this process's mount namespace: a
+// filesystem mounted only inside another namespace is not seen, and its
+// snapshot is then only as consistent as a block-device flush makes it.
 //
 // On a filesystem without reflink the snapshot is a sparse copy made while
 // frozen. That freeze is bounded: past FreezeTimeout (default 30 s) the copy

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -268,5 +269,34 @@ func TestCloneFollowsFeatures(t *testing.T) {
 	}
 	if !bytes.Equal(readAll(t, imgPath(b, "c")), want) {
 		t.Fatal("clone differs")
+	}
+}
+
+// TestConcurrentCreateSameName: the name and budget reservations hold
+// under races; exactly one of the racers gets each name.
+func TestConcurrentCreateSameName(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t, "", 0)
+	const n = 8
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			_, err := b.Create(ctx, CreateSpec{ID: fmt.Sprintf("v%d", i), Name: "same", Size: 1 << 20})
+			errs <- err
+		}(i)
+	}
+	ok := 0
+	for i := 0; i < n; i++ {
+		if err := <-errs; err == nil {
+			ok++
+		} else if !errors.Is(err, ErrExists) {
+			t.Errorf("unexpected error %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d creates of the same name succeeded", ok)
+	}
+	if files := dirFiles(t, b.Dir()); len(files) != 2 {
+		t.Fatalf("dir holds %v", files)
 	}
 }

@@ -95,6 +95,12 @@ func TestXFSClone(t *testing.T) {
 	if v.Origin != "src" || v.Size != size {
 		t.Fatalf("clone %+v", v)
 	}
+	if again, err := b.Clone(ctx, "src", CreateSpec{ID: "c1", Name: "c1", Owner: "fork_1"}); err != nil || again.Created != v.Created {
+		t.Fatalf("retried clone: %+v %v", again, err)
+	}
+	if _, err := b.Clone(ctx, "src", CreateSpec{ID: "c1", Name: "other"}); !errors.Is(err, ErrExists) {
+		t.Fatalf("clone id reuse: %v", err)
+	}
 	if !sameContent(t, v.Path, imgPath(b, "src")) {
 		t.Fatal("clone differs")
 	}

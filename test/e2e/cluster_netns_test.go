@@ -339,17 +339,26 @@ func TestClusterNetns(t *testing.T) {
 		if len(won) != raceFit {
 			t.Fatalf("%d forks placed on n2, want exactly %d", len(won), raceFit)
 		}
-		st, err := c.client(1, 1).Status(rctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, h := range st.Hosts {
-			if h.Used > h.Budget {
-				t.Errorf("host %s over budget: used %d > budget %d", h.ID, h.Used, h.Budget)
-			}
-			if h.ID == "n2" && h.Used != raceFit*raceSize {
-				t.Errorf("n2 used %d, want %d", h.Used, raceFit*raceSize)
-			}
+		// Every node's catalog (read locally, so it may lag by a few ms)
+		// must show the five reservations on n2 and never more than a
+		// budget.
+		for node := 0; node < 3; node++ {
+			var lastUsed int64
+			testutil.Eventually(t, 5*time.Second, fmt.Sprintf("%s sees %d reserved on n2", c.name(node), raceFit*raceSize), func() bool {
+				st, err := c.client(node, node).Status(rctx)
+				if err != nil {
+					return false
+				}
+				for _, h := range st.Hosts {
+					if h.Used > h.Budget {
+						t.Fatalf("%s: host %s over budget: used %d > budget %d", c.name(node), h.ID, h.Used, h.Budget)
+					}
+					if h.ID == "n2" {
+						lastUsed = h.Used
+					}
+				}
+				return lastUsed == raceFit*raceSize
+			})
 		}
 		for _, f := range won {
 			if _, err := c.client(2, 2).WaitFork(rctx, f.ID, 200*time.Millisecond, nil); err != nil {
