@@ -40,6 +40,11 @@ func testLogger(t *testing.T, name string) hclog.Logger {
 // timings and file backends with the given budgets.
 func newTestCluster(t *testing.T, budgets []int64, regions []string) *testCluster {
 	t.Helper()
+	return newTestClusterWith(t, budgets, regions, nil)
+}
+
+func newTestClusterWith(t *testing.T, budgets []int64, regions []string, mod func(*Config)) *testCluster {
+	t.Helper()
 	key, err := keys.Generate()
 	if err != nil {
 		t.Fatal(err)
@@ -64,6 +69,9 @@ func newTestCluster(t *testing.T, budgets []int64, regions []string) *testCluste
 		}
 		if i > 0 {
 			cfg.Join = []string{tc.nodes[0].GossipAddr()}
+		}
+		if mod != nil {
+			mod(&cfg)
 		}
 		n, err := New(cfg)
 		if err != nil {
@@ -389,4 +397,99 @@ func TestClusterRemoveDeadMember(t *testing.T) {
 	if err := via.RemoveMember(context.Background(), name); err != nil {
 		t.Fatalf("second removal: %v", err)
 	}
+}
+
+// After a crash the executor removes what the catalog does not know: an
+// orphan volume and a leftover snapshot.
+func TestClusterRestartReconciles(t *testing.T) {
+	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil)
+	victim := tc.follower()
+	idx := -1
+	for i, n := range tc.nodes {
+		if n == victim {
+			idx = i
+		}
+	}
+	name := victim.Name()
+	keep := tc.createVolume(tc.leader(), "keep", "app", name, 4*MiB)
+	be := victim.Backend()
+	victim.shutdown(false)
+	tc.nodes[idx] = nil
+
+	ctx := context.Background()
+	if _, err := be.Create(ctx, cow.CreateSpec{ID: "vol_00000000orphan0", Name: "orphan", Size: 4 * MiB}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := be.Snapshot(ctx, keep.ID, "snap_vol_0000000gone"); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := tc.cfgs[idx]
+	cfg.Join = []string{tc.leader().GossipAddr()}
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.nodes[idx] = n
+	testutil.Eventually(t, 15*time.Second, "orphans removed, catalog volume kept", func() bool {
+		vs, err := be.List(ctx)
+		if err != nil {
+			return false
+		}
+		ids := map[string]bool{}
+		for _, v := range vs {
+			ids[v.ID] = true
+		}
+		return ids[keep.ID] && len(ids) == 1
+	})
+}
+
+// The source dies mid-stream: the fork fails within a bound, the target's
+// partial volume is removed, and the source drops its snapshot on restart.
+func TestClusterStreamSourceDies(t *testing.T) {
+	tc := newTestClusterWith(t, []int64{40 * MiB, 200 * MiB, 200 * MiB}, nil, func(c *Config) {
+		c.RateLimit = 4 * MiB
+		c.StreamCodec = "none"
+	})
+	src := tc.createVolume(tc.leader(), "big", "app", "n1", 32*MiB)
+	tc.fill(src, 3)
+	fk, err := tc.fork(tc.leader(), fsm.ForkRequest{Source: src.ID, Name: "big-2", Host: "n2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2 := tc.node("n2")
+	testutil.Eventually(t, 10*time.Second, "stream under way", func() bool {
+		var f fsm.Fork
+		n2.View(func(s *fsm.State) { f, _ = s.Fork(fk.ID) })
+		return f.BytesDone > 0 && f.BytesDone < f.BytesTotal
+	})
+	n1 := tc.node("n1")
+	be1 := n1.Backend()
+	n1.shutdown(false)
+	tc.nodes[0] = nil
+	start := time.Now()
+	f := tc.waitFork(n2, fk.ID, 40*time.Second)
+	if f.State != fsm.ForkFailed {
+		t.Fatalf("fork %s after the source died, want failed", f.State)
+	}
+	t.Logf("failed after %s: %s", time.Since(start).Round(time.Millisecond), f.Error)
+	testutil.Eventually(t, 10*time.Second, "partial target removed", func() bool {
+		_, err := n2.Backend().Get(context.Background(), fk.TargetVolume)
+		return errors.Is(err, cow.ErrNotFound)
+	})
+	// The snapshot is still on n1's disk until it restarts and reconciles.
+	if _, err := be1.Get(context.Background(), "snap_"+fk.TargetVolume); err != nil {
+		t.Fatalf("expected the stream snapshot to survive the crash: %v", err)
+	}
+	cfg := tc.cfgs[0]
+	cfg.Join = []string{n2.GossipAddr()}
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.nodes[0] = n
+	testutil.Eventually(t, 15*time.Second, "snapshot released after restart", func() bool {
+		_, err := be1.Get(context.Background(), "snap_"+fk.TargetVolume)
+		return errors.Is(err, cow.ErrNotFound)
+	})
 }

@@ -516,11 +516,12 @@ func (s *apiServer) getVolume(w http.ResponseWriter, r *http.Request) {
 }
 
 func validateCreateVolume(req *api.CreateVolumeRequest) error {
+	// cow's messages already name the field ("name \"X\" must ...").
 	if err := cow.ValidateName(req.Name); err != nil {
-		return badRequest("name: %v", err)
+		return badRequest("%v", err)
 	}
 	if err := cow.ValidateSize(req.Size); err != nil {
-		return badRequest("size: %v", err)
+		return badRequest("%v", err)
 	}
 	if err := validateOptionalName("app", req.App); err != nil {
 		return err
@@ -649,6 +650,19 @@ func (s *apiServer) attachDetach(w http.ResponseWriter, r *http.Request, attach 
 		return
 	}
 	if v.State != fsm.VolumeReady {
+		// The caller may have seen it ready on a node ahead of this one
+		// (a proxied attach right after a fork): catch up before refusing.
+		bctx, bcancel := context.WithTimeout(ctx, barrierTimeout)
+		if err := s.b.Barrier(bctx); err == nil {
+			s.b.View(func(st *fsm.State) {
+				if cur, ok := st.Volume(v.ID); ok {
+					v = cur
+				}
+			})
+		}
+		bcancel()
+	}
+	if v.State != fsm.VolumeReady {
 		s.fail(w, r, fmt.Errorf("volume %s is %s, not ready: %w", v.ID, v.State, fsm.ErrConflict))
 		return
 	}
@@ -738,7 +752,7 @@ func validateCreateFork(req *api.CreateForkRequest) error {
 		return badRequest("source: %d characters, at most 200 allowed", len(req.Source))
 	}
 	if err := cow.ValidateName(req.Name); err != nil {
-		return badRequest("name: %v", err)
+		return badRequest("%v", err)
 	}
 	switch fsm.Path(req.Via) {
 	case "", fsm.PathClone, fsm.PathCopy, fsm.PathReplica, fsm.PathStream:

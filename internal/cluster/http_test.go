@@ -33,6 +33,7 @@ type memNode struct {
 	mu         sync.Mutex
 	applyErr   error // injected: every Apply fails with it
 	barrierErr error // injected: Barrier fails with it
+	onBarrier  func() // runs at each Barrier: a lagging catalog catching up
 }
 
 type memCatalog struct {
@@ -87,8 +88,11 @@ func (n *memNode) Status() StatusInfo {
 
 func (n *memNode) Barrier(ctx context.Context) error {
 	n.mu.Lock()
-	err := n.barrierErr
+	err, hook := n.barrierErr, n.onBarrier
 	n.mu.Unlock()
+	if hook != nil && err == nil {
+		hook()
+	}
 	return err
 }
 
@@ -685,5 +689,23 @@ func TestHTTPDialableAPIAddr(t *testing.T) {
 		if got := dialableAPIAddr(fsm.Host{APIAddr: tc.api, RaftAddr: tc.raft}); got != tc.want {
 			t.Errorf("dialableAPIAddr(%q, %q) = %q, want %q", tc.api, tc.raft, got, tc.want)
 		}
+	}
+}
+
+// A node whose catalog lags (the volume still creating there, ready on the
+// leader) catches up before refusing an attach.
+func TestHTTPAttachCatchesUp(t *testing.T) {
+	e := newEnv(t)
+	e.mustApply(fsm.CmdCreateVolume, &fsm.CreateVolumeCmd{Volume: fsm.Volume{ID: "vol_lag", Name: "lag", Host: "h1", Size: mib, State: fsm.VolumeCreating}})
+	var once sync.Once
+	e.n1.mu.Lock()
+	e.n1.onBarrier = func() {
+		once.Do(func() { e.cat.apply(fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: "vol_lag", State: fsm.VolumeReady}) })
+	}
+	e.n1.mu.Unlock()
+	c, _ := api.NewClient(e.srv1.URL, testToken)
+	a, err := c.Attach(context.Background(), "lag")
+	if err != nil || a.Device == "" || a.Volume.State != fsm.VolumeReady {
+		t.Fatalf("attach after catch-up: %v %+v", err, a)
 	}
 }
