@@ -316,10 +316,18 @@ func volumeOne(op string, args []string) error {
 		if err := c.Do(ctx, "DELETE", path, nil, &v, nil); err != nil {
 			return err
 		}
+		state := string(v.State)
+		if wait {
+			if _, err := c.Volume(ctx, v.ID); api.IsCode(err, api.CodeNotFound) {
+				state = "deleted"
+			} else if err == nil {
+				return fmt.Errorf("volume %s is still %s on %s after the wait", v.ID, v.State, v.Host)
+			}
+		}
 		if cf.json {
 			return printJSON(v)
 		}
-		fmt.Printf("volume %s (%s) on %s: %s\n", v.Name, v.ID, v.Host, v.State)
+		fmt.Printf("volume %s (%s) on %s: %s\n", v.Name, v.ID, v.Host, state)
 		return nil
 	case "attach", "detach":
 		var r *api.AttachResponse

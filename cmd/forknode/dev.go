@@ -111,6 +111,7 @@ func runDev(args []string) error {
 	fmt.Println("running; Ctrl-C to stop")
 	<-sig
 	fmt.Println("stopping")
+	logger.SetLevel(hclog.Off) // peers leaving one by one is expected noise
 	closeAll()
 	return nil
 }

@@ -66,8 +66,8 @@
 // target's tail are made holes with Device.Zero (a punch, skipped where the
 // target already has a hole). The source is read with FADV_SEQUENTIAL and a
 // WILLNEED prefetch kept 8 chunks ahead of the workers. Written ranges are
-// handed to early writeback (sync_file_range WRITE) by a separate goroutine,
-// so the workers never wait on I/O submission, and one fsync ends the copy.
+// handed to early writeback (sync_file_range WRITE) as they are written, and
+// one fsync ends the copy.
 // O_DIRECT was measured (reads and writes) and lost to buffered I/O here:
 // it gives up readahead and makes the verifying re-read hit the disk.
 //

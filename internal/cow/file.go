@@ -312,9 +312,13 @@ func (b *FileBackend) reserveLocked(v Volume) error {
 	return nil
 }
 
-// commit records v durably and makes it visible.
+// commit records v durably and makes it visible. When the metadata cannot
+// be written, the image is removed and the reservation dropped.
 func (b *FileBackend) commit(v Volume) (Volume, error) {
 	if err := b.writeMeta(&v); err != nil {
+		// The id is new, so a metadata file (renamed before a failed dir
+		// fsync) is ours to drop too.
+		b.abort(v.ID, b.metaPath(v.ID), v.Path)
 		return Volume{}, err
 	}
 	b.mu.Lock()
@@ -372,7 +376,6 @@ func (b *FileBackend) Create(ctx context.Context, spec CreateSpec) (Volume, erro
 	}
 	v, err = b.commit(v)
 	if err != nil {
-		b.abort(spec.ID, v.Path)
 		return Volume{}, err
 	}
 	b.log.Info("volume created", "id", v.ID, "name", v.Name, "size", v.Size)

@@ -108,7 +108,7 @@ func NewLVMBackend(vg string, opts LVMOptions) (*LVMBackend, error) {
 	if r == nil {
 		r = lvm.ExecRunner{Path: opts.LVMPath}
 	}
-	log := opts.Logger.Named("lvm").With("vg", vg)
+	log := opts.Logger.With("vg", vg)
 	b := &LVMBackend{vg: vg, opts: opts, c: lvm.New(r, log), log: log}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -120,11 +120,13 @@ func NewLVMBackend(vg string, opts LVMOptions) (*LVMBackend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list thin pools of %s: %w", vg, mapLVMErr(err))
 	}
+	zeroes := false
 	switch {
 	case opts.ThinPool != "":
 		for _, p := range pools {
 			if p.Name == opts.ThinPool {
 				b.pool = p.Name
+				zeroes = p.ZeroesNewBlocks()
 			}
 		}
 		if b.pool == "" {
@@ -132,8 +134,13 @@ func NewLVMBackend(vg string, opts LVMOptions) (*LVMBackend, error) {
 		}
 	case len(pools) == 1:
 		b.pool = pools[0].Name
+		zeroes = pools[0].ZeroesNewBlocks()
 	case len(pools) > 1:
 		log.Warn("several thin pools and none chosen: running thick", "pools", len(pools))
+	}
+	if b.pool != "" && !zeroes {
+		log.Warn("thin pool does not zero new blocks: a partial write to a fresh block can expose data of a removed volume; enable it with lvchange -Zy",
+			"pool", b.pool)
 	}
 	if b.pool != "" {
 		b.features = Features{Backend: "lvm-thin", Clone: true}

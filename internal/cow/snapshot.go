@@ -47,7 +47,6 @@ func (b *FileBackend) Snapshot(ctx context.Context, srcID, snapID string) (Volum
 	}
 	v, err = b.commit(v)
 	if err != nil {
-		b.abort(snapID, v.Path)
 		return Volume{}, err
 	}
 	b.log.Info("snapshot taken", "id", snapID, "origin", srcID)
@@ -111,7 +110,6 @@ func (b *FileBackend) Clone(ctx context.Context, srcID string, spec CreateSpec) 
 	}
 	v, err = b.commit(v)
 	if err != nil {
-		b.abort(spec.ID, v.Path)
 		return Volume{}, err
 	}
 	b.log.Info("cloned", "id", v.ID, "origin", srcID, "took", time.Since(start))

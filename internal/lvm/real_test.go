@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,12 +168,28 @@ func TestRealSnapshotWatch(t *testing.T) {
 	if p := w.Percent(); p <= 0 || p >= 80 {
 		t.Errorf("data_percent %.2f after 1 MiB of 4 MiB", p)
 	}
-	for off := int64(1 << 20); off < 16<<20; off += 1 << 20 {
-		write(off)
+	// 3.5 MiB of 4: past the 80% limit, short of overflowing. The watch
+	// must stop the copy here, while the snapshot is still valid.
+	write(1 << 20)
+	write(2 << 20)
+	if _, err := f.WriteAt(buf[:512<<10], 3<<20); err != nil {
+		t.Fatal(err)
 	}
 	err = w.Poll(ctx)
-	if !errors.Is(err, ErrSnapshotOverflow) {
-		t.Fatalf("16 MiB into a 4 MiB snapshot: %v, want ErrSnapshotOverflow", err)
+	if !errors.Is(err, ErrSnapshotOverflow) || !strings.Contains(err.Error(), "% full") {
+		t.Fatalf("3.5 MiB into a 4 MiB snapshot: %v, want ErrSnapshotOverflow before it fills", err)
+	}
+	t.Logf("nearly full reported as: %v", err)
+	if snap, err := c.LV(ctx, vg, "snap_watch"); err != nil || snap.Invalid() || snap.DataPct >= 100 {
+		t.Fatalf("snapshot should still be valid at the limit: %+v %v", snap, err)
+	}
+	// Past 100% dm-snapshot invalidates it; a fresh watch says so too.
+	for off := int64(4 << 20); off < 16<<20; off += 1 << 20 {
+		write(off)
+	}
+	err = c.WatchSnapshot(vg, "snap_watch", 80, time.Millisecond).Poll(ctx)
+	if !errors.Is(err, ErrSnapshotOverflow) || !strings.Contains(err.Error(), "invalid") {
+		t.Fatalf("16 MiB into a 4 MiB snapshot: %v, want ErrSnapshotOverflow (invalid)", err)
 	}
 	t.Logf("overflow reported as: %v", err)
 }

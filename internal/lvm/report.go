@@ -57,6 +57,11 @@ func (l LV) Active() bool { return l.attr(4) == 'a' }
 // Invalid: a classic snapshot that overflowed (state 'I', or type 'S').
 func (l LV) Invalid() bool { return l.attr(4) == 'I' || l.attr(0) == 'S' }
 
+// ZeroesNewBlocks: a thin pool that overwrites newly provisioned blocks
+// with zeros (lv_attr 'z' at position 8). Without it a partial write to a
+// fresh block can expose what an earlier thin LV left there.
+func (l LV) ZeroesNewBlocks() bool { return l.attr(7) == 'z' }
+
 // HasTag reports whether the LV carries tag.
 func (l LV) HasTag(tag string) bool {
 	for _, t := range l.Tags {

@@ -27,7 +27,7 @@ func TestParseLVReport(t *testing.T) {
 		t.Fatalf("got %d LVs", len(lvs))
 	}
 	pool, thin, snap := lvs[0], lvs[1], lvs[2]
-	if !pool.IsThinPool() || pool.IsThin() || pool.Size != 100<<20 || pool.DataPct != 1.56 || !pool.HasDataPct {
+	if !pool.IsThinPool() || !pool.ZeroesNewBlocks() || pool.IsThin() || pool.Size != 100<<20 || pool.DataPct != 1.56 || !pool.HasDataPct {
 		t.Errorf("pool: %+v", pool)
 	}
 	if !pool.Created.Equal(time.Date(2026, 11, 24, 4, 6, 0, 0, time.UTC)) {

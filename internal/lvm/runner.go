@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"time"
 )
 
 // Runner runs "lvm args..." and returns its stdout. A non-zero exit must be
@@ -29,6 +30,10 @@ func (r ExecRunner) Run(ctx context.Context, args ...string) ([]byte, error) {
 		path = "lvm"
 	}
 	cmd := exec.CommandContext(ctx, path, args...)
+	// On cancel, interrupt rather than kill: lvm finishes or rolls back its
+	// metadata update on SIGINT. Only a hung lvm gets SIGKILL, later.
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 30 * time.Second
 	// LVM_SUPPRESS_FD_WARNINGS: lvm complains about inherited descriptors,
 	// which is noise in stderr, not an error.
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "LVM_SUPPRESS_FD_WARNINGS=1")

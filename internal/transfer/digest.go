@@ -26,10 +26,13 @@ func zeroHash(n int) [32]byte {
 	if h, ok := zeroHashes[n]; ok {
 		return h
 	}
-	h := sha256.Sum256(make([]byte, n))
+	h := blockHash(make([]byte, n))
 	zeroHashes[n] = h
 	return h
 }
+
+// blockHash is H_i, the hash of one grid block's bytes.
+func blockHash(b []byte) [32]byte { return sha256.Sum256(b) }
 
 func volumeDigest(blocks [][32]byte) [32]byte {
 	d := sha256.New()

@@ -2,7 +2,6 @@ package transfer
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -224,6 +223,9 @@ func (s *Server) session(c net.Conn, log hclog.Logger) error {
 	}
 	log.Info("streaming", "size", size, "resume", resume, "chunk", g, "codec", s.opts.Codec)
 
+	if extents == nil {
+		extents = dataExtents(src, size) // SEEK_DATA where the source is a file
+	}
 	snd, err := newSender(s.opts, src, normalizeExtents(extents, size), grid{size: size, g: g}, c, log)
 	if err != nil {
 		s.sendError(c, ErrCodeFatal, err.Error())
@@ -377,8 +379,9 @@ func (s *sender) run(ctx context.Context, resume int64) error {
 	// frames) cannot deadlock. In-order frames keep the puller's watermark
 	// right behind what it received, so a reconnect re-sends almost nothing.
 	free := make(chan *sendBuf, s.opts.Window)
+	compCap := max(s2.MaxEncodedLen(int(s.gr.g)), int(s.gr.g+s.gr.g/8+1024)) // no codec ever reallocates
 	for range s.opts.Window {
-		free <- &sendBuf{raw: make([]byte, s.gr.g), comp: make([]byte, s.gr.g+s.gr.g/8+1024)}
+		free <- &sendBuf{raw: alignedBuf(int(s.gr.g)), comp: make([]byte, compCap)}
 	}
 	type job struct {
 		i   int
@@ -425,6 +428,12 @@ func (s *sender) run(ctx context.Context, resume int64) error {
 			}
 			if !flush() {
 				return
+			}
+			// Readahead one window ahead, so a cold source keeps several
+			// reads in flight while the workers compress.
+			if ahead := i + s.opts.Window; ahead < s.gr.blocks() {
+				aoff, an := s.gr.block(ahead)
+				prefetch(s.src, aoff, an)
 			}
 			var b *sendBuf
 			select {
@@ -551,7 +560,7 @@ func (s *sender) encodeBlock(ctx context.Context, i int, b *sendBuf) (outFrame, 
 		s.zero.Add(n)
 		return outFrame{h: Header{Type: TypeZero, Offset: off, Length: n}}, nil
 	}
-	s.hashes[i] = sha256.Sum256(raw)
+	s.hashes[i] = blockHash(raw)
 	s.data.Add(n)
 	codec := s.codec
 	if s.auto != nil {
@@ -625,7 +634,7 @@ func (s *sender) hashPrefix(ctx context.Context, first int) error {
 			s.zero.Add(n)
 			continue
 		}
-		s.hashes[i] = sha256.Sum256(raw)
+		s.hashes[i] = blockHash(raw)
 		s.data.Add(n)
 	}
 	return nil

@@ -1,0 +1,24 @@
+// Package cluster is one forknode node at run time.
+//
+// It wires the pieces that make hosts into one cluster:
+//
+//   - gossip.go: memberlist, encrypted with the cluster key. Each member's
+//     metadata carries its region, addresses, backend and budget (under
+//     memberlist's 512-byte limit). Events only signal "something changed";
+//     the leader's periodic reconcile covers any dropped event.
+//   - mux.go: the one mutually authenticated TLS port. After the handshake the
+//     dialer sends one byte naming the protocol: raft, forwarding or transfer.
+//   - node.go: raft (raft-boltdb/v2 log and stable store, file snapshots),
+//     bootstrap-expect from gossip, and shutdown.
+//   - leader.go: the leader loop. Barrier first, then reconcile gossip into
+//     raft voters (idempotently) and catalog hosts, and fail forks stuck on a
+//     host that has been dead too long.
+//   - forward.go: Apply, the one way to write. Followers forward to the
+//     leader; the leader stamps the time; request ids make retries safe.
+//   - executor.go: this host's part of each fork, level-triggered from the
+//     catalog, idempotent, and reconciled with the backend after a restart.
+//   - http.go: the versioned JSON API.
+//
+// The package consumes fsm (the catalog), cow (this host's storage),
+// transfer (the block stream) and keys; none of those import it.
+package cluster

@@ -1,5 +1,0 @@
-//go:build !linux
-
-package transfer
-
-func startWriteback(Sink, int64, int64) {}

@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# stream.sh IMG: stream a volume image between two hosts in network
+# namespaces, forknode's transfer against the shell pipeline baseline.
+#
+#   baseline  ns A: dd if=SRC bs=1M | zstd -1 -T0 | socat -u - TCP:B:PORT
+#             ns B: socat -u TCP-LISTEN:PORT - | zstd -d | dd of=OUT bs=1M iflag=fullblock conv=sparse,fdatasync
+#   forknode  ns A: streambench serve (internal/transfer server, extents from SEEK_DATA)
+#             ns B: streambench pull  (internal/transfer Pull into a sparse file, durable)
+#
+# Each round runs the baseline, then forknode with every codec, caches
+# dropped before each run; the wall time runs from starting the sender
+# until the receiver is durable. Sources: the image file ("file") and the
+# same image as a read-only loop device ("loop", where SEEK_DATA does not
+# help and the sender has to scan).
+#
+# Env: STREAM_PAIRS (rounds, default 5), STREAM_CODECS (default "zstd s2"),
+# STREAM_SOURCES (default "file loop"), STREAM_WORK (scratch dir, default a
+# new dir beside IMG). Prints RUN lines per transfer and BENCH lines per
+# source and codec:
+#   wall_ratio_median  median over rounds of forknode wall / baseline wall (lower is better)
+#   mbps               volume size / forknode wall, MB/s (median)
+#   *_cpu_s            user+sys CPU seconds of the sending/receiving side (median)
+#   wire_bytes         bytes received on B's veth during the run (IP+TCP included; median)
+#   *_rss_mb           peak RSS of the largest process on that side (max over rounds)
+#   cmp                every result compared equal to the source
+#
+# Needs root, iproute2 (netns, veth), socat, zstd, GNU time (/usr/bin/time).
+set -euo pipefail
+
+[ $# -eq 1 ] || { echo "usage: $0 IMG" >&2; exit 2; }
+IMG=$(readlink -f "$1")
+PAIRS=${STREAM_PAIRS:-5}
+CODECS=${STREAM_CODECS:-zstd s2}
+SOURCES=${STREAM_SOURCES:-file loop}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../../.." && pwd)
+export PATH=/usr/local/go/bin:/usr/sbin:/sbin:$PATH
+
+[ "$(id -u)" = 0 ] || { echo "stream.sh: needs root (netns, loop device)" >&2; exit 1; }
+for c in ip socat zstd dd cmp losetup /usr/bin/time go; do
+	command -v "$c" >/dev/null || { echo "stream.sh: missing $c" >&2; exit 1; }
+done
+[ -f "$IMG" ] || { echo "stream.sh: no image $IMG" >&2; exit 1; }
+
+SUF=$$
+NSA=fnbench-a-$SUF
+NSB=fnbench-b-$SUF
+VA=fnba$SUF
+VB=fnbb$SUF
+ADDR_A=10.214.0.1
+ADDR_B=10.214.0.2
+if [ -n "${STREAM_WORK:-}" ]; then
+	WORK=$STREAM_WORK
+	mkdir -p "$WORK"
+	OWN_WORK=
+else
+	WORK=$(mktemp -d "$(dirname "$IMG")/stream.XXXXXX")
+	OWN_WORK=1
+fi
+LOOP=
+PIDS=()
+
+cleanup() {
+	local rc=$?
+	set +e
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+	ip netns del "$NSA" 2>/dev/null
+	ip netns del "$NSB" 2>/dev/null
+	[ -n "$LOOP" ] && losetup -d "$LOOP"
+	rm -f "$WORK/out.img"
+	[ -n "$OWN_WORK" ] && rm -rf "$WORK"
+	exit $rc
+}
+trap cleanup EXIT INT TERM
+
+log() { printf '[stream %s] %s\n' "$(date -u +%T)" "$*" >&2; }
+
+# --- hosts ------------------------------------------------------------------
+ip netns add "$NSA"
+ip netns add "$NSB"
+ip link add "$VA" type veth peer name "$VB"
+ip link set "$VA" netns "$NSA"
+ip link set "$VB" netns "$NSB"
+ip -n "$NSA" addr add "$ADDR_A/24" dev "$VA"
+ip -n "$NSB" addr add "$ADDR_B/24" dev "$VB"
+for ns in "$NSA" "$NSB"; do ip -n "$ns" link set lo up; done
+ip -n "$NSA" link set "$VA" up
+ip -n "$NSB" link set "$VB" up
+
+SB=$WORK/streambench
+(cd "$ROOT" && go build -o "$SB" ./test/e2e/bench/cmd/streambench)
+
+SIZE=$(stat -c %s "$IMG")
+OUT=$WORK/out.img
+PORT=47000
+TIMEFMT='%e %U %S %M'
+
+rx_bytes() { ip netns exec "$NSB" cat "/sys/class/net/$VB/statistics/rx_bytes"; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+# cpu_rss FILE: "cpu_seconds rss_kb" from a GNU time -f "$TIMEFMT" file.
+cpu_rss() { tail -n1 "$1" | awk '{printf "%.2f %d", $2 + $3, $4}'; }
+wait_listen() { # wait_listen NS PORT
+	for _ in $(seq 500); do
+		ip netns exec "$1" ss -Hltn "sport = :$2" | grep -q . && return 0
+		sleep 0.01
+	done
+	echo "nothing listens on $2 in $1" >&2
+	return 1
+}
+
+# record KIND CODEC SRCNAME ROUND SRC T0 T1 RX0 — verify and print a RUN line.
+record() {
+	local kind=$1 codec=$2 src=$3 round=$4 path=$5 t0=$6 t1=$7 rx0=$8
+	local rx1 secs scpu srss rcpu rrss ok=ok
+	rx1=$(rx_bytes)
+	secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b - a}')
+	read -r scpu srss <<<"$(cpu_rss "$WORK/send.time")"
+	read -r rcpu rrss <<<"$(cpu_rss "$WORK/recv.time")"
+	[ "$(stat -c %s "$OUT")" = "$SIZE" ] || ok=SIZE
+	cmp -s "$path" "$OUT" || ok=DIFF
+	local alloc
+	alloc=$(du --block-size=1 "$OUT" | cut -f1)
+	echo "RUN kind=$kind codec=$codec src=$src round=$round seconds=$secs send_cpu_s=$scpu recv_cpu_s=$rcpu send_rss_kb=$srss recv_rss_kb=$rrss wire_bytes=$((rx1 - rx0)) out_allocated=$alloc cmp=$ok" | tee -a "$WORK/runs"
+	rm -f "$OUT"
+	[ "$ok" = ok ] || { echo "stream.sh: $kind $codec $src round $round: result differs from source ($ok)" >&2; return 1; }
+}
+
+run_baseline() { # run_baseline SRCNAME ROUND PATH
+	local src=$1 round=$2 path=$3 t0 t1 rx0 rpid
+	PORT=$((PORT + 1))
+	rm -f "$OUT"
+	drop_caches
+	ip netns exec "$NSB" /usr/bin/time -f "$TIMEFMT" -o "$WORK/recv.time" sh -c \
+		"socat -u TCP-LISTEN:$PORT,bind=$ADDR_B,reuseaddr - | zstd -d -q | dd of='$OUT' bs=1M iflag=fullblock conv=sparse,fdatasync status=none" &
+	rpid=$!
+	PIDS+=("$rpid")
+	wait_listen "$NSB" "$PORT"
+	rx0=$(rx_bytes)
+	t0=$(now)
+	ip netns exec "$NSA" /usr/bin/time -f "$TIMEFMT" -o "$WORK/send.time" sh -c \
+		"dd if='$path' bs=1M status=none | zstd -1 -T0 -q | socat -u - TCP:$ADDR_B:$PORT"
+	wait "$rpid"
+	t1=$(now)
+	PIDS=()
+	record baseline zstd-1 "$src" "$round" "$path" "$t0" "$t1" "$rx0"
+}
+
+run_ours() { # run_ours SRCNAME ROUND PATH CODEC
+	local src=$1 round=$2 path=$3 codec=$4 t0 t1 rx0 spid
+	PORT=$((PORT + 1))
+	rm -f "$OUT"
+	drop_caches
+	rx0=$(rx_bytes)
+	t0=$(now)
+	ip netns exec "$NSA" /usr/bin/time -f "$TIMEFMT" -o "$WORK/send.time" \
+		"$SB" serve -listen "$ADDR_A:$PORT" -src "$path" -codec "$codec" 2>"$WORK/serve.log" &
+	spid=$!
+	PIDS+=("$spid")
+	ip netns exec "$NSB" /usr/bin/time -f "$TIMEFMT" -o "$WORK/recv.time" \
+		"$SB" pull -connect "$ADDR_A:$PORT" -out "$OUT" -size "$SIZE" >"$WORK/pull.out"
+	t1=$(now)
+	wait "$spid"
+	PIDS=()
+	grep -h '^SERVE' "$WORK/serve.log" >&2 || true
+	cat "$WORK/pull.out" >&2
+	record forknode "$codec" "$src" "$round" "$path" "$t0" "$t1" "$rx0"
+}
+
+for src in $SOURCES; do
+	case $src in
+	file) path=$IMG ;;
+	loop)
+		LOOP=$(losetup -r --find --show "$IMG")
+		path=$LOOP
+		;;
+	*) echo "stream.sh: unknown source $src" >&2; exit 2 ;;
+	esac
+	for round in $(seq "$PAIRS"); do
+		log "src=$src round $round/$PAIRS"
+		run_baseline "$src" "$round" "$path"
+		for codec in $CODECS; do
+			run_ours "$src" "$round" "$path" "$codec"
+		done
+	done
+	if [ -n "$LOOP" ]; then losetup -d "$LOOP"; LOOP=; fi
+done
+
+# --- summary ----------------------------------------------------------------
+# field NAME LINE-FILTER...: values of NAME= on the RUN lines matching all filters.
+field() {
+	local name=$1; shift
+	local lines
+	lines=$(cat "$WORK/runs")
+	for f in "$@"; do lines=$(grep -F " $f " <<<"$lines" || true); done
+	sed -nE "s/.* $name=([^ ]+).*/\1/p" <<<"$lines"
+}
+median() { sort -g | awk '{v[NR]=$1} END{if(NR==0){print "nan"; exit} if(NR%2) print v[(NR+1)/2]; else printf "%.4f\n", (v[NR/2]+v[NR/2+1])/2}'; }
+maxv() { sort -g | tail -n1; }
+
+for src in $SOURCES; do
+	b_secs=$(field seconds kind=baseline "src=$src")
+	b_med=$(median <<<"$b_secs")
+	b_line="baseline_mbps=$(awk -v s="$SIZE" -v t="$b_med" 'BEGIN{printf "%.1f", s/1e6/t}') baseline_seconds=$b_med"
+	b_line+=" baseline_send_cpu_s=$(field send_cpu_s kind=baseline "src=$src" | median)"
+	b_line+=" baseline_recv_cpu_s=$(field recv_cpu_s kind=baseline "src=$src" | median)"
+	b_line+=" baseline_wire_bytes=$(field wire_bytes kind=baseline "src=$src" | median)"
+	b_line+=" baseline_send_rss_mb=$(field send_rss_kb kind=baseline "src=$src" | maxv | awk '{printf "%.1f", $1/1024}')"
+	b_line+=" baseline_recv_rss_mb=$(field recv_rss_kb kind=baseline "src=$src" | maxv | awk '{printf "%.1f", $1/1024}')"
+	for codec in $CODECS; do
+		o_secs=$(field seconds kind=forknode "codec=$codec" "src=$src")
+		ratio=$(paste -d' ' <(echo "$o_secs") <(echo "$b_secs") | awk '{printf "%.4f\n", $1/$2}' | median)
+		o_med=$(median <<<"$o_secs")
+		mbps=$(awk -v s="$SIZE" -v t="$o_med" 'BEGIN{printf "%.1f", s/1e6/t}')
+		wire=$(field wire_bytes kind=forknode "codec=$codec" "src=$src" | median)
+		bad=$(grep -F " src=$src " "$WORK/runs" | grep -c -v ' cmp=ok' || true)
+		cmpres=ok
+		[ "$bad" = 0 ] || cmpres="FAILED($bad)"
+		echo "BENCH name=stream src=$src codec=$codec pairs=$PAIRS size=$SIZE wall_ratio_median=$ratio mbps=$mbps seconds=$o_med" \
+			"send_cpu_s=$(field send_cpu_s kind=forknode "codec=$codec" "src=$src" | median)" \
+			"recv_cpu_s=$(field recv_cpu_s kind=forknode "codec=$codec" "src=$src" | median)" \
+			"wire_bytes=$wire wire_ratio=$(awk -v a="$wire" -v b="$(field wire_bytes kind=baseline "src=$src" | median)" 'BEGIN{printf "%.3f", a/b}')" \
+			"send_rss_mb=$(field send_rss_kb kind=forknode "codec=$codec" "src=$src" | maxv | awk '{printf "%.1f", $1/1024}')" \
+			"recv_rss_mb=$(field recv_rss_kb kind=forknode "codec=$codec" "src=$src" | maxv | awk '{printf "%.1f", $1/1024}')" \
+			"$b_line cmp=$cmpres"
+	done
+done
