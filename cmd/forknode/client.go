@@ -357,12 +357,13 @@ func volumeOne(op string, args []string) error {
 func runFork(args []string) error {
 	var cf clientFlags
 	var req api.CreateForkRequest
-	fs := newFlagSet("fork", "fork SOURCE NAME [--host H] [--region R] [--via clone|copy|replica|stream] [--app A] [--wait]")
+	fs := newFlagSet("fork", "fork SOURCE NAME [--host H] [--region R] [--via clone|copy|replica|stream] [--app A] [--checkpoint DSN] [--wait]")
 	addClientFlags(fs, &cf, true)
 	fs.StringVar(&req.Host, "host", "", "target host")
 	fs.StringVar(&req.Region, "region", "", "target region")
 	fs.StringVar(&req.Via, "via", "", "force the path: clone, copy, replica or stream")
-	fs.StringVar(&req.App, "app", "", "app of the new volume (default: the source's)")
+	fs.StringVar(&req.App, "app", "", "app of the new volume (default: none, so a fork is never taken for a replica of the source's app)")
+	ckpt := fs.String("checkpoint", "", "run CHECKPOINT on this PostgreSQL (postgres://...) just before the fork, for a short crash recovery")
 	wait := fs.Bool("wait", false, "wait for the fork, showing progress; fail if the fork fails")
 	key := fs.String("idempotency-key", "", "retry-safe key: the same key returns the same fork")
 	pos, err := parseInterspersed(fs, args)
@@ -378,6 +379,15 @@ func runFork(args []string) error {
 		return err
 	}
 	ctx := context.Background()
+	if *ckpt != "" {
+		took, err := checkpoint(ctx, *ckpt)
+		if err != nil {
+			return err
+		}
+		if !cf.json {
+			fmt.Printf("checkpoint done in %s\n", took.Round(time.Millisecond))
+		}
+	}
 	f, err := c.CreateFork(ctx, req, *key)
 	if err != nil {
 		return err

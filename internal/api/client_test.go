@@ -13,7 +13,7 @@ import (
 	"github.com/forknode/forknode/internal/fsm"
 )
 
-func TestNewClientAddr(t *testing.T) {
+func TestHTTPClientAddr(t *testing.T) {
 	for _, tc := range []struct {
 		in, want string
 		bad      bool
@@ -41,7 +41,7 @@ func TestNewClientAddr(t *testing.T) {
 	}
 }
 
-func TestClientErrors(t *testing.T) {
+func TestHTTPClientErrors(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/v1/volumes/missing":
@@ -86,7 +86,7 @@ func TestClientErrors(t *testing.T) {
 	}
 }
 
-func TestClientSendsTokenBodyAndIdempotencyKey(t *testing.T) {
+func TestHTTPClientSendsTokenBodyAndIdempotencyKey(t *testing.T) {
 	var gotAuth, gotKey, gotPath, gotQuery string
 	var gotBody CreateForkRequest
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -123,7 +123,7 @@ func TestClientSendsTokenBodyAndIdempotencyKey(t *testing.T) {
 	}
 }
 
-func TestClientTimeout(t *testing.T) {
+func TestHTTPClientTimeout(t *testing.T) {
 	block := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
@@ -145,7 +145,7 @@ func TestClientTimeout(t *testing.T) {
 	}
 }
 
-func TestWaitFork(t *testing.T) {
+func TestHTTPClientWaitFork(t *testing.T) {
 	calls := 0
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		calls++
@@ -178,7 +178,7 @@ func TestWaitFork(t *testing.T) {
 	}
 }
 
-func TestDerive(t *testing.T) {
+func TestHTTPDerive(t *testing.T) {
 	s := int64(time.Second)
 	for _, tc := range []struct {
 		name             string

@@ -367,7 +367,7 @@ func (n *Node) Barrier(ctx context.Context) error {
 			target = resp.Index
 		}
 		if err == nil {
-			for n.raft.AppliedIndex() < target {
+			for n.fsm.AppliedIndex() < target {
 				select {
 				case <-ctx.Done():
 					return fmt.Errorf("%w: catalog did not catch up: %v", ErrNoLeader, ctx.Err())

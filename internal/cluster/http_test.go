@@ -31,8 +31,8 @@ type memNode struct {
 	backend *fakeBackend
 
 	mu         sync.Mutex
-	applyErr   error // injected: every Apply fails with it
-	barrierErr error // injected: Barrier fails with it
+	applyErr   error  // injected: every Apply fails with it
+	barrierErr error  // injected: Barrier fails with it
 	onBarrier  func() // runs at each Barrier: a lagging catalog catching up
 }
 
@@ -212,7 +212,7 @@ func newEnv(t testing.TB) *env {
 	s2 := newAPIServer(e.n2, nil, newID)
 	for _, s := range []*apiServer{s1, s2} {
 		s.poll = 5 * time.Millisecond
-		s.waitTO = 2 * time.Second
+		s.waitTO = 500 * time.Millisecond
 	}
 	e.h1 = s1.handler()
 	e.srv1 = httptest.NewServer(e.h1)
@@ -700,7 +700,9 @@ func TestHTTPAttachCatchesUp(t *testing.T) {
 	var once sync.Once
 	e.n1.mu.Lock()
 	e.n1.onBarrier = func() {
-		once.Do(func() { e.cat.apply(fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: "vol_lag", State: fsm.VolumeReady}) })
+		once.Do(func() {
+			e.cat.apply(fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: "vol_lag", State: fsm.VolumeReady})
+		})
 	}
 	e.n1.mu.Unlock()
 	c, _ := api.NewClient(e.srv1.URL, testToken)

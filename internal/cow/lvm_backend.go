@@ -66,8 +66,9 @@ type LVMOptions struct {
 	// WatchInterval between data_percent polls while a snapshot is open
 	// (default 250ms).
 	WatchInterval time.Duration
-	// DirectIO opens devices with O_DIRECT; callers must then use
-	// 4096-aligned buffers.
+	// DirectIO opens devices with O_DIRECT (bypassing the page cache of a
+	// production host). Every buffer must then be 4096-aligned: leave it
+	// off for cow.Copy, whose buffers are not.
 	DirectIO bool
 	// Runner replaces the lvm runner (tests record argument lists with it).
 	Runner lvm.Runner
@@ -430,12 +431,12 @@ func (b *LVMBackend) Snapshot(ctx context.Context, srcID, snapID string) (Volume
 		if verr != nil {
 			return Volume{}, mapLVMErr(verr)
 		}
-		cow := lvm.SnapshotSize(src.Size, vg.ExtentSize, b.opts.SnapshotRatio, b.opts.SnapshotMinSize)
-		if cow > vg.Free {
+		cowSize := lvm.SnapshotSize(src.Size, vg.ExtentSize, b.opts.SnapshotRatio, b.opts.SnapshotMinSize)
+		if cowSize > vg.Free {
 			return Volume{}, fmt.Errorf("%w: snapshot of %s needs %d bytes of copy-on-write space, volume group %s has %d free",
-				ErrNoSpace, srcID, cow, b.vg, vg.Free)
+				ErrNoSpace, srcID, cowSize, b.vg, vg.Free)
 		}
-		err = b.c.CreateSnapshot(ctx, b.vg, srcID, snapID, cow, list)
+		err = b.c.CreateSnapshot(ctx, b.vg, srcID, snapID, cowSize, list)
 	}
 	if err != nil {
 		return Volume{}, fmt.Errorf("snapshot %s of %s: %w", snapID, srcID, mapLVMErr(err))

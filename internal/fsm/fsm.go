@@ -55,6 +55,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 func (f *FSM) applyData(index uint64, data []byte) ApplyResult {
 	t, cmd, err := Decode(data)
 	if err != nil {
+		f.mu.Lock()
+		f.state.applied = index
+		f.mu.Unlock()
 		if errors.Is(err, ErrUnknownCommand) && data[0]&byte(IgnoreUnknownFlag) != 0 {
 			f.logger.Warn("skipping unknown command type", "index", index, "type", data[0])
 			return ApplyResult{}
@@ -64,6 +67,7 @@ func (f *FSM) applyData(index uint64, data []byte) ApplyResult {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.state.applied = index
 	res, changed := f.state.apply(t, cmd.(commander))
 	if changed {
 		f.notifyLocked()
@@ -93,4 +97,14 @@ func (f *FSM) Watch() <-chan struct{} {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.watch
+}
+
+// AppliedIndex is the raft index of the last entry this FSM has applied
+// (restored from snapshots too). raft.AppliedIndex() runs ahead of it: raft
+// counts entries once they are queued for the FSM, so a read-your-writes
+// barrier must wait on this one.
+func (f *FSM) AppliedIndex() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.applied
 }

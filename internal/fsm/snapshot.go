@@ -25,6 +25,9 @@ const (
 	recVolume byte = 2
 	recFork   byte = 3
 	recResult byte = 4
+	// recApplied holds the raft index the snapshot was taken at, so a
+	// restored FSM knows how far it has applied (see AppliedIndex).
+	recApplied byte = 5
 
 	// maxRecord guards Restore against a corrupt length asking for gigabytes.
 	maxRecord = 16 << 20
@@ -40,6 +43,7 @@ type snapshot struct {
 	volumes []*Volume
 	forks   []*Fork
 	results []*resultRecord
+	applied uint64
 }
 
 // Snapshot takes the record pointers under the read lock (no struct copies,
@@ -54,6 +58,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		volumes: make([]*Volume, 0, len(s.volumes)),
 		forks:   make([]*Fork, 0, len(s.forks)),
 		results: s.rememberedResults(),
+		applied: s.applied,
 	}
 	for _, h := range s.hosts {
 		snap.hosts = append(snap.hosts, h)
@@ -116,6 +121,9 @@ func (sn *snapshot) write(w io.Writer) error {
 		if err := rec(recResult, r); err != nil {
 			return err
 		}
+	}
+	if err := rec(recApplied, appliedRecord{Index: sn.applied}); err != nil {
+		return err
 	}
 	bw.WriteByte(recEnd)
 	bw.WriteByte(0)
@@ -181,8 +189,18 @@ func readSnapshot(r io.Reader, maxResults int) (*State, error) {
 	}
 }
 
+type appliedRecord struct {
+	Index uint64 `json:"index"`
+}
+
 func (s *State) restoreRecord(t byte, body []byte) error {
 	switch t {
+	case recApplied:
+		var a appliedRecord
+		if err := json.Unmarshal(body, &a); err != nil {
+			return err
+		}
+		s.applied = a.Index
 	case recHost:
 		h := &Host{}
 		if err := json.Unmarshal(body, h); err != nil {

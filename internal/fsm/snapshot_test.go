@@ -1,6 +1,8 @@
 package fsm
 
 import (
+	"github.com/hashicorp/raft"
+
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -150,5 +152,20 @@ func TestPersistCancelsOnError(t *testing.T) {
 	sink := &failingSink{}
 	if err := snap.Persist(sink); err == nil || !sink.cancelled || sink.closed {
 		t.Fatalf("err %v cancelled %v closed %v", err, sink.cancelled, sink.closed)
+	}
+}
+
+// The applied index survives a snapshot, so a restored follower's
+// read-your-writes barrier knows how far its catalog has come.
+func TestSnapshotKeepsAppliedIndex(t *testing.T) {
+	f := New(nil)
+	e := entry(t, CmdUpsertHost, UpsertHostCmd{Header: hdr(), Host: mkHost("h1", "us", true, GiB)})
+	f.Apply(&raft.Log{Index: 42, Type: raft.LogCommand, Data: e})
+	if got := f.AppliedIndex(); got != 42 {
+		t.Fatalf("applied %d, want 42", got)
+	}
+	g := testSnapshotRestore(t, f)
+	if got := g.AppliedIndex(); got != 42 {
+		t.Fatalf("restored applied index %d, want 42", got)
 	}
 }

@@ -24,6 +24,8 @@ type State struct {
 	used   map[string]int64              // host -> bytes reserved (non-failed volumes)
 	active map[string]*Fork              // pending or running forks
 
+	applied uint64 // raft index of the last applied entry
+
 	// Idempotency: RequestID -> first result, plus apply order for eviction.
 	results    map[string]*resultRecord
 	resOrder   []string

@@ -4,10 +4,18 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"sync"
+
+	"github.com/zeebo/xxh3"
 )
 
-// The whole-volume digest is SHA-256 over the concatenated SHA-256 of every
-// grid block in offset order. The grid is the chunk size the source
+// The whole-volume digest is SHA-256 over the concatenated XXH3-128 of
+// every grid block in offset order. XXH3 runs at memory speed where
+// SHA-256 (even with SHA-NI, ~2 GB/s) took a sixth of both sides' CPU; a
+// 128-bit hash per block is far beyond what random corruption or a
+// misplaced write can collide with, and SHA-256 over the block hashes keeps
+// the one digest that is reported collision-resistant as a list. (It is not
+// meant to resist a malicious source, which is trusted anyway, nor a
+// network attacker, whom mTLS and the frame CRCs stop.) The grid is the chunk size the source
 // announces in its accept frame; block i covers [i·G, min((i+1)·G, size)),
 // and a hole or zero block hashes as that many zero bytes. Each block's hash
 // is computed by whichever worker handles it, in any order, so the digest
@@ -15,12 +23,12 @@ import (
 
 var (
 	zeroHashMu sync.Mutex
-	zeroHashes = map[int][32]byte{}
+	zeroHashes = map[int][16]byte{}
 )
 
 // zeroHash is the hash of n zero bytes, cached (only the grid size and the
 // tail size ever occur).
-func zeroHash(n int) [32]byte {
+func zeroHash(n int) [16]byte {
 	zeroHashMu.Lock()
 	defer zeroHashMu.Unlock()
 	if h, ok := zeroHashes[n]; ok {
@@ -31,10 +39,11 @@ func zeroHash(n int) [32]byte {
 	return h
 }
 
-// blockHash is H_i, the hash of one grid block's bytes.
-func blockHash(b []byte) [32]byte { return sha256.Sum256(b) }
+// blockHash is H_i, the hash of one grid block's bytes: XXH3-128, its high
+// half first.
+func blockHash(b []byte) [16]byte { return xxh3.Hash128(b).Bytes() }
 
-func volumeDigest(blocks [][32]byte) [32]byte {
+func volumeDigest(blocks [][16]byte) [32]byte {
 	d := sha256.New()
 	for i := range blocks {
 		d.Write(blocks[i][:])
@@ -44,7 +53,7 @@ func volumeDigest(blocks [][32]byte) [32]byte {
 	return out
 }
 
-func digestString(d [32]byte) string { return "sha256:" + hex.EncodeToString(d[:]) }
+func digestString(d [32]byte) string { return "xxh3-sha256:" + hex.EncodeToString(d[:]) }
 
 // isZero reports whether b is all zeros; bytes.Equal-style word compares
 // against a shared zero block keep it at memory speed.

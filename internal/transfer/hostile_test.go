@@ -3,7 +3,6 @@ package transfer
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -59,8 +58,8 @@ func TestHostileSource(t *testing.T) {
 	raw := func(off int64) []byte {
 		return AppendFrame(nil, Header{Type: TypeData, Flags: CodecNone, Offset: off, Length: g}, block)
 	}
-	h := sha256.Sum256(block)
-	goodDigest := volumeDigest([][32]byte{h, h})
+	h := blockHash(block)
+	goodDigest := volumeDigest([][16]byte{h, h})
 	done := func(d [32]byte, data int64) []byte {
 		return AppendFrame(nil, Header{Type: TypeDone, Length: size}, encodeDone(doneInfo{DataBytes: data, Digest: d}))
 	}

@@ -65,7 +65,7 @@ type puller struct {
 	completed []bool
 	received  []bool
 	kind      []uint8
-	hashes    [][32]byte
+	hashes    [][16]byte
 	watermark int   // first block not yet completed
 	durable   int64 // offset up to which data is written and fsynced
 
@@ -209,7 +209,7 @@ func (p *puller) init(gr grid) {
 	p.completed = make([]bool, nb)
 	p.received = make([]bool, nb)
 	p.kind = make([]uint8, nb)
-	p.hashes = make([][32]byte, nb)
+	p.hashes = make([][16]byte, nb)
 	p.bufs = make([]*recvBuf, p.opts.Window)
 	for i := range p.bufs {
 		p.bufs[i] = &recvBuf{payload: alignedBuf(int(gr.g)), raw: alignedBuf(int(gr.g))}
@@ -229,7 +229,7 @@ func (p *puller) watermarkOff() int64 {
 	return int64(p.watermark) * p.gr.g
 }
 
-func (p *puller) markDone(i0, i1 int, kind uint8, h [32]byte) {
+func (p *puller) markDone(i0, i1 int, kind uint8, h [16]byte) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i := i0; i < i1; i++ {
@@ -274,7 +274,7 @@ func (p *puller) apply(j rjob) error {
 		if err := p.sink.Zero(j.h.Offset, j.h.Length); err != nil {
 			return permanent(fmt.Errorf("zero target at %d (+%d): %w", j.h.Offset, j.h.Length, err))
 		}
-		p.markDone(i0, i1, kindZero, [32]byte{})
+		p.markDone(i0, i1, kindZero, [16]byte{})
 	case TypeData:
 		raw, err := decompress(j.h.Flags, j.buf.raw, j.payload, int(j.h.Length))
 		if err != nil {

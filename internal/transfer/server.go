@@ -310,7 +310,7 @@ type sender struct {
 	limit   *Limiter
 	workers int
 
-	hashes []([32]byte)
+	hashes [][16]byte
 	data   atomic.Int64
 	zero   atomic.Int64
 	wire   atomic.Int64
@@ -328,7 +328,7 @@ func newSender(opts Options, src Source, ext []Extent, gr grid, conn net.Conn, l
 	s := &sender{
 		opts: opts, src: src, ext: ext, gr: gr, conn: conn, log: log,
 		codec: codec, limit: NewLimiter(opts.RateLimit), workers: w,
-		hashes: make([][32]byte, gr.blocks()),
+		hashes: make([][16]byte, gr.blocks()),
 	}
 	if auto {
 		s.auto = newAutoPicker(w)

@@ -20,7 +20,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -79,8 +78,17 @@ func startFaultCluster(t *testing.T, o faultOpts) *faultCluster {
 			"--bootstrap-expect", strconv.Itoa(o.nodes), "--region", "r1",
 			"--key", c.key, "--log-level", "debug",
 		}
-		if i > 0 {
-			args = append(args, "--join", c.gossipAddr(0))
+		// Every node names all the others, as in a real deployment, so
+		// that a node restarted with the same flags finds its peers
+		// (joining retries until one answers).
+		var join []string
+		for k := 0; k < o.nodes; k++ {
+			if k != i {
+				join = append(join, c.gossipAddr(k))
+			}
+		}
+		if len(join) > 0 {
+			args = append(args, "--join", strings.Join(join, ","))
 		}
 		if o.extra != nil {
 			args = append(args, o.extra(i)...)
@@ -314,6 +322,17 @@ func (c *faultCluster) logText(i int) string {
 	return b.String()
 }
 
+// logLines returns node i's log lines containing substr.
+func (c *faultCluster) logLines(i int, substr string) []string {
+	var out []string
+	for _, l := range strings.Split(c.logText(i), "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, strings.TrimSpace(l))
+		}
+	}
+	return out
+}
+
 var streamCompleteRE = regexp.MustCompile(`stream complete.*fork=(\S+).*bytes=(\d+).*wire=(\d+).*resent=(\d+).*reconnects=(\d+)`)
 
 // streamStats is the target executor's "stream complete" log line.
@@ -383,9 +402,4 @@ func listenInNetns(ns, addr string) (net.Listener, error, bool) {
 		return nil, fmt.Errorf("setns back: %w", err), false
 	}
 	return l, lerr, true
-}
-
-// killStop stops a helper process (tcpdump) we started, by PID.
-func killStop(p *os.Process) {
-	_ = p.Signal(syscall.SIGTERM)
 }

@@ -58,6 +58,30 @@ func runScript(t *testing.T, timeout time.Duration, script string, args ...strin
 }
 
 func TestLVMInQemu(t *testing.T) {
+	console := bootGuest(t, "10,20,90", false)
+	for _, p := range guestProblems(console, qemuGuestTests) {
+		t.Error(p)
+	}
+}
+
+// TestLVMClusterInQemu runs two forknode agents in the guest, one per
+// volume group, and forks through the copy, stream and clone paths on real
+// LVM (scenario 50-cluster-two-hosts).
+func TestLVMClusterInQemu(t *testing.T) {
+	console := bootGuest(t, "50,90", true)
+	for _, p := range guestProblems(console, nil) {
+		t.Error(p)
+	}
+	if !bytes.Contains(console, []byte("copy, stream and clone forks verified")) ||
+		!bytes.Contains(console, []byte("=== SCENARIO 50-cluster-two-hosts END rc=0")) {
+		t.Error("the two-host cluster scenario did not pass")
+	}
+}
+
+// bootGuest builds (or reuses) the guest, builds the payload and boots it
+// with the given scenarios, returning the serial console.
+func bootGuest(t *testing.T, scenarios string, needBinary bool) []byte {
+	t.Helper()
 	testutil.RequireRoot(t)
 	testutil.RequireCmd(t, "qemu-system-x86_64", "cpio", "depmod", "go")
 	root := repoRoot(t)
@@ -75,14 +99,15 @@ func TestLVMInQemu(t *testing.T) {
 	if err != nil {
 		t.Fatalf("build-payload.sh: %v", err)
 	}
-	console, err := runScript(t, 6*time.Minute, filepath.Join(qdir, "boot-guest.sh"), cache, payload, filepath.Join(work, "run"), "300")
+	if needBinary && !bytes.Contains(out, []byte("forknode binary included")) {
+		t.Fatalf("the forknode binary did not build, so the cluster scenario cannot run")
+	}
+	console, err := runScript(t, 6*time.Minute, filepath.Join(qdir, "boot-guest.sh"), cache, payload, filepath.Join(work, "run"), "330", scenarios)
 	t.Logf("guest console:\n%s", guestSection(console))
 	if err != nil {
 		t.Errorf("boot-guest.sh: %v", err)
 	}
-	for _, p := range guestProblems(console) {
-		t.Error(p)
-	}
+	return console
 }
 
 // guestSection cuts the console down to the payload's output (firmware
@@ -106,7 +131,7 @@ var guestEndRE = regexp.MustCompile(`===FORKNODE-GUEST-END rc=(\d+)===`)
 // guestProblems lists why a console does not show a passing guest run:
 // no PASS marker, an end rc other than 0, a failing test, or a required
 // test that did not pass. Empty means it passed.
-func guestProblems(console []byte) []string {
+func guestProblems(console []byte, required []string) []string {
 	var out []string
 	if !bytes.Contains(console, []byte("FORKNODE-GUEST-RESULT: PASS")) {
 		out = append(out, "guest output lacks the PASS marker")
@@ -118,7 +143,7 @@ func guestProblems(console []byte) []string {
 	if bytes.Contains(console, []byte("--- FAIL")) {
 		out = append(out, "a guest test failed")
 	}
-	for _, name := range qemuGuestTests {
+	for _, name := range required {
 		if !bytes.Contains(console, []byte("--- PASS: "+name+" ")) {
 			out = append(out, "guest test "+name+" did not pass (skipped or missing)")
 		}
@@ -136,7 +161,7 @@ func TestGuestOutputCheck(t *testing.T) {
 	}
 	b.WriteString("FORKNODE-GUEST-RESULT: PASS\n===FORKNODE-GUEST-END rc=0===\n")
 	good := b.String()
-	if p := guestProblems([]byte(good)); len(p) != 0 {
+	if p := guestProblems([]byte(good), qemuGuestTests); len(p) != 0 {
 		t.Errorf("a passing console was rejected: %q", p)
 	}
 	bad := map[string]string{
@@ -147,7 +172,7 @@ func TestGuestOutputCheck(t *testing.T) {
 		"empty":          "",
 	}
 	for name, c := range bad {
-		if p := guestProblems([]byte(c)); len(p) == 0 {
+		if p := guestProblems([]byte(c), qemuGuestTests); len(p) == 0 {
 			t.Errorf("console with %s was accepted", name)
 		}
 	}

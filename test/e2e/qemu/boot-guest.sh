@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# boot-guest.sh CACHE_DIR PAYLOAD_CPIO WORK_DIR [TIMEOUT_SECONDS]
+# boot-guest.sh CACHE_DIR PAYLOAD_CPIO WORK_DIR [TIMEOUT_SECONDS [SCENARIOS]]
 #
 # Boots the LVM guest under TCG (KVM hung on these machines) with two fresh
 # sparse virtio disks in WORK_DIR, and copies the serial console to stdout.
+# SCENARIOS is a comma-separated list of scenario numbers (e.g. "10,20,90";
+# default: all), passed to run.sh on the kernel command line.
 # Exits with the payload's rc from the END marker, 124 on timeout.
 set -euo pipefail
 cache=${1:?usage: boot-guest.sh CACHE_DIR PAYLOAD_CPIO WORK_DIR [TIMEOUT]}
 payload=${2:?}
 work=${3:?}
 timeout_s=${4:-300}
+scenarios=${5:-all}
+[[ $scenarios =~ ^[0-9a-z,]+$ ]] || { echo "boot-guest: bad SCENARIOS $scenarios" >&2; exit 2; }
 mkdir -p "$work"
 # The kernel takes concatenated archives, but an uncompressed cpio must
 # start 4-byte aligned: pad the gzip member with zeros, which it skips.
@@ -24,7 +28,7 @@ timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel tcg -m 1024 -smp 
 	-kernel "$cache/vmlinuz" -initrd "$work/initrd.img" \
 	-drive file="$work/disk1.img",format=raw,if=virtio \
 	-drive file="$work/disk2.img",format=raw,if=virtio \
-	-append "console=ttyS0 quiet panic=-1" </dev/null | tee "$work/console.log"
+	-append "console=ttyS0 quiet panic=-1 forknode.scenarios=$scenarios" </dev/null | tee "$work/console.log"
 qrc=${PIPESTATUS[0]}
 set -e
 rm -f "$work/disk1.img" "$work/disk2.img" "$work/initrd.img"

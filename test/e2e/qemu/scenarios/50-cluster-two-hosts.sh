@@ -47,24 +47,30 @@ agent thin 127.0.0.2 "$FORKNODE_LVM_THIN_VG" 127.0.0.1:7946
 i=0
 until forknode status >"$d/status" 2>&1 && grep -q thick "$d/status" && grep -q thin "$d/status"; do
 	i=$((i + 1))
-	[ $i -lt 120 ] || fail "cluster did not form in 60 s: $(cat "$d/status")"
+	[ $i -lt 120 ] || fail "cluster did not form in 60 s: $(cat "$d/status"
+echo "cluster formed after ${i} polls")"
 	sleep 0.5
 done
 cat "$d/status"
+echo "cluster formed after ${i} polls"
 
-fn() { timeout 120 forknode "$@" || fail "forknode $*"; }
+t0=$(date +%s)
+fn() {
+	echo "[+$(($(date +%s) - t0))s] forknode $*"
+	timeout 120 forknode "$@" || fail "forknode $*"
+}
 # lv_path of the volume named $1 (found by forknode's name tag).
 lvpath() { lvm lvs --noheadings -o lv_path --select "tags=forknode-name:$1" | tr -d ' '; }
 
-fn volume create db --size 64MiB --host thick --wait
+fn volume create db --size 32MiB --host thick --wait
 src=$(lvpath db)
 [ -b "$src" ] || fail "no LV for volume db"
 # Known data in part of the volume; the rest stays zero.
-dd if=/dev/urandom of="$src" bs=1M count=8 seek=4 conv=fsync 2>/dev/null || fail "write db"
+dd if=/dev/urandom of="$src" bs=1M count=4 seek=4 conv=fsync 2>/dev/null || fail "write db"
 
 fn fork db db-copy --via copy --wait
 fn fork db db-stream --via stream --host thin --wait
-fn volume create tdb --size 64MiB --host thin --wait
+fn volume create tdb --size 32MiB --host thin --wait
 tsrc=$(lvpath tdb)
 dd if="$src" of="$tsrc" bs=1M conv=fsync 2>/dev/null || fail "write tdb"
 fn fork tdb tdb-clone --via clone --wait
