@@ -20,13 +20,13 @@ import (
 const defaultRateLimit = 100 << 20
 
 type agentFlags struct {
-	name, dataDir, gossipAddr, clusterAddr, apiAddr, join, region string
-	bootstrapExpect                                               int
-	backend, volumeDir, vg, thinPool                              string
-	overprovision                                                 float64
-	capacity, rateLimit                                           int64
-	keyFile, codec, logLevel                                      string
-	logJSON                                                       bool
+	name, dataDir, gossipAddr, clusterAddr, apiAddr, join, region, advertise string
+	bootstrapExpect                                                          int
+	backend, volumeDir, vg, thinPool                                         string
+	overprovision                                                            float64
+	capacity, rateLimit                                                      int64
+	keyFile, codec, logLevel                                                 string
+	logJSON                                                                  bool
 }
 
 func runAgent(args []string) error {
@@ -37,6 +37,7 @@ func runAgent(args []string) error {
 	fs.StringVar(&f.dataDir, "data-dir", "/var/lib/forknode", "raft log, snapshots and (file backend) volumes")
 	fs.StringVar(&f.gossipAddr, "gossip-addr", ":7946", "gossip bind address (TCP and UDP)")
 	fs.StringVar(&f.clusterAddr, "cluster-addr", ":7947", "mTLS address for raft, forwarding and block streams")
+	fs.StringVar(&f.advertise, "advertise", "", "IP peers use to reach this node when an address binds all interfaces (default: the host's private IP)")
 	fs.StringVar(&f.apiAddr, "api-addr", "127.0.0.1:7948", "HTTP API address")
 	fs.StringVar(&f.join, "join", "", "comma-separated gossip addresses of existing members")
 	fs.IntVar(&f.bootstrapExpect, "bootstrap-expect", 1, "servers to wait for before bootstrapping a new cluster")
@@ -95,7 +96,7 @@ func runAgent(args []string) error {
 	}
 	node, err := cluster.New(cluster.Config{
 		Name: f.name, DataDir: f.dataDir, Region: f.region,
-		GossipAddr: f.gossipAddr, ClusterAddr: f.clusterAddr, APIAddr: f.apiAddr,
+		GossipAddr: f.gossipAddr, ClusterAddr: f.clusterAddr, APIAddr: f.apiAddr, AdvertiseIP: f.advertise,
 		Join: join, BootstrapExpect: f.bootstrapExpect,
 		Backend: be, Keys: km, Logger: logger,
 		RateLimit: f.rateLimit, StreamCodec: f.codec,

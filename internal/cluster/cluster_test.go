@@ -493,3 +493,23 @@ func TestClusterStreamSourceDies(t *testing.T) {
 		return errors.Is(err, cow.ErrNotFound)
 	})
 }
+
+func TestAdvertisable(t *testing.T) {
+	cases := []struct {
+		bound, adv, want string
+		err              bool
+	}{
+		{"127.0.0.1:7947", "", "127.0.0.1:7947", false},
+		{"10.0.0.5:7947", "192.168.1.1", "10.0.0.5:7947", false},
+		{"0.0.0.0:7947", "10.1.2.3", "10.1.2.3:7947", false},
+		{"[::]:7948", "10.1.2.3", "10.1.2.3:7948", false},
+		{"0.0.0.0:7947", "not-an-ip", "", true},
+		{"nonsense", "", "", true},
+	}
+	for _, c := range cases {
+		got, err := advertisable(c.bound, c.adv)
+		if (err != nil) != c.err || got != c.want {
+			t.Errorf("advertisable(%q, %q) = %q, %v; want %q (err %v)", c.bound, c.adv, got, err, c.want, c.err)
+		}
+	}
+}

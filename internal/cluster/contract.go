@@ -29,6 +29,9 @@ type Config struct {
 	GossipAddr  string // memberlist bind (TCP and UDP)
 	ClusterAddr string // mTLS port multiplexing raft, forwarding and transfer
 	APIAddr     string // HTTP API
+	// AdvertiseIP replaces an unspecified bind host (":7947") in the
+	// addresses given to peers; empty means the host's private IP.
+	AdvertiseIP string
 
 	Join            []string // gossip addresses of existing members
 	BootstrapExpect int      // servers to wait for before bootstrapping raft

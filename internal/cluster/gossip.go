@@ -97,6 +97,8 @@ func newGossip(cfg Config, meta nodeMeta, logger hclog.Logger) (*gossip, error) 
 	mc.AdvertisePort = port
 	if host != "0.0.0.0" && host != "::" {
 		mc.AdvertiseAddr = host
+	} else if cfg.AdvertiseIP != "" {
+		mc.AdvertiseAddr = cfg.AdvertiseIP
 	}
 	mc.SecretKey = cfg.Keys.GossipKey()
 	mc.GossipVerifyIncoming = true

@@ -16,6 +16,7 @@ import (
 	"github.com/forknode/forknode/internal/cow"
 	"github.com/forknode/forknode/internal/fsm"
 	"github.com/hashicorp/go-hclog"
+	sockaddr "github.com/hashicorp/go-sockaddr"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
@@ -84,14 +85,21 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster port: %w", err)
 	}
-	n.clusterAddr = ln.Addr().String()
+	n.clusterAddr, err = advertisable(ln.Addr().String(), cfg.AdvertiseIP)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
 	n.mux = newMux(ln, srvTLS, cliTLS, n.logger.Named("mux"))
 
 	n.apiLn, err = net.Listen("tcp", cfg.APIAddr)
 	if err != nil {
 		return nil, fmt.Errorf("api port: %w", err)
 	}
-	n.apiAddr = n.apiLn.Addr().String()
+	n.apiAddr, err = advertisable(n.apiLn.Addr().String(), cfg.AdvertiseIP)
+	if err != nil {
+		return nil, err
+	}
 
 	n.fsm = fsm.New(n.logger.Named("fsm"))
 	if err := n.setupRaft(); err != nil {
@@ -378,4 +386,28 @@ func NewID(prefix string) string {
 		panic(fmt.Sprintf("crypto/rand failed: %v", err)) // the OS is broken
 	}
 	return prefix + hex.EncodeToString(b[:])
+}
+
+// advertisable turns a bound address into one peers can dial: an
+// unspecified host (":7947", "0.0.0.0:7947") becomes the advertise IP, or
+// the host's private IP as memberlist would pick it.
+func advertisable(bound, advertiseIP string) (string, error) {
+	host, port, err := net.SplitHostPort(bound)
+	if err != nil {
+		return "", err
+	}
+	ip := net.ParseIP(host)
+	if ip != nil && !ip.IsUnspecified() {
+		return bound, nil
+	}
+	if advertiseIP == "" {
+		advertiseIP, err = sockaddr.GetPrivateIP()
+		if err != nil || advertiseIP == "" {
+			return "", fmt.Errorf("%s is not an address peers can reach and no private IP was found: set an explicit address or --advertise", bound)
+		}
+	}
+	if net.ParseIP(advertiseIP) == nil {
+		return "", fmt.Errorf("advertise address %q is not an IP", advertiseIP)
+	}
+	return net.JoinHostPort(advertiseIP, port), nil
 }

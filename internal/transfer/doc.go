@@ -70,12 +70,18 @@
 //
 // # Whole-volume digest
 //
-// digest = SHA-256(H_0 ‖ H_1 ‖ … ‖ H_{n-1}), where H_i = SHA-256 of grid
-// block i's bytes, and a hole or zero block hashes as that many zero bytes.
+// digest = SHA-256(H_0 ‖ H_1 ‖ … ‖ H_{n-1}), where H_i = XXH3-128 of grid
+// block i's bytes (16 bytes, big-endian), and a hole or zero block hashes
+// as that many zero bytes; Stats.Digest shows it as "xxh3-sha256:<hex>".
 // Each side hashes blocks as it reads or writes them, in any order; a
 // resuming source re-reads (locally) the blocks before the resume point.
 // The puller reports success only when its digest of what it wrote equals
-// the source's, and the data/zero byte totals agree.
+// the source's, and the data/zero byte totals agree. XXH3 rather than
+// SHA-256 per block: SHA-256 cost each side about a sixth of its CPU even
+// with SHA-NI, XXH3 runs at memory speed, and 128 bits per block is far
+// beyond what random corruption or a misplaced write collides with. The
+// per-block hashes detect corruption; they do not authenticate (the source
+// is trusted, and mTLS plus the frame CRCs guard the path).
 //
 // # Retries
 //
@@ -92,13 +98,26 @@
 //
 // # Pipeline and memory
 //
-// The source walks the grid (skipping known holes without reading them),
-// reads, classifies, hashes and compresses blocks on GOMAXPROCS workers
-// and writes frames from one writer goroutine. Both sides hold at most
-// Window chunk buffers (default 8 × 1 MiB, capped so buffers stay under
-// 48 MiB), so memory does not grow with the volume size. The rate limit
-// (per transfer and an optional shared Limiter) is charged for every block
-// read from the source, before it is read.
+// The source walks the grid (skipping known holes without reading them:
+// when the Opener gives no extents and the source has a file descriptor,
+// SEEK_DATA/SEEK_HOLE find them), asks for readahead a window ahead (the
+// source's Prefetch, or fadvise WILLNEED), reads, classifies, hashes and
+// compresses blocks on GOMAXPROCS workers and writes frames from one
+// writer goroutine. The puller reads frames on one goroutine and
+// decompresses, hashes and writes them on GOMAXPROCS+2 workers (writes
+// block on the disk). When the sink has a file descriptor (Fd() uintptr)
+// the puller reopens it with O_DIRECT and writes every aligned block
+// straight to the disk, in parallel: a buffered pwrite cost more CPU than
+// the decompression, and its dirty pages would all have to be flushed by
+// the fsync anyway. Otherwise (and for an odd-sized tail block) it writes
+// through Sink.WriteAt and starts writeback of the range at once (the
+// sink's StartWriteback(off, n int64) error, as cow devices have, or
+// sync_file_range on its descriptor), so the fsync before each ack stays
+// short. Both sides hold at most Window chunk buffers (default 8 × 1 MiB,
+// capped so buffers stay under 48 MiB), so memory does not grow with the
+// volume size (measured: under 32 MiB RSS per side for a 16 GiB volume).
+// The rate limit (per transfer and an optional shared Limiter) is charged
+// for every block read from the source, before it is read.
 //
 // The "auto" codec measures, per chunk, each codec's compression speed and
 // ratio and the link's speed while writing, and picks the codec with the
