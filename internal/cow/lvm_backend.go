@@ -16,8 +16,9 @@ package cow
 // origin's device-mapper device with its default lockfs flag. The kernel's
 // dm suspend then freezes a filesystem mounted on the origin (freeze_bdev:
 // dirty data flushed, new writes held) for the instant the snapshot is
-// taken, and flushes in-flight I/O. So no FIFREEZE is issued here: an
-// extra freeze around lvcreate would deadlock dm's own freeze attempt.
+// taken, and flushes in-flight I/O. So no FIFREEZE is issued here: it
+// would add nothing to dm's own freeze, and a forknode that died between
+// freeze and thaw would leave the database's filesystem frozen.
 //
 // Stale data: a new thick LV sits on extents a removed LV may have used.
 // Create zeroes the whole LV (BLKZEROOUT) before it reports the volume, and

@@ -362,6 +362,45 @@ func TestLVMThickCreateListCapacity(t *testing.T) {
 	if _, err := b.Get(ctx, "vol_c1"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Get after Remove: %v", err)
 	}
+
+	// A create cut short after lvcreate (the LV still carries the pending
+	// tag and old data): the retry must finish the zeroing.
+	tags, err := lvm.Tags{Owned: true, ID: "vol_c2", Name: "second", Pending: true}.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	removeLVAtEnd(t, b, "vol_c2")
+	if err := c.CreateLinear(ctx, b.VG(), "vol_c2", 4<<20, tags); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile("/dev/"+b.VG()+"/vol_c2", os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteAt(bytes.Repeat([]byte{0xCC}, 4<<20), 0)
+	if err == nil {
+		err = f.Sync()
+	}
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Create(ctx, CreateSpec{ID: "vol_c2", Name: "second", Size: 4 << 20}); err != nil {
+		t.Fatalf("retried Create of a pending volume: %v", err)
+	}
+	d, err := b.Open(ctx, "vol_c2", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4<<20)
+	_, err = d.ReadAt(buf, 0)
+	d.Close()
+	if err != nil || !isZero(buf) {
+		t.Errorf("retried Create left old data visible (%v)", err)
+	}
+	if l, err := c.LV(ctx, b.VG(), "vol_c2"); err != nil || l.HasTag(lvm.TagPending) {
+		t.Errorf("pending tag not cleared: %+v %v", l.Tags, err)
+	}
 }
 
 // TestLVMThickForkLocal forks a volume of known content through a classic
@@ -388,7 +427,7 @@ func TestLVMThickForkLocal(t *testing.T) {
 	writeDevs(t, b, "vol_src", pieces)
 	removeLVAtEnd(t, b, "vol_fork1")
 	start := time.Now()
-	stats, err := ForkLocal(ctx, b, "vol_src", CreateSpec{ID: "vol_fork1", Name: "fork1", Owner: "fork_1"}, CopyOptions{Logger: testLogger(t)})
+	stats, err := ForkLocal(ctx, b, "vol_src", CreateSpec{ID: "vol_fork1", Name: "fork1", Owner: "fork_1"}, CopyOptions{ChunkSize: 1 << 20, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -461,11 +500,15 @@ func TestLVMThinClone1GiB(t *testing.T) {
 	// guest, five lvs runs measured now (the clone makes three lvm runs:
 	// list, lvcreate, report; lvcreate costs about two lvs). That it copies
 	// no data is checked on the pool below.
-	t0 := time.Now()
-	if _, err := b.Capacity(ctx); err != nil {
-		t.Fatal(err)
+	var lvsTime time.Duration
+	for range 2 { // the slower of two, as the load on the host varies
+		t0 := time.Now()
+		if _, err := b.Capacity(ctx); err != nil {
+			t.Fatal(err)
+		}
+		lvsTime = max(lvsTime, time.Since(t0))
 	}
-	bound := max(time.Second, 5*time.Since(t0))
+	bound := max(time.Second, 5*lvsTime)
 	start := time.Now()
 	v, stats, err := CloneOrFork(ctx, b, "vol_t1", CreateSpec{ID: "vol_t2", Name: "thin-clone", Size: 1 << 30, Owner: "fork_2"}, CopyOptions{})
 	took := time.Since(start)
@@ -565,7 +608,7 @@ func TestLVMStaleDataThickFork(t *testing.T) {
 	}
 	t.Logf("filled and removed %d MiB of junk", c.Free>>20)
 
-	const size = 64 << 20
+	const size = 48 << 20
 	removeLVAtEnd(t, b, "vol_sparse")
 	if _, err := b.Create(ctx, CreateSpec{ID: "vol_sparse", Name: "sparse", Size: size}); err != nil {
 		t.Fatal(err)

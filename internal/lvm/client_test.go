@@ -166,3 +166,22 @@ func TestSnapshotWatch(t *testing.T) {
 		t.Fatalf("invalid snapshot: %v", err)
 	}
 }
+
+// TestExecRunnerCancel: a cancelled context interrupts lvm (SIGINT) and the
+// error says it was the context.
+func TestExecRunnerCancel(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "lvm")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexec sleep 30\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := ExecRunner{Path: script}.Run(ctx, "lvs")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %v to stop", d)
+	}
+}

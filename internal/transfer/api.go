@@ -9,6 +9,9 @@ import (
 )
 
 // Source is what the sending host reads: a snapshot. cow.Device satisfies it.
+// Optional extras the sender uses when present: Prefetch(off, n int64)
+// (readahead a window ahead), and Fd() uintptr (SEEK_DATA finds holes when
+// the Opener gives no extents; fadvise readahead).
 type Source interface {
 	io.ReaderAt
 	Size() int64
@@ -16,6 +19,11 @@ type Source interface {
 
 // Sink is what the receiving host writes: the new volume. cow.Device
 // satisfies it. Zero must make a range read back as zeros on any backend.
+// Optional extras the puller uses when present: Fd() uintptr — it reopens
+// that descriptor with O_DIRECT and writes aligned blocks there, so a sink
+// exposing Fd() must write WriteAt(p, off) at offset off of it — and
+// StartWriteback(off, n int64) error (a writeback hint after each buffered
+// write; cow.WriteBacker).
 type Sink interface {
 	io.WriterAt
 	Size() int64

@@ -152,10 +152,10 @@ func runOurs(b *testing.B, img string, size int64, codec, out string) (time.Dura
 	if err != nil {
 		b.Fatalf("receiver child: %v\n%s", err, outp)
 	}
-	var wire, hwm int64
+	var wire, hwm, pullUS int64
 	for _, line := range strings.Split(string(outp), "\n") {
 		if rest, ok := strings.CutPrefix(line, "RECEIVER "); ok {
-			if _, err := fmt.Sscanf(rest, "wire=%d hwm_kb=%d", &wire, &hwm); err != nil {
+			if _, err := fmt.Sscanf(rest, "wire=%d hwm_kb=%d pull_us=%d", &wire, &hwm, &pullUS); err != nil {
 				b.Fatalf("receiver child said %q: %v", line, err)
 			}
 		}
@@ -163,6 +163,7 @@ func runOurs(b *testing.B, img string, size int64, codec, out string) (time.Dura
 	if wire == 0 {
 		b.Fatalf("receiver child reported nothing:\n%s", outp)
 	}
+	b.Logf("codec=%s receiver process %s, of which Pull %s", codec, d.Round(time.Millisecond), (time.Duration(pullUS) * time.Microsecond).Round(time.Millisecond))
 	return d, wire, hwm << 10
 }
 
@@ -186,7 +187,7 @@ func TestBenchReceiverChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Printf("RECEIVER wire=%d hwm_kb=%d\n", st.Wire, procStatusKB("VmHWM:"))
+	fmt.Printf("RECEIVER wire=%d hwm_kb=%d pull_us=%d\n", st.Wire, procStatusKB("VmHWM:"), st.Duration.Microseconds())
 }
 
 // procStatusKB reads one kB field of /proc/self/status.

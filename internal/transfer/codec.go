@@ -9,36 +9,22 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// Encoders and decoders are expensive to build and hold history buffers, so
-// they are pooled rather than made per chunk. Each pooled coder is
-// single-threaded; parallelism comes from the sender's workers.
-var (
-	zstdEncoders = sync.Pool{New: func() any {
-		e, err := zstd.NewWriter(nil,
-			zstd.WithEncoderLevel(zstd.SpeedFastest),
-			zstd.WithEncoderCRC(false), // the frame carries a CRC32C already
-			zstd.WithEncoderConcurrency(1),
-			zstd.WithWindowSize(MaxChunk),
-			zstd.WithLowerEncoderMem(true),
-		)
-		if err != nil {
-			return err
-		}
-		return e
-	}}
-	zstdDecoders = sync.Pool{New: func() any {
-		d, err := zstd.NewReader(nil,
-			zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderMaxMemory(MaxChunk),
-			zstd.WithDecodeAllCapLimit(true), // never grow dst beyond its cap
-			zstd.IgnoreChecksum(true),
-		)
-		if err != nil {
-			return err
-		}
-		return d
-	}}
-)
+// Decoders are expensive to build and hold history buffers, so they are
+// pooled rather than made per chunk. Each pooled decoder is single-threaded;
+// parallelism comes from the puller's workers. (The zstd encoder is in
+// zstd.go.)
+var zstdDecoders = sync.Pool{New: func() any {
+	d, err := zstd.NewReader(nil,
+		zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderMaxMemory(MaxChunk),
+		zstd.WithDecodeAllCapLimit(true), // never grow dst beyond its cap
+		zstd.IgnoreChecksum(true),
+	)
+	if err != nil {
+		return err
+	}
+	return d
+}}
 
 func parseCodec(name string) (uint16, bool, error) {
 	switch name {
@@ -61,13 +47,10 @@ func compress(codec uint16, dst, src []byte) (uint16, []byte, error) {
 	var out []byte
 	switch codec {
 	case CodecZstd:
-		v := zstdEncoders.Get()
-		e, ok := v.(*zstd.Encoder)
-		if !ok {
-			return 0, nil, fmt.Errorf("zstd encoder: %v", v)
+		var err error
+		if out, err = zstdCompress(dst, src); err != nil {
+			return 0, nil, err
 		}
-		out = e.EncodeAll(src, dst[:0])
-		zstdEncoders.Put(e)
 	case CodecS2:
 		if cap(dst) >= s2.MaxEncodedLen(len(src)) {
 			out = s2.Encode(dst[:cap(dst)], src)

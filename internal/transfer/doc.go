@@ -52,8 +52,9 @@
 //     grid of the stream and of the digest.
 //   - data: covers exactly one grid block [i·G, min((i+1)·G, size));
 //     length 1..4 MiB; payload 1..4 MiB compressed with the codec in flags.
-//     zstd frames are made at the fastest level without zstd's own
-//     checksum; s2 uses the block format. When compression would not shrink
+//     zstd frames are made by klauspost/compress at its fastest level
+//     (about zstd -1) without zstd's own checksum;
+//     s2 uses the block format. When compression would not shrink
 //     a block it is sent raw (codec 0, payload = length), which bounds
 //     every payload by the chunk size.
 //   - zero: a run of whole grid blocks that must read back as zeros (known

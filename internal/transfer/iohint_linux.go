@@ -49,17 +49,32 @@ func prefetch(s Source, off, n int64) {
 // dirty pages would all have to be flushed by the fsync anyway. It returns
 // nil when the sink has no file descriptor or the file system refuses
 // O_DIRECT; the caller then writes through Sink.WriteAt.
+//
+// A sink that exposes Fd() promises that WriteAt(p, off) writes p at offset
+// off of that descriptor (as *os.File and cow's devices do). As a guard, a
+// descriptor opened read-only, or a regular file whose size is not the
+// sink's, is never written behind the sink's back.
 func openDirect(s Sink) *os.File {
 	h, ok := s.(fdHolder)
 	if !ok {
 		return nil
 	}
 	fd := int(h.Fd())
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil || fl&unix.O_ACCMODE == unix.O_RDONLY {
+		return nil
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nil
 	}
-	if m := st.Mode & unix.S_IFMT; m != unix.S_IFREG && m != unix.S_IFBLK {
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		if st.Size != s.Size() {
+			return nil
+		}
+	case unix.S_IFBLK:
+	default:
 		return nil
 	}
 	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", fd), os.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)

@@ -3,6 +3,7 @@ package transfer
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -161,6 +162,19 @@ func TestSinkWritePaths(t *testing.T) {
 		if openDirect(sink) != nil {
 			t.Fatal("O_DIRECT on a sink without a file descriptor")
 		}
+		// Nor behind a read-only descriptor, or a sink that is only part
+		// of its file.
+		ro, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ro.Close()
+		if openDirect(&fileDev{File: ro, size: size}) != nil {
+			t.Fatal("O_DIRECT through a read-only descriptor")
+		}
+		if openDirect(&fileDev{File: sink.dev.File, size: size - 4096}) != nil {
+			t.Fatal("O_DIRECT on a sink smaller than its file")
+		}
 		if _, err := Pull(context.Background(), dialer(addr), "fork-1", "target-a", sink, Options{Logger: testLogger(t)}); err != nil {
 			t.Fatal(err)
 		}
@@ -176,3 +190,49 @@ func TestSinkWritePaths(t *testing.T) {
 	})
 }
 
+// countingSource counts the bytes the server reads.
+type countingSource struct {
+	*fileDev
+	read atomic.Int64
+}
+
+func (c *countingSource) ReadAt(p []byte, off int64) (int, error) {
+	c.read.Add(int64(len(p)))
+	return c.fileDev.ReadAt(p, off)
+}
+
+// TestHolesFoundWithoutExtents: when the Opener gives no extents, a file
+// source's holes are found with SEEK_DATA and never read.
+func TestHolesFoundWithoutExtents(t *testing.T) {
+	const size = 64 << 20
+	dir := t.TempDir()
+	srcPath := filepath.Join(dir, "src.img")
+	src := openDev(t, srcPath, size)
+	blk := make([]byte, 1<<20)
+	fillBlock(newRand(5), blk, blkText)
+	for _, off := range []int64{3 << 20, 40 << 20} {
+		if _, err := src.WriteAt(blk, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cs := &countingSource{fileDev: src}
+	_, addr := startServer(t, func(ctx context.Context, forkID, peer string) (Source, []Extent, func(), error) {
+		return cs, nil, nil, nil
+	}, Options{Logger: testLogger(t)})
+	dstPath := filepath.Join(dir, "dst.img")
+	st, err := Pull(context.Background(), dialer(addr), "f", "h", openDev(t, dstPath, size), Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.DataBytes != 2<<20 || st.ZeroBytes != size-2<<20 {
+		t.Fatalf("stats %+v", st)
+	}
+	// File systems may report a little more than the written MiBs as data,
+	// never the whole volume.
+	if n := cs.read.Load(); n < 2<<20 || n > 8<<20 {
+		t.Fatalf("read %d bytes of a %d-byte volume with 2 MiB of data", n, size)
+	}
+	if !bytes.Equal(readAll(t, dstPath), readAll(t, srcPath)) {
+		t.Fatal("target differs from source")
+	}
+}

@@ -221,7 +221,7 @@ func (s *Server) session(c net.Conn, log hclog.Logger) error {
 	if _, err := writeFrame(c, &hdr, Header{Type: TypeAccept, Offset: resume, Length: size}, acc[:]); err != nil {
 		return fmt.Errorf("send accept: %w", err)
 	}
-	log.Info("streaming", "size", size, "resume", resume, "chunk", g, "codec", s.opts.Codec)
+	log.Info("streaming", "size", size, "resume", resume, "chunk", g, "codec", s.opts.Codec, "zstd_encoder", zstdEncoderName)
 
 	if extents == nil {
 		extents = dataExtents(src, size) // SEEK_DATA where the source is a file

@@ -102,7 +102,7 @@ func bootGuest(t *testing.T, scenarios string, needBinary bool) []byte {
 	if needBinary && !bytes.Contains(out, []byte("forknode binary included")) {
 		t.Fatalf("the forknode binary did not build, so the cluster scenario cannot run")
 	}
-	console, err := runScript(t, 6*time.Minute, filepath.Join(qdir, "boot-guest.sh"), cache, payload, filepath.Join(work, "run"), "330", scenarios)
+	console, err := runScript(t, 8*time.Minute, filepath.Join(qdir, "boot-guest.sh"), cache, payload, filepath.Join(work, "run"), "420", scenarios)
 	t.Logf("guest console:\n%s", guestSection(console))
 	if err != nil {
 		t.Errorf("boot-guest.sh: %v", err)

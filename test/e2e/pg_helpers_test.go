@@ -418,31 +418,99 @@ func pgStartAgentNsenter(t *testing.T, h *nsHost, bin, logDir string, args ...st
 	return a
 }
 
-// waitHealthy waits for an agreed leader and every host alive in the
-// catalog.
-func (c *pgCluster) waitHealthy(t testing.TB, timeout time.Duration) {
-	t.Helper()
+// cli runs the forknode CLI in host i's network namespace against node i.
+// It uses nsenter like the agents: `ip netns exec` would copy the test's
+// mounts into a new mount namespace, and while such a CLI runs (fork
+// --wait) it pins every filesystem mounted at that moment, so an umount in
+// the test would leave the filesystem alive and its loop device busy.
+func (c *pgCluster) cli(ctx context.Context, i int, args ...string) (string, error) {
+	args = append(args, "--addr", c.apiAddr(i), "--token-file", c.key)
+	return pgRun(ctx, "nsenter", append([]string{"--net=/var/run/netns/" + c.env.hosts[i].NS, c.bin}, args...)...)
+}
+
+// healthy waits for an agreed leader and every host alive in the catalog.
+func (c *pgCluster) healthy(timeout time.Duration) error {
 	all := make([]int, len(c.env.hosts))
 	for i := range all {
 		all[i] = i
 	}
+	deadline := time.Now().Add(timeout)
 	if _, err := c.leader(all, timeout); err != nil {
+		return err
+	}
+	last := ""
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		st, err := c.client(0, 0).Status(ctx)
+		cancel()
+		if err == nil && len(st.Hosts) == len(c.env.hosts) {
+			var dead []string
+			for _, h := range st.Hosts {
+				if !h.Alive {
+					dead = append(dead, h.ID)
+				}
+			}
+			if len(dead) == 0 {
+				return nil
+			}
+			last = fmt.Sprintf("hosts not alive in the catalog: %v", dead)
+		} else {
+			last = fmt.Sprintf("status: %v", err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("after %s: %s", timeout, last)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// waitHealthy is healthy or the test stops.
+func (c *pgCluster) waitHealthy(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	if err := c.healthy(timeout); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, timeout, "every host live in the catalog", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		defer cancel()
-		st, err := c.client(0, 0).Status(ctx)
-		if err != nil || len(st.Hosts) != len(c.env.hosts) {
-			return false
+}
+
+// healOrRestart waits for the cluster to be whole again; when it is not
+// within timeout, that is an error, and the hosts the catalog still
+// shows dead are restarted so that the next case starts from a whole
+// cluster.
+func (c *pgCluster) healOrRestart(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	err := c.healthy(timeout)
+	if err == nil {
+		return
+	}
+	t.Errorf("the cluster did not heal by itself: %v", err)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	st, serr := c.client(0, 0).Status(ctx)
+	cancel()
+	if serr != nil {
+		t.Fatalf("status: %v", serr)
+	}
+	for _, h := range st.Hosts {
+		if !h.Alive {
+			i := c.index(h.ID)
+			t.Logf("restarting %s", h.ID)
+			c.agents[i].Kill(syscall.SIGKILL)
+			c.restart(i)
 		}
-		for _, h := range st.Hosts {
-			if !h.Alive {
-				return false
-			}
+	}
+	c.waitHealthy(t, 60*time.Second)
+}
+
+// detach detaches a volume through node via, retrying while the backend
+// says busy (a loop device another process holds open for a moment).
+func (c *pgCluster) detach(ctx context.Context, via int, vol string) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := c.client(via, via).Detach(ctx, vol)
+		if err == nil || !strings.Contains(err.Error(), "busy") || time.Now().After(deadline) {
+			return err
 		}
-		return true
-	})
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 // leaderIndex returns the index of the agreed leader.
@@ -596,6 +664,46 @@ func (c *pgCluster) waitNoLeaks(t testing.TB, timeout time.Duration, allowAttach
 			t.Fatalf("leaks after %s: %s", timeout, p)
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// checkNoLeaks is waitNoLeaks that records the failure and goes on.
+func (c *pgCluster) checkNoLeaks(t testing.TB, timeout time.Duration, allowAttached map[string]bool) bool {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		p := c.leaks(ctx, allowAttached)
+		cancel()
+		if p == "" {
+			return true
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("leaks %s after the hosts reconciled: %s", timeout, p)
+			return false
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// restartLeaky restarts every host whose volume dir disagrees with the
+// catalog (its restart reconciliation removes what the catalog does not
+// know) and reports whether that cleaned up.
+func (c *pgCluster) restartLeaky(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	p := c.leaks(ctx, nil)
+	cancel()
+	for i := range c.env.hosts {
+		if strings.Contains(p, c.name(i)+":") {
+			t.Logf("restarting %s to let its reconciliation remove the leftovers", c.name(i))
+			c.agents[i].Kill(syscall.SIGKILL)
+			c.restart(i)
+		}
+	}
+	c.waitHealthy(t, 60*time.Second)
+	if c.checkNoLeaks(t, 30*time.Second, nil) {
+		t.Logf("a restart of the leaky hosts cleaned up")
 	}
 }
 

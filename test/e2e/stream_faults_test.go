@@ -14,6 +14,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -96,55 +98,61 @@ func slowStreamCluster(t *testing.T, size int64, namespaces int) (*faultCluster,
 	return c, src
 }
 
-// TestStreamLinkCutResumes cuts the source's link mid-transfer for ~3 s.
+// TestStreamLinkCutResumes cuts the source's link mid-transfer twice, for
+// ~3 s each time.
 //
-// A 3 s outage alone does not break an established TCP connection (the
-// kernel retransmits; the transfer's I/O timeout is 30 s), so the stream
-// would simply stall and continue, and nothing would resume. To test resume
-// from the last acknowledged offset, the cut also destroys the transfer's
-// sockets on both sides (`ss -K`), as a long outage would after the I/O
+// The first cut is the plain one: a 3 s outage does not break an
+// established TCP connection (the kernel retransmits; the transfer's I/O
+// timeout is 30 s), so the stream stalls and goes on. That alone never
+// exercises resume, so the second cut also destroys the connections'
+// sockets on both sides (`ss -K`), as a longer outage would after the I/O
 // timeout: the target must reconnect (failing while the link is down) and
-// continue from its durable watermark.
+// continue from its durable, acknowledged watermark, re-sending < 10%.
 func TestStreamLinkCutResumes(t *testing.T) {
 	testutil.RequireCmd(t, "ss")
-	const size = 224 * mib
+	const size = 256 * mib
 	c, src := slowStreamCluster(t, size, 3)
 	f := c.startFork(1, api.CreateForkRequest{Source: "slow-src", Name: "cut-far", Host: "n1", Via: "stream"})
 	if f.Path != fsm.PathStream {
 		t.Fatalf("path %s, want stream", f.Path)
 	}
-	p := c.waitProgress(1, f.ID, 48*mib, 60*time.Second)
-	t.Logf("cutting n0's link at %d/%d bytes", p.BytesDone, p.BytesTotal)
-
 	a, b := c.env.hosts[0], c.env.hosts[1]
-	if err := a.LinkDown(); err != nil {
-		t.Fatal(err)
-	}
-	up := false
-	defer func() {
-		if !up {
-			_ = a.LinkUp()
-		}
-	}()
-	cut := time.Now()
 	ctx := context.Background()
-	// Both ends of every n1↔n0:7947 connection (the transfer among them).
-	if out, err := b.Exec(ctx, "ss", "-K", "-t", "dst", a.IP, "dport", "=", ":7947"); err != nil {
-		t.Fatalf("ss -K on n1: %v: %s", err, out)
+	cutLink := func(killSockets bool) {
+		t.Helper()
+		if err := a.LinkDown(); err != nil {
+			t.Fatal(err)
+		}
+		cut := time.Now()
+		defer func() {
+			if err := a.LinkUp(); err != nil {
+				t.Error(err)
+			}
+			t.Logf("link restored after %s", time.Since(cut).Round(time.Millisecond))
+		}()
+		if killSockets {
+			// Both ends of every n1→n0:7947 connection (the transfer
+			// among them; raft and forwarding redial on their own).
+			if out, err := b.Exec(ctx, "ss", "-K", "-t", "dst", a.IP, "dport", "=", ":7947"); err != nil {
+				t.Fatalf("ss -K on n1: %v: %s", err, out)
+			}
+			if out, err := a.Exec(ctx, "ss", "-K", "-t", "dst", b.IP, "sport", "=", ":7947"); err != nil {
+				t.Fatalf("ss -K on n0: %v: %s", err, out)
+			}
+		}
+		time.Sleep(3*time.Second - time.Since(cut))
 	}
-	if out, err := a.Exec(ctx, "ss", "-K", "-t", "dst", b.IP, "sport", "=", ":7947"); err != nil {
-		t.Fatalf("ss -K on n0: %v: %s", err, out)
-	}
-	time.Sleep(3*time.Second - time.Since(cut))
-	if err := a.LinkUp(); err != nil {
-		t.Fatal(err)
-	}
-	up = true
-	t.Logf("link restored after %s", time.Since(cut).Round(time.Millisecond))
+
+	p := c.waitProgress(1, f.ID, 32*mib, 60*time.Second)
+	t.Logf("cut 1 (link only) at %d/%d bytes", p.BytesDone, p.BytesTotal)
+	cutLink(false)
+	p = c.waitProgress(1, f.ID, p.BytesDone+32*mib, 60*time.Second)
+	t.Logf("cut 2 (link and sockets) at %d/%d bytes", p.BytesDone, p.BytesTotal)
+	cutLink(true)
 
 	f = c.waitFinished(1, f.ID, 120*time.Second)
 	if f.State != fsm.ForkReady {
-		t.Fatalf("fork after a link cut: %s (%s), want ready", f.State, f.Error)
+		t.Fatalf("fork after link cuts: %s (%s), want ready", f.State, f.Error)
 	}
 	sameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
 	st, ok := c.streamComplete(1, f.ID)
@@ -152,19 +160,36 @@ func TestStreamLinkCutResumes(t *testing.T) {
 		t.Fatalf("no `stream complete` log line for %s on n1", f.ID)
 	}
 	t.Logf("%s", st.Line)
+	for _, l := range c.logLines(1, "transfer interrupted") {
+		t.Logf("n1: %s", l)
+	}
 	if st.Bytes != size {
 		t.Errorf("stream moved %d bytes, want %d", st.Bytes, size)
 	}
 	if st.Reconnects < 1 {
-		t.Errorf("reconnects=%d: the cut did not make the target reconnect", st.Reconnects)
-	}
-	for _, l := range c.logLines(1, "transfer interrupted") {
-		t.Logf("n1: %s", l)
+		t.Errorf("reconnects=%d: the second cut did not make the target reconnect", st.Reconnects)
 	}
 	if st.Resent*10 >= size {
 		t.Errorf("resent=%d bytes, want < 10%% of %d: the stream did not resume from its acknowledged offset", st.Resent, size)
 	}
+	// The source's side: a second session that started where the target's
+	// acknowledged watermark was, not at 0.
+	var resumes []int64
+	for _, l := range c.logLines(0, "streaming:") {
+		if m := resumeRE.FindStringSubmatch(l); m != nil && strings.Contains(l, f.ID) {
+			n, _ := strconv.ParseInt(m[1], 10, 64)
+			resumes = append(resumes, n)
+		}
+	}
+	// The cluster itself heals: every host alive again, one leader.
+	c.waitUp(30 * time.Second)
+	t.Logf("n0 served sessions resuming at %v", resumes)
+	if len(resumes) < 2 || resumes[len(resumes)-1] < p.BytesDone {
+		t.Errorf("source sessions resumed at %v; want a last one at or past %d (acknowledged before the cut)", resumes, p.BytesDone)
+	}
 }
+
+var resumeRE = regexp.MustCompile(`\bresume=(\d+)`)
 
 // TestStreamSourceKilled kills the source agent (SIGKILL) mid-transfer: the
 // fork must fail within 60 s, the target must keep nothing of it, and once
@@ -224,16 +249,17 @@ func TestStreamSourceKilled(t *testing.T) {
 	}
 }
 
-// flipProxy relays TCP connections to upstream and flips one byte of the
-// upstream→client direction in the first maxFlips connections that carry
-// more than after bytes that way. Only a block stream carries that much
-// from the source to the target, so raft and forwarding pass untouched.
+// flipProxy relays TCP connections to upstream and flips one bit of the
+// upstream→client direction in each connection that carries more than
+// `after` bytes that way, until maxFlips bits were flipped. Only a block
+// stream carries megabytes from the source to the target, so raft and
+// forwarding pass untouched.
 type flipProxy struct {
 	ln       net.Listener
 	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
 	upstream string
-	after    int64
-	maxFlips int32
+	after    atomic.Int64
+	maxFlips atomic.Int32
 	flips    atomic.Int32
 	conns    atomic.Int32
 	wg       sync.WaitGroup
@@ -268,16 +294,17 @@ func (p *flipProxy) relay(cl net.Conn) {
 		up.Close()
 	}()
 	buf := make([]byte, 32<<10)
+	after := p.after.Load()
 	var n int64
 	flipped := false
 	for {
 		k, err := up.Read(buf)
 		if k > 0 {
-			if !flipped && n+int64(k) > p.after && p.flips.Load() < p.maxFlips {
+			if !flipped && n+int64(k) > after && p.flips.Load() < p.maxFlips.Load() {
 				// One bit in the middle of a TLS record: its AEAD tag no
 				// longer verifies, so the receiver must drop the
 				// connection; it can never see altered plaintext.
-				i := int(max(p.after-n, 0))
+				i := int(max(after-n, 0))
 				buf[min(i, k-1)] ^= 0x10
 				flipped = true
 				p.flips.Add(1)
@@ -309,34 +336,20 @@ func TestStreamTLSCorruption(t *testing.T) {
 	testutil.RequireCmd(t, "nft")
 	const size = 64 * mib
 	c, src := slowStreamCluster(t, size, 4)
-	a, b, px := c.env.hosts[0], c.env.hosts[1], c.env.hosts[3]
-
+	px := c.env.hosts[3]
 	ln, err := nsListen(px.NS, px.IP+":7947")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &flipProxy{ln: ln, dial: px.DialContext, upstream: c.clusterAddr(0), after: 4 * mib, maxFlips: 2}
+	p := &flipProxy{ln: ln, dial: px.DialContext, upstream: c.clusterAddr(0)}
+	p.after.Store(4 * mib)
+	p.maxFlips.Store(2)
 	go p.serve()
 	defer func() {
 		ln.Close()
 		p.wg.Wait()
 	}()
-	ctx := context.Background()
-	rules := fmt.Sprintf(`table ip fnflip {
-	chain out {
-		type nat hook output priority -100; policy accept;
-		ip daddr %s tcp dport 7947 dnat to %s:7947
-	}
-}
-`, a.IP, px.IP)
-	rulesFile := filepath.Join(t.TempDir(), "flip.nft")
-	if err := os.WriteFile(rulesFile, []byte(rules), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := b.Exec(ctx, "nft", "-f", rulesFile); err != nil {
-		t.Fatalf("nft: %v: %s", err, out)
-	}
-	// The table lives in n1's namespace and goes with it.
+	dnatVia(t, c, 1, 0, 3)
 
 	f := c.startFork(1, api.CreateForkRequest{Source: "slow-src", Name: "flip-far", Host: "n1", Via: "stream"})
 	f = c.waitFinished(1, f.ID, 120*time.Second)
@@ -370,5 +383,48 @@ func TestStreamTLSCorruption(t *testing.T) {
 	}
 	if f.State == fsm.ForkReady && !strings.Contains(strings.Join(lines, "\n"), "bad record MAC") {
 		t.Errorf("n1 never logged a TLS MAC failure for the flipped bytes")
+	}
+
+	// Persistent corruption: every connection is hit before it can carry
+	// one whole 1 MiB frame, so no session makes progress. The fork must
+	// not become ready with bad data; failing (the puller gives up after
+	// 30 s without progress) must leave nothing behind on either host.
+	p.flips.Store(0)
+	p.after.Store(256 << 10)
+	p.maxFlips.Store(1 << 30)
+	f = c.startFork(1, api.CreateForkRequest{Source: "slow-src", Name: "flip-far2", Host: "n1", Via: "stream"})
+	begin := time.Now()
+	f = c.waitFinished(1, f.ID, 90*time.Second)
+	t.Logf("persistent corruption: %d flips, fork %s after %s: %s %s", p.flips.Load(), f.State,
+		time.Since(begin).Round(time.Millisecond), f.ID, f.Error)
+	switch f.State {
+	case fsm.ForkReady:
+		sameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
+	case fsm.ForkFailed:
+		testutil.Eventually(t, 30*time.Second, "n1 removes the failed fork's volume, n0 its snapshot", func() bool {
+			time.Sleep(100 * time.Millisecond)
+			return len(filesFor(c.volDir(1), f.TargetVolume)) == 0 && len(filesFor(c.volDir(0), f.TargetVolume)) == 0
+		})
+	}
+}
+
+// dnatVia makes node from's new connections to node to's cluster port go
+// to namespace proxy's port 7947 instead (nft DNAT in from's output hook).
+// The table lives in from's namespace and goes with it.
+func dnatVia(t *testing.T, c *faultCluster, from, to, proxy int) {
+	t.Helper()
+	rules := fmt.Sprintf(`table ip fnflip {
+	chain out {
+		type nat hook output priority -100; policy accept;
+		ip daddr %s tcp dport 7947 dnat to %s:7947
+	}
+}
+`, c.ip(to), c.env.hosts[proxy].IP)
+	rulesFile := filepath.Join(t.TempDir(), "flip.nft")
+	if err := os.WriteFile(rulesFile, []byte(rules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.env.hosts[from].Exec(context.Background(), "nft", "-f", rulesFile); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
 	}
 }

@@ -22,7 +22,7 @@
 #   *_cpu_s            user+sys CPU seconds of the sending/receiving side (median)
 #   wire_bytes         bytes received on B's veth during the run (IP+TCP included; median)
 #   *_rss_mb           peak RSS of the largest process on that side (max over rounds)
-#   cmp                every result compared equal to the source
+#   cmp                every result compared byte for byte with the source (imgcmp: cmp(1) that skips common holes)
 #
 # Needs root, iproute2 (netns, veth), socat, zstd, GNU time (/usr/bin/time).
 set -euo pipefail

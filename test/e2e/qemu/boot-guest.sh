@@ -21,7 +21,7 @@ pad=$(((4 - $(stat -c %s "$work/initrd.img") % 4) % 4))
 head -c "$pad" /dev/zero >>"$work/initrd.img"
 cat "$payload" >>"$work/initrd.img"
 rm -f "$work/disk1.img" "$work/disk2.img"
-truncate -s 256M "$work/disk1.img" # thick VG
+truncate -s 192M "$work/disk1.img" # thick VG
 truncate -s 512M "$work/disk2.img" # VG with a 256 MiB thin pool
 set +e
 timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel tcg -m 1024 -smp 2 -nographic -no-reboot \

@@ -50,6 +50,9 @@ if ((${#need[@]})); then
 	fi
 fi
 BUSYBOX=$(command -v busybox || echo /bin/busybox)
+# Module subtrees LVM and virtio disks need: dm-*, persistent-data,
+# virtio_blk, virtio_pci, libcrc32c and the crc32c it loads.
+MODULE_SUBTREES="drivers/md drivers/block drivers/virtio lib crypto arch/x86/crypto"
 
 # The kernel: the package linux-image-amd64 depends on.
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
@@ -64,9 +67,20 @@ if [[ ! -d $kdir/lib/modules/$kver ]]; then
 	log "downloading $kpkg"
 	dl=$(mktemp -d "$CACHE_DIR/dl.XXXXXX")
 	(cd "$dl" && apt-get download -qq "$kpkg")
-	rm -rf "$kdir.tmp"
-	dpkg -x "$dl"/"$kpkg"_*.deb "$kdir.tmp"
-	rm -rf "$dl" "$kdir"
+	rm -rf "$kdir.full" "$kdir.tmp"
+	dpkg -x "$dl"/"$kpkg"_*.deb "$kdir.full"
+	# Keep only the kernel and the module subtrees the guest needs (the
+	# whole package unpacks to ~400 MB).
+	mkdir -p "$kdir.tmp/boot" "$kdir.tmp/lib/modules/$kver/kernel"
+	cp "$kdir.full/boot/vmlinuz-$kver" "$kdir.tmp/boot/"
+	for sub in $MODULE_SUBTREES; do
+		if [[ -d $kdir.full/lib/modules/$kver/kernel/$sub ]]; then
+			mkdir -p "$kdir.tmp/lib/modules/$kver/kernel/$sub"
+			cp -a "$kdir.full/lib/modules/$kver/kernel/$sub/." "$kdir.tmp/lib/modules/$kver/kernel/$sub/"
+		fi
+	done
+	cp -a "$kdir.full/lib/modules/$kver"/modules.order "$kdir.full/lib/modules/$kver"/modules.builtin* "$kdir.tmp/lib/modules/$kver/" 2>/dev/null || true
+	rm -rf "$dl" "$kdir" "$kdir.full"
 	mv "$kdir.tmp" "$kdir"
 fi
 cp "$kdir/boot/vmlinuz-$kver" "$CACHE_DIR/vmlinuz.tmp"
@@ -80,7 +94,7 @@ mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc/lvm,proc,sys,dev,run,tmp,mnt,pay
 # modules.dep, which the Debian package does not ship.
 msrc=$kdir/lib/modules/$kver
 mdst=$root/lib/modules/$kver
-for sub in drivers/md drivers/block drivers/virtio lib crypto arch/x86/crypto; do
+for sub in $MODULE_SUBTREES; do
 	if [[ -d $msrc/kernel/$sub ]]; then
 		mkdir -p "$mdst/kernel/$sub"
 		cp -a "$msrc/kernel/$sub/." "$mdst/kernel/$sub/"

@@ -44,8 +44,15 @@ agent() { # name ip vg join
 agent thick 127.0.0.1 "$FORKNODE_LVM_VG" 127.0.0.2:7946
 agent thin 127.0.0.2 "$FORKNODE_LVM_THIN_VG" 127.0.0.1:7946
 
+# Ready = a leader is elected and both hosts are registered in the
+# catalog (the HOST table), not merely gossiping.
+ready() {
+	forknode status >"$d/status" 2>&1 || return 1
+	grep -q "leader (none)" "$d/status" && return 1
+	awk '/^HOST /{h=1; next} h && ($1 == "thick" || $1 == "thin") {n++} END {exit n < 2}' "$d/status"
+}
 i=0
-until forknode status >"$d/status" 2>&1 && grep -q thick "$d/status" && grep -q thin "$d/status"; do
+until ready; do
 	i=$((i + 1))
 	[ $i -lt 120 ] || fail "cluster did not form in 60 s: $(cat "$d/status"
 echo "cluster formed after ${i} polls")"
