@@ -66,6 +66,12 @@ func (d *fileDevice) WriteAt(p []byte, off int64) (int, error) {
 	return d.f.WriteAt(p, off)
 }
 
+// Fd exposes the descriptor to the block stream: its receiver reopens the
+// image with O_DIRECT for large aligned writes (bypassing the page cache
+// that a streamed fork would otherwise flood), and its sender finds holes
+// with SEEK_DATA.
+func (d *fileDevice) Fd() uintptr { return d.f.Fd() }
+
 func (d *fileDevice) Close() error { return d.f.Close() }
 func (d *fileDevice) Size() int64  { return d.size }
 func (d *fileDevice) Sync() error  { return d.f.Sync() }
