@@ -364,26 +364,71 @@ func (e *executor) deleteVolume(ctx context.Context, v fsm.Volume) {
 	}
 }
 
-// progressReporter throttles ForkProgress writes.
+// progressReporter records a fork's progress in the catalog without ever
+// blocking the copy: report only stores the latest figures, and a
+// goroutine writes them through raft at most once per interval. (A
+// synchronous Apply inside the copy's progress callback stalled every copy
+// worker behind a raft round trip.)
 type progressReporter struct {
 	e    *executor
 	fork string
-	mu   sync.Mutex
-	last time.Time
+
+	mu                sync.Mutex
+	done, total, wire int64
+	dirty             bool
+	stop              chan struct{}
+	stopped           chan struct{}
+	once              sync.Once
+}
+
+func (e *executor) newProgress(forkID string) *progressReporter {
+	p := &progressReporter{e: e, fork: forkID, stop: make(chan struct{}), stopped: make(chan struct{})}
+	go p.loop()
+	return p
 }
 
 func (p *progressReporter) report(done, total, wire int64) {
 	p.mu.Lock()
-	if time.Since(p.last) < p.e.progress && done < total {
+	p.done, p.total, p.wire, p.dirty = done, total, wire, true
+	p.mu.Unlock()
+}
+
+func (p *progressReporter) loop() {
+	defer close(p.stopped)
+	t := time.NewTicker(p.e.progress)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			p.flush()
+			return
+		case <-p.e.n.ctx.Done():
+			return
+		case <-t.C:
+			p.flush()
+		}
+	}
+}
+
+func (p *progressReporter) flush() {
+	p.mu.Lock()
+	if !p.dirty {
 		p.mu.Unlock()
 		return
 	}
-	p.last = time.Now()
+	cmd := &fsm.ForkProgressCmd{ForkID: p.fork, BytesDone: p.done, BytesTotal: p.total, WireBytes: p.wire}
+	p.dirty = false
 	p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(p.e.n.ctx, 2*time.Second)
 	defer cancel()
-	// Best effort: a lost progress update is replaced by the next one.
-	_, _ = p.e.n.Apply(ctx, fsm.CmdForkProgress, &fsm.ForkProgressCmd{ForkID: p.fork, BytesDone: done, BytesTotal: total, WireBytes: wire})
+	// Best effort: a lost update is replaced by the next one.
+	_, _ = p.e.n.Apply(ctx, fsm.CmdForkProgress, cmd)
+}
+
+// close writes the last figures and stops the goroutine.
+func (p *progressReporter) close() {
+	p.once.Do(func() { close(p.stop) })
+	<-p.stopped
 }
 
 func (e *executor) finish(f fsm.Fork, err error) {
@@ -423,7 +468,8 @@ func (e *executor) localFork(ctx context.Context, f fsm.Fork) {
 	}
 	b := e.n.cfg.Backend
 	sp := spec(tv, f.ID)
-	pr := &progressReporter{e: e, fork: f.ID}
+	pr := e.newProgress(f.ID)
+	defer pr.close()
 	pr.report(0, tv.Size, 0)
 	if f.Path == fsm.PathClone || (f.Path == fsm.PathReplica && b.Features().Clone) {
 		_, err = b.Clone(ctx, f.SourceVolume, sp)
@@ -441,6 +487,7 @@ func (e *executor) localFork(ctx context.Context, f fsm.Fork) {
 		// the fork) or the leader failed the fork (its volume is removed).
 		return
 	}
+	pr.close() // the last figures land before the result
 	if err != nil {
 		if e.forkReady(f.ID) {
 			return // never undo a fork that is already ready
@@ -486,7 +533,8 @@ func (e *executor) pullFork(ctx context.Context, f fsm.Fork) {
 		fail(fmt.Errorf("open target volume: %w", err))
 		return
 	}
-	pr := &progressReporter{e: e, fork: f.ID}
+	pr := e.newProgress(f.ID)
+	defer pr.close()
 	opts := e.streamOptions()
 	opts.Progress = func(p transfer.Progress) { pr.report(p.Done, p.Total, p.Wire) }
 	dial := func(ctx context.Context) (net.Conn, error) {
@@ -511,6 +559,7 @@ func (e *executor) pullFork(ctx context.Context, f fsm.Fork) {
 		return
 	}
 	pr.report(stats.Bytes, stats.Bytes, stats.Wire)
+	pr.close()
 	e.logger.Info("stream complete", "fork", f.ID, "bytes", stats.Bytes, "wire", stats.Wire,
 		"resent", stats.Resent, "reconnects", stats.Reconnects, "duration", stats.Duration)
 	e.finish(f, nil)

@@ -101,13 +101,13 @@ func startFaultCluster(t *testing.T, o faultOpts) *faultCluster {
 	return c
 }
 
-func (c *faultCluster) name(i int) string         { return fmt.Sprintf("n%d", i) }
-func (c *faultCluster) ip(i int) string           { return c.env.hosts[i].IP }
-func (c *faultCluster) apiAddr(i int) string      { return "http://" + c.ip(i) + ":7948" }
-func (c *faultCluster) gossipAddr(i int) string   { return c.ip(i) + ":7946" }
-func (c *faultCluster) clusterAddr(i int) string  { return c.ip(i) + ":7947" }
-func (c *faultCluster) dataDir(i int) string      { return filepath.Join(c.dir, c.name(i)) }
-func (c *faultCluster) volDir(i int) string       { return filepath.Join(c.dataDir(i), "volumes") }
+func (c *faultCluster) name(i int) string        { return fmt.Sprintf("n%d", i) }
+func (c *faultCluster) ip(i int) string          { return c.env.hosts[i].IP }
+func (c *faultCluster) apiAddr(i int) string     { return "http://" + c.ip(i) + ":7948" }
+func (c *faultCluster) gossipAddr(i int) string  { return c.ip(i) + ":7946" }
+func (c *faultCluster) clusterAddr(i int) string { return c.ip(i) + ":7947" }
+func (c *faultCluster) dataDir(i int) string     { return filepath.Join(c.dir, c.name(i)) }
+func (c *faultCluster) volDir(i int) string      { return filepath.Join(c.dataDir(i), "volumes") }
 func (c *faultCluster) imgPath(i int, id string) string {
 	return filepath.Join(c.volDir(i), id+".img")
 }
@@ -199,8 +199,8 @@ func (c *faultCluster) fillImage(i int, id string, size int64, seed uint64, bloc
 	}
 }
 
-// fileDigest is the SHA-256 of a whole file.
-func fileDigest(t testing.TB, path string) [32]byte {
+// ftFileDigest is the SHA-256 of a whole file.
+func ftFileDigest(t testing.TB, path string) [32]byte {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -216,8 +216,8 @@ func fileDigest(t testing.TB, path string) [32]byte {
 	return d
 }
 
-// sameImage fails the test unless the two image files hold equal bytes.
-func sameImage(t testing.TB, a, b string) {
+// ftSameImage fails the test unless the two image files hold equal bytes.
+func ftSameImage(t testing.TB, a, b string) {
 	t.Helper()
 	sa, err := os.Stat(a)
 	if err != nil {
@@ -230,14 +230,14 @@ func sameImage(t testing.TB, a, b string) {
 	if sa.Size() != sb.Size() {
 		t.Fatalf("%s is %d bytes, %s is %d", a, sa.Size(), b, sb.Size())
 	}
-	if fileDigest(t, a) != fileDigest(t, b) {
+	if ftFileDigest(t, a) != ftFileDigest(t, b) {
 		t.Fatalf("%s and %s differ", a, b)
 	}
 }
 
-// filesFor lists the files in dir whose names contain id (image, metadata,
+// ftFilesFor lists the files in dir whose names contain id (image, metadata,
 // temp files).
-func filesFor(dir, id string) []string {
+func ftFilesFor(dir, id string) []string {
 	ents, _ := os.ReadDir(dir)
 	var out []string
 	for _, e := range ents {
@@ -333,7 +333,7 @@ func (c *faultCluster) logLines(i int, substr string) []string {
 	return out
 }
 
-var streamCompleteRE = regexp.MustCompile(`stream complete.*fork=(\S+).*bytes=(\d+).*wire=(\d+).*resent=(\d+).*reconnects=(\d+)`)
+var ftStreamCompleteRE = regexp.MustCompile(`stream complete.*fork=(\S+).*bytes=(\d+).*wire=(\d+).*resent=(\d+).*reconnects=(\d+)`)
 
 // streamStats is the target executor's "stream complete" log line.
 type streamStats struct {
@@ -345,7 +345,7 @@ type streamStats struct {
 // streamComplete finds the "stream complete" line for fork id in node i's log.
 func (c *faultCluster) streamComplete(i int, id string) (streamStats, bool) {
 	for _, line := range strings.Split(c.logText(i), "\n") {
-		m := streamCompleteRE.FindStringSubmatch(line)
+		m := ftStreamCompleteRE.FindStringSubmatch(line)
 		if m == nil || m[1] != id {
 			continue
 		}
@@ -360,9 +360,9 @@ func (c *faultCluster) streamComplete(i int, id string) (streamStats, bool) {
 	return streamStats{}, false
 }
 
-// nsListen opens a listening TCP socket inside namespace ns (the socket
+// ftListenNetns opens a listening TCP socket inside namespace ns (the socket
 // keeps its namespace after the thread switches back).
-func nsListen(ns, addr string) (net.Listener, error) {
+func ftListenNetns(ns, addr string) (net.Listener, error) {
 	type result struct {
 		l   net.Listener
 		err error
@@ -370,7 +370,7 @@ func nsListen(ns, addr string) (net.Listener, error) {
 	ch := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
-		l, err, restored := listenInNetns(ns, addr)
+		l, err, restored := ftListenInNetns(ns, addr)
 		if restored {
 			runtime.UnlockOSThread()
 		}
@@ -380,7 +380,7 @@ func nsListen(ns, addr string) (net.Listener, error) {
 	return r.l, r.err
 }
 
-func listenInNetns(ns, addr string) (net.Listener, error, bool) {
+func ftListenInNetns(ns, addr string) (net.Listener, error, bool) {
 	orig, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
 		return nil, err, true
@@ -402,4 +402,35 @@ func listenInNetns(ns, addr string) (net.Listener, error, bool) {
 		return nil, fmt.Errorf("setns back: %w", err), false
 	}
 	return l, lerr, true
+}
+
+func (c *faultCluster) indexOf(name string) int {
+	for i := 0; i < c.n; i++ {
+		if c.name(i) == name {
+			return i
+		}
+	}
+	c.t.Fatalf("unknown node %q", name)
+	return -1
+}
+
+// ftDNATVia makes node from's new connections to node to's cluster port go
+// to namespace proxy's port 7947 instead (nft DNAT in from's output hook).
+// The table lives in from's namespace and goes with it.
+func ftDNATVia(t *testing.T, c *faultCluster, from, to, proxy int) {
+	t.Helper()
+	rules := fmt.Sprintf(`table ip fnflip {
+	chain out {
+		type nat hook output priority -100; policy accept;
+		ip daddr %s tcp dport 7947 dnat to %s:7947
+	}
+}
+`, c.ip(to), c.env.hosts[proxy].IP)
+	rulesFile := filepath.Join(t.TempDir(), "flip.nft")
+	if err := os.WriteFile(rulesFile, []byte(rules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.env.hosts[from].Exec(context.Background(), "nft", "-f", rulesFile); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
 }

@@ -40,8 +40,8 @@ import (
 	"github.com/klauspost/compress/s2"
 )
 
-// memberNames and hostIDs summarise a status for comparison.
-func memberNames(st *api.Status) []string {
+// ftMemberNames and ftHostIDs summarise a status for comparison.
+func ftMemberNames(st *api.Status) []string {
 	var out []string
 	for _, m := range st.Members {
 		out = append(out, fmt.Sprintf("%s voter=%v", m.Name, m.Voter))
@@ -50,7 +50,7 @@ func memberNames(st *api.Status) []string {
 	return out
 }
 
-func hostIDs(st *api.Status) []string {
+func ftHostIDs(st *api.Status) []string {
 	var out []string
 	for _, h := range st.Hosts {
 		out = append(out, h.ID)
@@ -70,7 +70,7 @@ func TestSecurityForeignKeyCannotJoin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantMembers, wantHosts := memberNames(before), hostIDs(before)
+	wantMembers, wantHosts := ftMemberNames(before), ftHostIDs(before)
 
 	other := filepath.Join(c.dir, "other.key")
 	if out, err := runRoot(c.bin, "keygen", "-o", other); err != nil {
@@ -95,7 +95,7 @@ func TestSecurityForeignKeyCannotJoin(t *testing.T) {
 			if err != nil {
 				t.Fatalf("status of %s: %v", c.name(i), err)
 			}
-			if m, hs := memberNames(st), hostIDs(st); !slices.Equal(m, wantMembers) || !slices.Equal(hs, wantHosts) {
+			if m, hs := ftMemberNames(st), ftHostIDs(st); !slices.Equal(m, wantMembers) || !slices.Equal(hs, wantHosts) {
 				t.Fatalf("%s's view changed with a foreign-key agent about: members %v hosts %v, were %v %v", c.name(i), m, hs, wantMembers, wantHosts)
 			}
 		}
@@ -120,7 +120,7 @@ func TestSecurityForeignKeyCannotJoin(t *testing.T) {
 				}
 			}
 			if len(st.Hosts) > 0 {
-				t.Errorf("the intruder sees hosts %v", hostIDs(st))
+				t.Errorf("the intruder sees hosts %v", ftHostIDs(st))
 			}
 		}
 		if vols, err := ic.Volumes(ctx); err == nil && len(vols) > 0 {
@@ -241,8 +241,8 @@ func TestSecurityAPIRequiresToken(t *testing.T) {
 	}
 }
 
-// selfSigned makes a throwaway certificate no cluster CA signed.
-func selfSigned(t *testing.T, cn string) tls.Certificate {
+// ftSelfSigned makes a throwaway certificate no cluster CA signed.
+func ftSelfSigned(t *testing.T, cn string) tls.Certificate {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -261,9 +261,9 @@ func selfSigned(t *testing.T, cn string) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
 }
 
-// readAllUntil reads until EOF/error or timeout, returning the bytes and
+// ftReadAllUntil reads until EOF/error or timeout, returning the bytes and
 // the final error.
-func readAllUntil(c net.Conn, d time.Duration) (int, error) {
+func ftReadAllUntil(c net.Conn, d time.Duration) (int, error) {
 	_ = c.SetReadDeadline(time.Now().Add(d))
 	n, err := io.Copy(io.Discard, c)
 	if err == nil {
@@ -272,7 +272,7 @@ func readAllUntil(c net.Conn, d time.Duration) (int, error) {
 	return int(n), err
 }
 
-func isTimeout(err error) bool {
+func ftIsTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
@@ -323,8 +323,8 @@ func TestSecurityClusterPortRejectsStrangers(t *testing.T) {
 				}
 			}
 			begin := time.Now()
-			n, err := readAllUntil(conn, 10*time.Second)
-			if isTimeout(err) {
+			n, err := ftReadAllUntil(conn, 10*time.Second)
+			if ftIsTimeout(err) {
 				t.Fatalf("still connected after %s", time.Since(begin).Round(time.Millisecond))
 			}
 			if n != 0 {
@@ -351,7 +351,7 @@ func TestSecurityClusterPortRejectsStrangers(t *testing.T) {
 		certs []tls.Certificate
 	}{
 		{"tls without a certificate", nil},
-		{"tls self-signed", []tls.Certificate{selfSigned(t, "n0")}},
+		{"tls self-signed", []tls.Certificate{ftSelfSigned(t, "n0")}},
 		{"tls other key's certificate", []tls.Certificate{otherCert}},
 	} {
 		for _, proto := range []byte{'R', 'T', 'F'} {
@@ -377,8 +377,8 @@ func TestSecurityClusterPortRejectsStrangers(t *testing.T) {
 				// checked its certificate; the verdict comes on read.
 				_, _ = tc.Write(append([]byte{proto}, hello...))
 				_ = raw.SetDeadline(time.Time{})
-				n, err := readAllUntil(tc, 10*time.Second)
-				if isTimeout(err) {
+				n, err := ftReadAllUntil(tc, 10*time.Second)
+				if ftIsTimeout(err) {
 					t.Fatalf("still connected after %s", time.Since(begin).Round(time.Millisecond))
 				}
 				if n != 0 {
@@ -410,8 +410,8 @@ func TestSecurityClusterPortRejectsStrangers(t *testing.T) {
 		if _, err := tc.Write([]byte{'R'}); err != nil {
 			t.Fatal(err)
 		}
-		_, err = readAllUntil(tc, 2*time.Second)
-		if !isTimeout(err) {
+		_, err = ftReadAllUntil(tc, 2*time.Second)
+		if !ftIsTimeout(err) {
 			t.Fatalf("a real member was dropped: %v", err)
 		}
 	})
@@ -446,7 +446,7 @@ func TestSecurityStreamCapture(t *testing.T) {
 		raw := make([]byte, markerLen/2)
 		mrand.NewChaCha8([32]byte{byte(n), 0x4d}).Read(raw)
 		m := []byte(hex.EncodeToString(raw))
-		copy(b[markerOffset(n):], m)
+		copy(b[ftMarkerOffset(n):], m)
 		markers = append(markers, m)
 		if n == 0 {
 			s2Block0 = s2.Encode(nil, b)
@@ -462,7 +462,7 @@ func TestSecurityStreamCapture(t *testing.T) {
 	}
 	// Control: block 0 as the s2 codec puts it in a frame shows its
 	// markers to this very search, so without TLS the capture would too.
-	if got := len(findNeedles(s2Block0, set)); got < 8 {
+	if got := len(ftFindNeedles(s2Block0, set)); got < 8 {
 		t.Fatalf("control: only %d markers found in an s2-encoded block; the capture check would prove nothing", got)
 	}
 
@@ -509,7 +509,7 @@ func TestSecurityStreamCapture(t *testing.T) {
 	stop()
 	t.Logf("tcpdump stopped in %s", time.Since(stopStart).Round(time.Millisecond))
 	t.Logf("tcpdump: %s", strings.TrimSpace(stderr.String()))
-	sameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
+	ftSameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
 
 	data, err := os.ReadFile(pcap)
 	if err != nil {
@@ -525,12 +525,12 @@ func TestSecurityStreamCapture(t *testing.T) {
 		t.Fatal(err)
 	}
 	for n, m := range markers {
-		at := int64(n)*mib + int64(markerOffset(n))
+		at := int64(n)*mib + int64(ftMarkerOffset(n))
 		if !bytes.Equal(img[at:at+int64(len(m))], m) {
 			t.Fatalf("control: marker %d not in the forked volume", n)
 		}
 	}
-	found := findNeedles(data, set)
+	found := ftFindNeedles(data, set)
 	for i, n := range found {
 		if i < 3 {
 			t.Errorf("plaintext marker %q is in the capture", n)
@@ -550,14 +550,14 @@ func TestSecurityStreamCapture(t *testing.T) {
 	t.Logf("capture %d bytes (volume %d), %d markers searched, none found", len(data), size, len(needles))
 }
 
-// markerOffset is where block n's marker starts inside the block.
-func markerOffset(n int) int { return (n * 40960) % (int(mib) - 64<<10) }
+// ftMarkerOffset is where block n's marker starts inside the block.
+func ftMarkerOffset(n int) int { return (n * 40960) % (int(mib) - 64<<10) }
 
-// findNeedles returns the 32-byte needles (all lowercase hex) found in
+// ftFindNeedles returns the 32-byte needles (all lowercase hex) found in
 // data. It looks only inside runs of ≥ 32 hex characters, which random or
 // encrypted bytes practically never contain, so one pass over a large
 // capture suffices.
-func findNeedles(data []byte, needles map[string]bool) []string {
+func ftFindNeedles(data []byte, needles map[string]bool) []string {
 	var found []string
 	isHex := func(b byte) bool { return (b >= '0' && b <= '9') || (b >= 'a' && b <= 'f') }
 	run := 0

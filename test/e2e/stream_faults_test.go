@@ -1,8 +1,8 @@
 package e2e
 
 // Acceptance tests for cross-host fork streams under faults: a stream forced
-// by a full host, a link cut mid-transfer, the source killed mid-transfer,
-// and bytes flipped in flight. Agents are separate processes in network
+// by a full host, link cuts mid-transfer (3 s, and 8 s: under the dead-host
+// timeout), the source killed mid-transfer, and bytes flipped in flight. Agents are separate processes in network
 // namespaces with file backends; volume bytes are compared as image files
 // in the hosts' volume directories.
 
@@ -12,8 +12,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -65,22 +63,12 @@ func TestStreamForcedByFullHost(t *testing.T) {
 			f.Path, f.State, f.SourceHost, f.TargetHost, f.Error)
 	}
 	ti := c.indexOf(f.TargetHost)
-	sameImage(t, c.imgPath(0, src.ID), c.imgPath(ti, f.TargetVolume))
+	ftSameImage(t, c.imgPath(0, src.ID), c.imgPath(ti, f.TargetVolume))
 	if st, ok := c.streamComplete(ti, f.ID); ok {
 		t.Logf("%s", st.Line)
 	} else {
 		t.Errorf("no `stream complete` log line for %s on %s", f.ID, f.TargetHost)
 	}
-}
-
-func (c *faultCluster) indexOf(name string) int {
-	for i := 0; i < c.n; i++ {
-		if c.name(i) == name {
-			return i
-		}
-	}
-	c.t.Fatalf("unknown node %q", name)
-	return -1
 }
 
 // slowStreamCluster is three nodes whose n0 streams at 20 MiB/s, with a
@@ -154,7 +142,7 @@ func TestStreamLinkCutResumes(t *testing.T) {
 	if f.State != fsm.ForkReady {
 		t.Fatalf("fork after link cuts: %s (%s), want ready", f.State, f.Error)
 	}
-	sameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
+	ftSameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
 	st, ok := c.streamComplete(1, f.ID)
 	if !ok {
 		t.Fatalf("no `stream complete` log line for %s on n1", f.ID)
@@ -176,20 +164,89 @@ func TestStreamLinkCutResumes(t *testing.T) {
 	// acknowledged watermark was, not at 0.
 	var resumes []int64
 	for _, l := range c.logLines(0, "streaming:") {
-		if m := resumeRE.FindStringSubmatch(l); m != nil && strings.Contains(l, f.ID) {
+		if m := ftResumeRE.FindStringSubmatch(l); m != nil && strings.Contains(l, f.ID) {
 			n, _ := strconv.ParseInt(m[1], 10, 64)
 			resumes = append(resumes, n)
 		}
 	}
-	// The cluster itself heals: every host alive again, one leader.
-	c.waitUp(30 * time.Second)
 	t.Logf("n0 served sessions resuming at %v", resumes)
 	if len(resumes) < 2 || resumes[len(resumes)-1] < p.BytesDone {
 		t.Errorf("source sessions resumed at %v; want a last one at or past %d (acknowledged before the cut)", resumes, p.BytesDone)
 	}
 }
 
-var resumeRE = regexp.MustCompile(`\bresume=(\d+)`)
+var ftResumeRE = regexp.MustCompile(`\bresume=(\d+)`)
+
+// TestStreamLinkCutUnderDeadTimeout cuts the source's link for 8 s in the
+// middle of a stream: long enough for gossip to mark it failed, shorter
+// than the 15 s dead-host timeout after which the leader fails its forks.
+// Once the link is back the host must be alive again in the catalog and
+// the stream must finish: a blip shorter than the dead-host timeout may
+// cost a reconnect, not the fork.
+func TestStreamLinkCutUnderDeadTimeout(t *testing.T) {
+	const size = 256 * mib
+	c, src := slowStreamCluster(t, size, 3)
+	f := c.startFork(1, api.CreateForkRequest{Source: "slow-src", Name: "blip-far", Host: "n1", Via: "stream"})
+	p := c.waitProgress(1, f.ID, 32*mib, 60*time.Second)
+	a := c.env.hosts[0]
+	if err := a.LinkDown(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cut n0's link at %d/%d bytes", p.BytesDone, p.BytesTotal)
+	time.Sleep(8 * time.Second)
+	if err := a.LinkUp(); err != nil {
+		t.Fatal(err)
+	}
+	restored := time.Now()
+	alive := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		var out []string
+		for i := 0; i < c.n; i++ {
+			st, err := c.client(i).Status(ctx)
+			if err != nil {
+				out = append(out, fmt.Sprintf("%s: %v", c.name(i), err))
+				continue
+			}
+			var ms []string
+			for _, m := range st.Members {
+				ms = append(ms, m.Name+"="+m.Status)
+			}
+			var hs []string
+			for _, h := range st.Hosts {
+				hs = append(hs, fmt.Sprintf("%s=%v", h.ID, h.Alive))
+			}
+			out = append(out, fmt.Sprintf("%s sees members %v, hosts alive %v", c.name(i), ms, hs))
+		}
+		return strings.Join(out, "; ")
+	}
+	healed := false
+	for time.Since(restored) < 20*time.Second {
+		if v := alive(); !strings.Contains(v, "=dead") && !strings.Contains(v, "=false") && !strings.Contains(v, ": ") {
+			healed = true
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if !healed {
+		t.Errorf("20 s after an 8 s link cut the cluster has not healed: %s", alive())
+		for i := 0; i < c.n; i++ {
+			for _, l := range c.logLines(i, "as failed") {
+				t.Logf("%s: %s", c.name(i), l)
+			}
+		}
+	} else {
+		t.Logf("all hosts alive %s after the link came back", time.Since(restored).Round(time.Millisecond))
+	}
+	f = c.waitFinished(1, f.ID, 90*time.Second)
+	if f.State != fsm.ForkReady {
+		t.Fatalf("fork across an 8 s link cut (< the 15 s dead-host timeout): %s (%s), want ready", f.State, f.Error)
+	}
+	ftSameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
+	if st, ok := c.streamComplete(1, f.ID); ok {
+		t.Logf("%s", st.Line)
+	}
+}
 
 // TestStreamSourceKilled kills the source agent (SIGKILL) mid-transfer: the
 // fork must fail within 60 s, the target must keep nothing of it, and once
@@ -197,14 +254,14 @@ var resumeRE = regexp.MustCompile(`\bresume=(\d+)`)
 func TestStreamSourceKilled(t *testing.T) {
 	const size = 200 * mib
 	c, src := slowStreamCluster(t, size, 3)
-	srcDigest := fileDigest(t, c.imgPath(0, src.ID))
+	srcDigest := ftFileDigest(t, c.imgPath(0, src.ID))
 	f := c.startFork(1, api.CreateForkRequest{Source: "slow-src", Name: "killed-far", Host: "n1", Via: "stream"})
 	c.waitProgress(1, f.ID, 20*mib, 60*time.Second)
 	snap := "snap_" + f.TargetVolume
-	if got := filesFor(c.volDir(0), snap); len(got) == 0 {
+	if got := ftFilesFor(c.volDir(0), snap); len(got) == 0 {
 		t.Fatalf("no stream snapshot %s in n0's volume dir mid-transfer", snap)
 	}
-	if got := filesFor(c.volDir(1), f.TargetVolume); len(got) == 0 {
+	if got := ftFilesFor(c.volDir(1), f.TargetVolume); len(got) == 0 {
 		t.Fatalf("no target volume %s in n1's volume dir mid-transfer", f.TargetVolume)
 	}
 
@@ -220,25 +277,25 @@ func TestStreamSourceKilled(t *testing.T) {
 	// The target drops its partial volume (image and metadata).
 	testutil.Eventually(t, 30*time.Second, "n1 removes the failed fork's partial volume", func() bool {
 		time.Sleep(100 * time.Millisecond)
-		return len(filesFor(c.volDir(1), f.TargetVolume)) == 0
+		return len(ftFilesFor(c.volDir(1), f.TargetVolume)) == 0
 	})
-	if got := filesFor(c.volDir(1), f.TargetVolume); len(got) != 0 {
+	if got := ftFilesFor(c.volDir(1), f.TargetVolume); len(got) != 0 {
 		t.Fatalf("n1 still holds %v", got)
 	}
 
 	// The source comes back with the same flags and data dir: its snapshot
 	// of the failed fork (left behind by the kill) goes, its volume is
 	// untouched.
-	if got := filesFor(c.volDir(0), snap); len(got) == 0 {
+	if got := ftFilesFor(c.volDir(0), snap); len(got) == 0 {
 		t.Fatalf("snapshot %s vanished while n0 was down: nothing left to check on restart", snap)
 	}
 	c.restart(0)
 	c.waitUp(60 * time.Second)
 	testutil.Eventually(t, 30*time.Second, "restarted n0 releases "+snap, func() bool {
 		time.Sleep(100 * time.Millisecond)
-		return len(filesFor(c.volDir(0), snap)) == 0
+		return len(ftFilesFor(c.volDir(0), snap)) == 0
 	})
-	if fileDigest(t, c.imgPath(0, src.ID)) != srcDigest {
+	if ftFileDigest(t, c.imgPath(0, src.ID)) != srcDigest {
 		t.Fatal("the source volume changed")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -337,7 +394,7 @@ func TestStreamTLSCorruption(t *testing.T) {
 	const size = 64 * mib
 	c, src := slowStreamCluster(t, size, 4)
 	px := c.env.hosts[3]
-	ln, err := nsListen(px.NS, px.IP+":7947")
+	ln, err := ftListenNetns(px.NS, px.IP+":7947")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +406,7 @@ func TestStreamTLSCorruption(t *testing.T) {
 		ln.Close()
 		p.wg.Wait()
 	}()
-	dnatVia(t, c, 1, 0, 3)
+	ftDNATVia(t, c, 1, 0, 3)
 
 	f := c.startFork(1, api.CreateForkRequest{Source: "slow-src", Name: "flip-far", Host: "n1", Via: "stream"})
 	f = c.waitFinished(1, f.ID, 120*time.Second)
@@ -360,7 +417,7 @@ func TestStreamTLSCorruption(t *testing.T) {
 	}
 	switch f.State {
 	case fsm.ForkReady:
-		sameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
+		ftSameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
 		st, ok := c.streamComplete(1, f.ID)
 		if !ok {
 			t.Fatalf("no `stream complete` log line for %s", f.ID)
@@ -372,7 +429,7 @@ func TestStreamTLSCorruption(t *testing.T) {
 	case fsm.ForkFailed:
 		testutil.Eventually(t, 30*time.Second, "n1 removes the failed fork's volume", func() bool {
 			time.Sleep(100 * time.Millisecond)
-			return len(filesFor(c.volDir(1), f.TargetVolume)) == 0
+			return len(ftFilesFor(c.volDir(1), f.TargetVolume)) == 0
 		})
 	}
 	// The target must say why it reconnected: TLS refused the altered
@@ -399,32 +456,11 @@ func TestStreamTLSCorruption(t *testing.T) {
 		time.Since(begin).Round(time.Millisecond), f.ID, f.Error)
 	switch f.State {
 	case fsm.ForkReady:
-		sameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
+		ftSameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
 	case fsm.ForkFailed:
 		testutil.Eventually(t, 30*time.Second, "n1 removes the failed fork's volume, n0 its snapshot", func() bool {
 			time.Sleep(100 * time.Millisecond)
-			return len(filesFor(c.volDir(1), f.TargetVolume)) == 0 && len(filesFor(c.volDir(0), f.TargetVolume)) == 0
+			return len(ftFilesFor(c.volDir(1), f.TargetVolume)) == 0 && len(ftFilesFor(c.volDir(0), f.TargetVolume)) == 0
 		})
-	}
-}
-
-// dnatVia makes node from's new connections to node to's cluster port go
-// to namespace proxy's port 7947 instead (nft DNAT in from's output hook).
-// The table lives in from's namespace and goes with it.
-func dnatVia(t *testing.T, c *faultCluster, from, to, proxy int) {
-	t.Helper()
-	rules := fmt.Sprintf(`table ip fnflip {
-	chain out {
-		type nat hook output priority -100; policy accept;
-		ip daddr %s tcp dport 7947 dnat to %s:7947
-	}
-}
-`, c.ip(to), c.env.hosts[proxy].IP)
-	rulesFile := filepath.Join(t.TempDir(), "flip.nft")
-	if err := os.WriteFile(rulesFile, []byte(rules), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := c.env.hosts[from].Exec(context.Background(), "nft", "-f", rulesFile); err != nil {
-		t.Fatalf("nft: %v: %s", err, out)
 	}
 }
