@@ -513,3 +513,37 @@ func TestAdvertisable(t *testing.T) {
 		}
 	}
 }
+
+// Volume operations run on the volume's host, reached over the mTLS port.
+func TestClusterVolumeOpOnOwner(t *testing.T) {
+	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB}, nil)
+	vol := tc.createVolume(tc.nodes[0], "att", "", "n1", 4*MiB)
+	ctx := context.Background()
+	via := tc.node("n2")
+	if _, err := via.VolumeOp(ctx, "n1", VolumeCheckRemove, vol.ID); err != nil {
+		t.Fatalf("check remove of a detached volume: %v", err)
+	}
+	if _, err := via.VolumeOp(ctx, "n1", "explode", vol.ID); !errors.Is(err, fsm.ErrInvalid) {
+		t.Fatalf("unknown op: %v", err)
+	}
+	if _, err := via.VolumeOp(ctx, "n1", VolumeDetach, "vol_0000000missing"); !errors.Is(err, cow.ErrNotFound) {
+		t.Fatalf("detach of a missing volume: %v", err)
+	}
+	if _, err := via.VolumeOp(ctx, "nope", VolumeAttach, vol.ID); !errors.Is(err, fsm.ErrNotFound) {
+		t.Fatalf("unknown host: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		return // attaching needs loop devices
+	}
+	dev, err := via.VolumeOp(ctx, "n1", VolumeAttach, vol.ID)
+	if err != nil || dev == "" {
+		t.Fatalf("attach through n2: %q %v", dev, err)
+	}
+	t.Cleanup(func() { tc.node("n1").Backend().Detach(context.Background(), vol.ID) })
+	if _, err := via.VolumeOp(ctx, "n1", VolumeCheckRemove, vol.ID); !errors.Is(err, cow.ErrBusy) {
+		t.Fatalf("check remove of an attached volume: %v", err)
+	}
+	if _, err := via.VolumeOp(ctx, "n1", VolumeDetach, vol.ID); err != nil {
+		t.Fatalf("detach through n2: %v", err)
+	}
+}

@@ -17,6 +17,8 @@ var (
 	ErrNoLeader = errors.New("no cluster leader reachable")
 	// ErrShutdown: the node is shutting down (HTTP 503).
 	ErrShutdown = errors.New("node is shutting down")
+	// ErrHostUnreachable: the host holding a volume did not answer (HTTP 503).
+	ErrHostUnreachable = errors.New("host unreachable")
 )
 
 // Config of one node. Addresses are host:port; port 0 picks a free port

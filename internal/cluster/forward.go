@@ -10,7 +10,9 @@ import (
 	"net"
 	"time"
 
+	"github.com/forknode/forknode/internal/cow"
 	"github.com/forknode/forknode/internal/fsm"
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 )
 
@@ -25,9 +27,11 @@ const (
 )
 
 type fwdRequest struct {
-	Op    string `json:"op"` // "apply", "index" or "remove_server"
+	Op    string `json:"op"` // "apply", "index", "remove_server" or "volume"
 	Entry []byte `json:"entry,omitempty"`
 	ID    string `json:"id,omitempty"`
+	// VolumeOp is the host-local operation of Op "volume" (see VolumeOp).
+	VolumeOp string `json:"volume_op,omitempty"`
 }
 
 type fwdResponse struct {
@@ -36,6 +40,8 @@ type fwdResponse struct {
 	Code  string          `json:"code,omitempty"`
 	Error string          `json:"error,omitempty"`
 	Index uint64          `json:"index,omitempty"`
+	// Device is the answer to a volume attach.
+	Device string `json:"device,omitempty"`
 }
 
 // remoteError carries a domain error across the wire with its sentinel.
@@ -58,6 +64,11 @@ var codes = []struct {
 	{"conflict", fsm.ErrConflict},
 	{"not_leader", raft.ErrNotLeader},
 	{"leadership_lost", raft.ErrLeadershipLost},
+	{"busy", cow.ErrBusy},
+	{"no_space", cow.ErrNoSpace},
+	{"not_supported", cow.ErrNotSupported},
+	{"volume_not_found", cow.ErrNotFound},
+	{"volume_invalid", cow.ErrInvalid},
 }
 
 func errCode(err error) string {
@@ -339,6 +350,13 @@ func (n *Node) serveForward(c net.Conn) {
 		if err := n.removeServerLocal(req.ID); err != nil {
 			resp = fwdResponse{Code: errCode(err), Error: err.Error()}
 		}
+	case "volume":
+		dev, err := n.volumeOpLocal(n.ctx, req.VolumeOp, req.ID)
+		if err != nil {
+			resp = fwdResponse{Code: errCode(err), Error: err.Error()}
+			break
+		}
+		resp.Device = dev
 	default:
 		resp = fwdResponse{Code: "invalid", Error: fmt.Sprintf("unknown forward op %q", req.Op)}
 	}
@@ -479,4 +497,88 @@ func (n *Node) removeServerLocal(name string) error {
 		}
 	}
 	return nil // already gone: removal is idempotent
+}
+
+// Host-local volume operations, run on the host that holds the volume.
+const (
+	VolumeAttach      = "attach" // returns the device path
+	VolumeDetach      = "detach"
+	VolumeCheckRemove = "check_remove" // ErrBusy while attached
+)
+
+// VolumeOp runs a host-local operation on the volume's host: locally, or
+// over the mTLS cluster port (never plain HTTP between nodes, so no token
+// or device path crosses the network in clear).
+func (n *Node) VolumeOp(ctx context.Context, host, op, id string) (string, error) {
+	if host == n.cfg.Name {
+		return n.volumeOpLocal(ctx, op, id)
+	}
+	var addr string
+	n.fsm.View(func(s *fsm.State) {
+		if h, ok := s.Host(host); ok {
+			addr = h.RaftAddr
+		}
+	})
+	if addr == "" {
+		return "", fmt.Errorf("%w: host %s is not in the catalog", fsm.ErrNotFound, host)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	c, err := n.mux.dial(dctx, addr, protoForward)
+	if err != nil {
+		return "", fmt.Errorf("%w: host %s unreachable: %v", ErrHostUnreachable, host, err)
+	}
+	defer c.Close()
+	dl := time.Now().Add(30 * time.Second)
+	if d, ok := ctx.Deadline(); ok {
+		dl = d
+	}
+	_ = c.SetDeadline(dl)
+	if err := writeMsg(c, fwdRequest{Op: "volume", VolumeOp: op, ID: id}); err != nil {
+		return "", fmt.Errorf("%w: host %s: %v", ErrHostUnreachable, host, err)
+	}
+	var resp fwdResponse
+	if err := readMsg(c, &resp); err != nil {
+		return "", fmt.Errorf("%w: host %s: %v", ErrHostUnreachable, host, err)
+	}
+	if resp.Error != "" {
+		return "", codeErr(resp.Code, resp.Error)
+	}
+	return resp.Device, nil
+}
+
+func (n *Node) volumeOpLocal(ctx context.Context, op, id string) (string, error) {
+	return volumeOpOn(ctx, n.cfg.Backend, n.cfg.Name, n.logger, op, id)
+}
+
+// volumeOpOn runs op on backend b of host name.
+func volumeOpOn(ctx context.Context, b cow.Backend, name string, logger hclog.Logger, op, id string) (string, error) {
+	switch op {
+	case VolumeAttach:
+		dev, err := b.Attach(ctx, id)
+		if err != nil {
+			return "", fmt.Errorf("attach %s on %s: %w", id, name, err)
+		}
+		logger.Info("volume attached", "volume", id, "device", dev)
+		return dev, nil
+	case VolumeDetach:
+		if err := b.Detach(ctx, id); err != nil {
+			return "", fmt.Errorf("detach %s on %s: %w", id, name, err)
+		}
+		logger.Info("volume detached", "volume", id)
+		return "", nil
+	case VolumeCheckRemove:
+		v, err := b.Get(ctx, id)
+		if errors.Is(err, cow.ErrNotFound) {
+			return "", nil // nothing on disk yet: removable
+		}
+		if err != nil {
+			return "", err
+		}
+		if v.Device != "" {
+			return "", fmt.Errorf("%w: volume %s is attached at %s on %s; detach it first", cow.ErrBusy, id, v.Device, name)
+		}
+		return "", nil
+	}
+	return "", fmt.Errorf("%w: unknown volume operation %q", fsm.ErrInvalid, op)
 }

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"runtime/debug"
 	"strconv"
@@ -33,6 +32,7 @@ type apiBackend interface {
 	View(fn func(s *fsm.State))
 	Barrier(ctx context.Context) error
 	Status() StatusInfo
+	VolumeOp(ctx context.Context, host, op, id string) (string, error)
 }
 
 const (
@@ -47,9 +47,6 @@ const (
 	// cut off from the leader then answers from its local catalog (lists)
 	// or with 503 (lookups of unknown ids).
 	barrierTimeout = 2 * time.Second
-	// proxiedHeader marks an attach/detach forwarded to the owning host, so
-	// a stale catalog can never bounce a request between nodes.
-	proxiedHeader = "X-Forknode-Proxied"
 	// staleHeader marks a list served from a catalog that may lag the leader.
 	staleHeader = "X-Forknode-Stale"
 )
@@ -65,7 +62,6 @@ type apiServer struct {
 	b       apiBackend
 	log     hclog.Logger
 	newID   func(prefix string) string
-	proxy   *http.Client
 	poll    time.Duration
 	reqTO   time.Duration
 	applyTO time.Duration
@@ -80,7 +76,6 @@ func newAPIServer(b apiBackend, logger hclog.Logger, newID func(string) string) 
 		b:       b,
 		log:     logger,
 		newID:   newID,
-		proxy:   &http.Client{Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute}},
 		poll:    50 * time.Millisecond,
 		reqTO:   requestTimeout,
 		applyTO: applyTimeout,
@@ -243,6 +238,8 @@ func classify(err error) (int, string) {
 		return http.StatusServiceUnavailable, api.CodeNoLeader
 	case errors.Is(err, ErrShutdown):
 		return http.StatusServiceUnavailable, api.CodeShuttingDown
+	case errors.Is(err, ErrHostUnreachable):
+		return http.StatusServiceUnavailable, api.CodeUnavailable
 	case errors.Is(err, fsm.ErrNotFound), errors.Is(err, cow.ErrNotFound):
 		return http.StatusNotFound, api.CodeNotFound
 	case errors.Is(err, fsm.ErrExists), errors.Is(err, cow.ErrExists):
@@ -601,6 +598,13 @@ func (s *apiServer) deleteVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	// An attached volume may be mounted and in use: refuse, naming the
+	// device. A host that does not answer cannot have it in use by anyone
+	// who can reach it; its executor removes the volume when it is back.
+	if _, err := s.b.VolumeOp(ctx, v.Host, VolumeCheckRemove, v.ID); err != nil && !errors.Is(err, ErrHostUnreachable) {
+		s.fail(w, r, err)
+		return
+	}
 	res, err := s.apply(ctx, fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: v.ID, State: fsm.VolumeDeleting})
 	if err != nil {
 		s.fail(w, r, err)
@@ -630,8 +634,8 @@ func (s *apiServer) deleteVolume(w http.ResponseWriter, r *http.Request) {
 func (s *apiServer) attach(w http.ResponseWriter, r *http.Request) { s.attachDetach(w, r, true) }
 func (s *apiServer) detach(w http.ResponseWriter, r *http.Request) { s.attachDetach(w, r, false) }
 
-// attachDetach runs on the volume's host: another node proxies the request
-// there with the caller's token.
+// attachDetach runs on the volume's host: locally, or through that host over
+// the mTLS cluster port (see Node.VolumeOp).
 func (s *apiServer) attachDetach(w http.ResponseWriter, r *http.Request, attach bool) {
 	ctx, cancel := s.ctx(r, s.reqTO)
 	defer cancel()
@@ -640,18 +644,9 @@ func (s *apiServer) attachDetach(w http.ResponseWriter, r *http.Request, attach 
 		s.fail(w, r, err)
 		return
 	}
-	if v.Host != s.b.Name() {
-		if r.Header.Get(proxiedHeader) != "" {
-			s.fail(w, r, &httpError{status: http.StatusConflict, code: api.CodeConflict,
-				err: fmt.Errorf("volume %s is on host %s, not on %s (catalogs disagree; retry)", v.ID, v.Host, s.b.Name())})
-			return
-		}
-		s.proxyTo(ctx, w, r, v)
-		return
-	}
 	if v.State != fsm.VolumeReady {
 		// The caller may have seen it ready on a node ahead of this one
-		// (a proxied attach right after a fork): catch up before refusing.
+		// (an attach right after a fork): catch up before refusing.
 		bctx, bcancel := context.WithTimeout(ctx, barrierTimeout)
 		if err := s.b.Barrier(bctx); err == nil {
 			s.b.View(func(st *fsm.State) {
@@ -666,82 +661,16 @@ func (s *apiServer) attachDetach(w http.ResponseWriter, r *http.Request, attach 
 		s.fail(w, r, fmt.Errorf("volume %s is %s, not ready: %w", v.ID, v.State, fsm.ErrConflict))
 		return
 	}
-	out := api.AttachResponse{Volume: v, Host: v.Host}
+	op := VolumeDetach
 	if attach {
-		dev, err := s.b.Backend().Attach(ctx, v.ID)
-		if err != nil {
-			s.fail(w, r, fmt.Errorf("attach %s on %s: %w", v.ID, v.Host, err))
-			return
-		}
-		out.Device = dev
-		s.log.Info("volume attached", "volume", v.ID, "device", dev)
-	} else {
-		if err := s.b.Backend().Detach(ctx, v.ID); err != nil {
-			s.fail(w, r, fmt.Errorf("detach %s on %s: %w", v.ID, v.Host, err))
-			return
-		}
-		s.log.Info("volume detached", "volume", v.ID)
+		op = VolumeAttach
 	}
-	writeJSON(w, http.StatusOK, out)
-}
-
-func (s *apiServer) proxyTo(ctx context.Context, w http.ResponseWriter, r *http.Request, v fsm.Volume) {
-	var h fsm.Host
-	var ok bool
-	s.b.View(func(st *fsm.State) { h, ok = st.Host(v.Host) })
-	if !ok || h.APIAddr == "" {
-		s.fail(w, r, &httpError{status: http.StatusServiceUnavailable, code: api.CodeUnavailable,
-			err: fmt.Errorf("volume %s is on host %s, whose API address is unknown", v.ID, v.Host)})
-		return
-	}
-	url := "http://" + dialableAPIAddr(h) + r.URL.Path
-	req, err := http.NewRequestWithContext(ctx, r.Method, url, nil)
+	dev, err := s.b.VolumeOp(ctx, v.Host, op, v.ID)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	req.Header.Set("Authorization", r.Header.Get("Authorization"))
-	req.Header.Set(proxiedHeader, s.b.Name())
-	resp, err := s.proxy.Do(req)
-	if err != nil {
-		s.fail(w, r, &httpError{status: http.StatusServiceUnavailable, code: api.CodeUnavailable,
-			err: fmt.Errorf("volume %s is on host %s, which did not answer at %s: %w", v.ID, v.Host, h.APIAddr, err)})
-		return
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		s.fail(w, r, &httpError{status: http.StatusServiceUnavailable, code: api.CodeUnavailable,
-			err: fmt.Errorf("host %s: read response: %w", v.Host, err)})
-		return
-	}
-	if !json.Valid(body) {
-		s.fail(w, r, &httpError{status: http.StatusBadGateway, code: api.CodeUnavailable,
-			err: fmt.Errorf("host %s answered HTTP %d without JSON", v.Host, resp.StatusCode)})
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(resp.StatusCode)
-	_, _ = w.Write(body)
-}
-
-// dialableAPIAddr is the host's API address, with an unspecified bind IP
-// (":7948", "0.0.0.0:7948", "[::]:7948") replaced by the IP of its cluster
-// address: dialing the unspecified address would reach this node itself.
-func dialableAPIAddr(h fsm.Host) string {
-	host, port, err := net.SplitHostPort(h.APIAddr)
-	if err != nil {
-		return h.APIAddr
-	}
-	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
-		return h.APIAddr
-	}
-	if ch, _, err := net.SplitHostPort(h.RaftAddr); err == nil && ch != "" {
-		if ip := net.ParseIP(ch); ip == nil || !ip.IsUnspecified() {
-			return net.JoinHostPort(ch, port)
-		}
-	}
-	return h.APIAddr
+	writeJSON(w, http.StatusOK, api.AttachResponse{Volume: v, Host: v.Host, Device: dev})
 }
 
 func validateCreateFork(req *api.CreateForkRequest) error {

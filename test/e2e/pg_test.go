@@ -328,9 +328,9 @@ type pgFaultCase struct {
 	// target picks the target host; leader is the current leader (never
 	// n0 when the case runs).
 	target func(leader int) int
-	// inject runs the fault; recover (may be nil) runs after the fork
+	// inject runs the fault; the func it returns (may be nil) runs after the fork
 	// reached its final state.
-	inject func(t *testing.T, target, leader int) (recover func())
+	inject func(t *testing.T, target, leader int) (after func())
 	want   string // "ready", "failed", or "" for either
 }
 
@@ -438,7 +438,7 @@ func pgFaults(t *testing.T, c *pgCluster) {
 			})
 			t.Logf("%s: injecting at %s, %d/%d bytes across (leader %s, source n0, target %s)", fc.name, time.Now().UTC().Format("15:04:05.000"), seen.BytesDone, seen.BytesTotal, c.name(leader), c.name(target))
 			faultAt := time.Now()
-			recover := fc.inject(t, target, leader)
+			after := fc.inject(t, target, leader)
 			var final *api.Fork
 			deadline := faultAt.Add(60 * time.Second)
 			for final == nil {
@@ -452,8 +452,8 @@ func pgFaults(t *testing.T, c *pgCluster) {
 				time.Sleep(250 * time.Millisecond)
 			}
 			took := time.Since(faultAt)
-			if recover != nil {
-				recover()
+			if after != nil {
+				after()
 			}
 			c.healOrRestart(t, 45*time.Second)
 			if final == nil {
@@ -476,7 +476,8 @@ func pgFaults(t *testing.T, c *pgCluster) {
 					}
 					return false
 				})
-				t.Logf("%s: after one unrelated catalog write the fork ended %s %.1fs after the fault", fc.name, final.State, time.Since(faultAt).Seconds())
+				took = time.Since(faultAt)
+				t.Logf("%s: after one unrelated catalog write the fork ended %s %.1fs after the fault", fc.name, final.State, took.Seconds())
 			}
 			t.Logf("%s: fork %s ended %s %.1fs after the fault, seen at %s (%s)", fc.name, f.ID, final.State, took.Seconds(), faultAt.Add(took).UTC().Format("15:04:05.000"), final.Error)
 			if fc.want != "" && string(final.State) != fc.want {
