@@ -47,7 +47,7 @@ trap 'rm -rf "$OUTDIR/tmp"' EXIT
 {
 	echo "# forknode bench $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 	echo "# nproc=$(nproc) kernel=$(uname -r) mem_mb=$(awk '/MemTotal/{printf "%d", $2/1024}' /proc/meminfo) go=$(go env GOVERSION) commit=$(git rev-parse --short HEAD 2>/dev/null || echo none)"
-	echo "# fs=$(stat -f -c %T "$CACHE") quick=${QUICK:-0}"
+	echo "# fs=$(stat -f -c %T "$CACHE") quick=${QUICK:-0} uncommitted_files=$(git status --porcelain -- internal cmd 2>/dev/null | wc -l)"
 } | tee -a "$BENCH_OUT"
 
 status=0
@@ -168,6 +168,8 @@ n == "stream" {
 	row("stream " val("src") " " c " peak RSS", "send=" val("send_rss_mb") "MB recv=" val("recv_rss_mb") "MB", "<=64MiB", check(r, "<=", 64))
 	if (val("cmp") != "ok") row("stream " val("src") " " c " cmp", val("cmp"), "identical", "NOT met")
 }
+n == "stream_rss" { r = val("send_rss_mb") + 0; if (val("recv_rss_mb") + 0 > r) r = val("recv_rss_mb") + 0
+	row("stream 16GiB sparse " val("codec") " peak RSS", "send=" val("send_rss_mb") "MB recv=" val("recv_rss_mb") "MB cmp=" val("cmp"), "<=64MiB", (val("cmp") == "ok") ? check(r, "<=", 64) : "NOT met") }
 n == "fork_latency" { row("fork request latency (3 nodes)", "p50=" val("p50_ms") "ms p99=" val("p99_ms") "ms err=" val("errors"), "(info)", "-") }
 n == "pg_impact" { row("pg impact " val("state"), "tps=" val("tps") " ratio=" val("ratio"), ">=0.9 @default", (val("state") ~ /default/) ? check(val("ratio"), ">=", 0.9) : "-") }
 n == "pg_recovery" { row("pg recovery checkpoint=" val("checkpoint"), val("recovery_ms") "ms", "(info)", "-") }

@@ -29,6 +29,9 @@ want lvm lvm2
 want busybox busybox-static
 want depmod kmod
 want cpio cpio
+want tcpdump tcpdump
+want nft nftables
+want ss iproute2
 want pgbench postgresql-contrib
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need_pkgs+=(postgresql-15)
 dpkg -s thin-provisioning-tools >/dev/null 2>&1 || need_pkgs+=(thin-provisioning-tools)

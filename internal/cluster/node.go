@@ -138,6 +138,7 @@ func New(cfg Config) (*Node, error) {
 		}
 	})
 	n.goFn(n.joinLoop)
+	n.goFn(n.reconnectLoop)
 	n.goFn(n.bootstrapLoop)
 	n.goFn(n.leaderLoop)
 	n.goFn(n.exec.run)
@@ -214,6 +215,41 @@ func (n *Node) joinLoop() {
 		}
 		if backoff < 5*time.Second {
 			backoff *= 2
+		}
+	}
+}
+
+// reconnectLoop heals gossip after a partition. memberlist marks members
+// across a cut link as dead and never contacts them again, so once the link
+// is back both sides would go on believing the other dead (and the leader
+// would fail their forks). While any member is dead, this retries a join to
+// its last address and to the configured --join addresses: a successful
+// push/pull exchange refutes the stale state on both sides.
+func (n *Node) reconnectLoop() {
+	interval := 2 * time.Second
+	if n.cfg.Fast {
+		interval = 200 * time.Millisecond
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		var addrs []string
+		for _, m := range n.gossip.snapshot() {
+			if m.state == "dead" && m.name != n.cfg.Name && m.addr != "" {
+				addrs = append(addrs, m.addr)
+			}
+		}
+		if len(addrs) == 0 {
+			continue
+		}
+		addrs = append(addrs, n.cfg.Join...)
+		if cnt, err := n.gossip.join(addrs); cnt > 0 {
+			n.logger.Debug("gossip reconnect", "contacted", cnt, "error", err)
 		}
 	}
 }

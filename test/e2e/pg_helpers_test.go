@@ -1000,6 +1000,32 @@ func (p *pgServer) RecoveryTime() (time.Duration, bool, error) {
 	return ready.Sub(start), redo, nil
 }
 
+var pgRedoRe = regexp.MustCompile(`redo (starts|done) at ([0-9A-F]+)/([0-9A-F]+)`)
+
+// RedoBytes is how much WAL the last crash recovery replayed, from the
+// "redo starts at" and "redo done at" LSNs in the server log.
+func (p *pgServer) RedoBytes() (int64, error) {
+	b, err := os.ReadFile(p.Log)
+	if err != nil {
+		return 0, err
+	}
+	var start, done int64 = -1, -1
+	for _, m := range pgRedoRe.FindAllStringSubmatch(string(b), -1) {
+		hi, _ := strconv.ParseInt(m[2], 16, 64)
+		lo, _ := strconv.ParseInt(m[3], 16, 64)
+		lsn := hi<<32 | lo
+		if m[1] == "starts" {
+			start, done = lsn, -1
+		} else {
+			done = lsn
+		}
+	}
+	if start < 0 || done < start {
+		return 0, errors.New("no redo start/done LSNs in the postgres log")
+	}
+	return done - start, nil
+}
+
 // ---- the workload ----------------------------------------------------------
 
 // pgLedgerAccounts and pgLedgerBalance define the money invariant: the sum of

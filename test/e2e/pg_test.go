@@ -162,8 +162,8 @@ func pgLiveFork(t *testing.T, c *pgCluster, s *pgSource, name string, args ...st
 
 // pgBootFork attaches a fork on its host, mounts it, starts postgres on it
 // (crash recovery), checks it, stops it cleanly, verifies checksums, and
-// removes the fork. It returns the recovery time.
-func pgBootFork(t *testing.T, c *pgCluster, f *api.Fork, w pgForkWindow, port int) time.Duration {
+// removes the fork. It returns the recovery time and the WAL replayed.
+func pgBootFork(t *testing.T, c *pgCluster, f *api.Fork, w pgForkWindow, port int) (time.Duration, int64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -209,6 +209,10 @@ func pgBootFork(t *testing.T, c *pgCluster, f *api.Fork, w pgForkWindow, port in
 	if err != nil {
 		t.Fatal(err)
 	}
+	redoBytes, err := pg.RedoBytes()
+	if err != nil {
+		t.Errorf("fork %s: %v", f.Name, err)
+	}
 	logText := pg.LogTail(1 << 20)
 	if !strings.Contains(logText, "database system was not properly shut down; automatic recovery in progress") || !redo {
 		t.Errorf("fork %s: no crash recovery in the log (not a live fork?):\n%s", f.Name, logText)
@@ -244,7 +248,7 @@ func pgBootFork(t *testing.T, c *pgCluster, f *api.Fork, w pgForkWindow, port in
 	if out, err := pgAsPostgres(ctx, filepath.Dir(data), pgTool("pg_checksums"), "--check", "-D", data); err != nil {
 		t.Errorf("fork %s: pg_checksums: %v\n%s", f.Name, err, out)
 	}
-	return rec
+	return rec, redoBytes
 }
 
 func TestPGNetns(t *testing.T) {
@@ -278,6 +282,7 @@ func TestPGNetns(t *testing.T) {
 	t.Run("pre-fork checkpoint", func(t *testing.T) {
 		help, _ := c.cli(context.Background(), 0, "fork", "-h")
 		hasFlag := strings.Contains(help, "-checkpoint")
+		var redoBytes [2]int64
 		for i, ckpt := range []bool{false, true} {
 			name := fmt.Sprintf("pg-ckpt-%v", ckpt)
 			args := []string{"--via", "clone"}
@@ -296,8 +301,14 @@ func TestPGNetns(t *testing.T) {
 				}
 			}
 			f, w := pgLiveFork(t, c, src, name, args...)
-			rec := pgBootFork(t, c, f, w, 5450+i)
-			fmt.Printf("BENCH name=pg_recovery checkpoint=%v recovery_ms=%d\n", ckpt, rec.Milliseconds())
+			rec, redo := pgBootFork(t, c, f, w, 5450+i)
+			redoBytes[i] = redo
+			fmt.Printf("BENCH name=pg_recovery checkpoint=%v recovery_ms=%d redo_kb=%d\n", ckpt, rec.Milliseconds(), redo>>10)
+		}
+		// The checkpoint must show: its fork replays only the WAL written
+		// since the CHECKPOINT, the other all of it since the last one.
+		if redoBytes[1] >= redoBytes[0] {
+			t.Errorf("fork after a checkpoint replayed %d bytes of WAL, without one %d: the checkpoint did not shorten recovery", redoBytes[1], redoBytes[0])
 		}
 	})
 
@@ -861,6 +872,51 @@ func TestPGImpactBench(t *testing.T) {
 
 	base := measure("none")
 	fmt.Printf("BENCH name=pg_impact state=none tps=%.1f ratio=1.000\n", base)
+
+	// Control: no fork, but a plain writer on n1's filesystem (the same
+	// machine's disk, as every "host" here shares it) at about the default
+	// rate limit, 100 MiB/s. This separates what any writer on this disk
+	// costs the source from what forknode itself costs it.
+	{
+		stop := make(chan struct{})
+		done := make(chan int, 1)
+		go func() {
+			n := 0
+			defer func() { done <- n }()
+			p := filepath.Join(c.fss[1].Mnt, "control")
+			defer os.Remove(p)
+			buf := make([]byte, 4<<20)
+			r := rand.NewChaCha8([32]byte{3})
+			f, err := os.Create(p)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer f.Close()
+			tick := time.NewTicker(40 * time.Millisecond) // 4 MiB per 40 ms
+			defer tick.Stop()
+			for off := int64(0); ; off = (off + int64(len(buf))) % (768 * mib) {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				r.Read(buf)
+				if _, err := f.WriteAt(buf, off); err != nil {
+					t.Error(err)
+					return
+				}
+				if off == 0 {
+					f.Sync()
+				}
+				n++
+			}
+		}()
+		tps := measure("control-writer")
+		close(stop)
+		n := <-done
+		fmt.Printf("BENCH name=pg_impact state=control-100MiBps-writer tps=%.1f ratio=%.3f mib_written=%d\n", tps, tps/base, n*4)
+	}
 	results := map[string]float64{}
 	for _, st := range []struct {
 		state string

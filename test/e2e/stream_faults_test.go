@@ -320,6 +320,34 @@ type flipProxy struct {
 	flips    atomic.Int32
 	conns    atomic.Int32
 	wg       sync.WaitGroup
+
+	mu   sync.Mutex
+	open map[net.Conn]bool
+}
+
+func (p *flipProxy) track(c net.Conn, add bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.open == nil {
+		p.open = map[net.Conn]bool{}
+	}
+	if add {
+		p.open[c] = true
+	} else {
+		delete(p.open, c)
+	}
+}
+
+// close stops accepting and cuts every relayed connection (raft's stay
+// open for as long as the agents run).
+func (p *flipProxy) close() {
+	p.ln.Close()
+	p.mu.Lock()
+	for c := range p.open {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
 }
 
 func (p *flipProxy) serve() {
@@ -338,14 +366,22 @@ func (p *flipProxy) serve() {
 }
 
 func (p *flipProxy) relay(cl net.Conn) {
-	defer cl.Close()
+	p.track(cl, true)
+	defer func() {
+		cl.Close()
+		p.track(cl, false)
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	up, err := p.dial(ctx, "tcp", p.upstream)
 	cancel()
 	if err != nil {
 		return
 	}
-	defer up.Close()
+	p.track(up, true)
+	defer func() {
+		up.Close()
+		p.track(up, false)
+	}()
 	go func() {
 		_, _ = io.Copy(up, cl)
 		up.Close()
@@ -402,10 +438,7 @@ func TestStreamTLSCorruption(t *testing.T) {
 	p.after.Store(4 * mib)
 	p.maxFlips.Store(2)
 	go p.serve()
-	defer func() {
-		ln.Close()
-		p.wg.Wait()
-	}()
+	defer p.close()
 	ftDNATVia(t, c, 1, 0, 3)
 
 	f := c.startFork(1, api.CreateForkRequest{Source: "slow-src", Name: "flip-far", Host: "n1", Via: "stream"})

@@ -13,6 +13,10 @@
 # same image as a read-only loop device ("loop", where SEEK_DATA does not
 # help and the sender has to scan).
 #
+# Last, the memory bound at 16 GiB: the image grown to a sparse 16 GiB file
+# is streamed once per codec (forknode only: dd would read 14 GiB of zeros),
+# printing `BENCH name=stream_rss ...` (STREAM_BIG=0 skips it).
+#
 # Env: STREAM_PAIRS (rounds, default 5), STREAM_CODECS (default "zstd s2"),
 # STREAM_SOURCES (default "file loop"), STREAM_WORK (scratch dir, default a
 # new dir beside IMG). Prints RUN lines per transfer and BENCH lines per
@@ -187,6 +191,32 @@ for src in $SOURCES; do
 	done
 	if [ -n "$LOOP" ]; then losetup -d "$LOOP"; LOOP=; fi
 done
+
+# --- 16 GiB: peak RSS must not grow with the volume -------------------------
+if [ "${STREAM_BIG:-1}" != 0 ]; then
+	BIG=$WORK/big16.img
+	cp --sparse=always "$IMG" "$BIG"
+	truncate -s 16G "$BIG"
+	BIGSIZE=$(stat -c %s "$BIG")
+	for codec in $CODECS; do
+		log "src=sparse16g codec=$codec"
+		SAVE_SIZE=$SIZE
+		SIZE=$BIGSIZE
+		run_ours sparse16g 1 "$BIG" "$codec"
+		SIZE=$SAVE_SIZE
+		line=$(grep -F ' src=sparse16g ' "$WORK/runs" | grep -F " codec=$codec " | tail -n1)
+		secs=$(sed -nE 's/.* seconds=([^ ]+).*/\1/p' <<<"$line")
+		srss=$(sed -nE 's/.* send_rss_kb=([^ ]+).*/\1/p' <<<"$line")
+		rrss=$(sed -nE 's/.* recv_rss_kb=([^ ]+).*/\1/p' <<<"$line")
+		cmpres=$(sed -nE 's/.* cmp=([^ ]+).*/\1/p' <<<"$line")
+		echo "BENCH name=stream_rss src=sparse16g codec=$codec size=$BIGSIZE seconds=$secs" \
+			"send_rss_mb=$(awk -v k="$srss" 'BEGIN{printf "%.1f", k/1024}') recv_rss_mb=$(awk -v k="$rrss" 'BEGIN{printf "%.1f", k/1024}') cmp=$cmpres"
+	done
+	rm -f "$BIG"
+	# The summary below is over the 2 GiB runs only.
+	grep -vF ' src=sparse16g ' "$WORK/runs" >"$WORK/runs.2g" || true
+	mv "$WORK/runs.2g" "$WORK/runs"
+fi
 
 # --- summary ----------------------------------------------------------------
 # field NAME LINE-FILTER...: values of NAME= on the RUN lines matching all filters.
