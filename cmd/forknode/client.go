@@ -546,3 +546,34 @@ func forkShow(args []string) error {
 	}
 	return tw.Flush()
 }
+
+// ---- nodes
+
+func runNode(args []string) error {
+	if len(args) == 0 || (args[0] != "rm" && args[0] != "remove") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+			fmt.Println("Usage: forknode node rm NAME   (a dead node only; a running node leaves when stopped)")
+			return nil
+		}
+		return usagef("node: want 'node rm NAME'")
+	}
+	var cf clientFlags
+	fs := newFlagSet("node rm", "node rm NAME")
+	addClientFlags(fs, &cf, false)
+	pos, err := parseInterspersed(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("node rm", pos, 1, "NAME"); err != nil {
+		return err
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	if err := c.RemoveNode(context.Background(), pos[0]); err != nil {
+		return err
+	}
+	fmt.Printf("node %s removed from the cluster\n", pos[0])
+	return nil
+}

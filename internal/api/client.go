@@ -203,6 +203,12 @@ func (c *Client) DeleteVolume(ctx context.Context, idOrName string) (*Volume, er
 	return &v, nil
 }
 
+// RemoveNode removes a dead node from the cluster for good (raft voters and
+// catalog). An alive node is refused: stopping it makes it leave.
+func (c *Client) RemoveNode(ctx context.Context, name string) error {
+	return c.Do(ctx, http.MethodDelete, "/v1/nodes/"+esc(name), nil, nil, nil)
+}
+
 // Attach exposes a volume as a block device on its host.
 func (c *Client) Attach(ctx context.Context, idOrName string) (*AttachResponse, error) {
 	var r AttachResponse

@@ -33,6 +33,7 @@ type apiBackend interface {
 	Barrier(ctx context.Context) error
 	Status() StatusInfo
 	VolumeOp(ctx context.Context, host, op, id string) (string, error)
+	RemoveMember(ctx context.Context, name string) error
 }
 
 const (
@@ -92,6 +93,7 @@ func (s *apiServer) handler() http.Handler {
 	mux.HandleFunc("/v1/volumes/{id}/detach", s.methods(map[string]http.HandlerFunc{"POST": s.detach}))
 	mux.HandleFunc("/v1/forks", s.methods(map[string]http.HandlerFunc{"GET": s.listForks, "POST": s.createFork}))
 	mux.HandleFunc("/v1/forks/{id}", s.methods(map[string]http.HandlerFunc{"GET": s.getFork}))
+	mux.HandleFunc("/v1/nodes/{name}", s.methods(map[string]http.HandlerFunc{"DELETE": s.removeNode}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such route: %s %s", r.Method, r.URL.Path))
 	})
@@ -771,4 +773,17 @@ func (s *apiServer) getFork(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, api.Derive(f))
+}
+
+// removeNode removes a dead node for good. Dead nodes are never removed
+// automatically (they may come back, and removal needs a quorum).
+func (s *apiServer) removeNode(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := s.ctx(r, s.reqTO)
+	defer cancel()
+	name := r.PathValue("name")
+	if err := s.b.RemoveMember(ctx, name); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"removed": name})
 }

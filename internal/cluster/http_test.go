@@ -38,6 +38,14 @@ type memNode struct {
 	down       bool   // injected: VolumeOp to this host fails as unreachable
 }
 
+func (n *memNode) RemoveMember(ctx context.Context, name string) error {
+	if name == n.name {
+		return fmt.Errorf("%w: a node cannot remove itself", fsm.ErrInvalid)
+	}
+	_, err := n.Apply(ctx, fsm.CmdRemoveHost, &fsm.RemoveHostCmd{ID: name})
+	return err
+}
+
 // VolumeOp runs the operation on the owning node's backend, as the real
 // node does over the cluster port.
 func (n *memNode) VolumeOp(ctx context.Context, host, op, id string) (string, error) {
@@ -140,6 +148,7 @@ func (b *fakeBackend) Capacity(context.Context) (cow.Capacity, error) {
 func (b *fakeBackend) Create(context.Context, cow.CreateSpec) (cow.Volume, error) {
 	return cow.Volume{}, cow.ErrNotSupported
 }
+
 // Get knows only attachment, which is what the API asks of it (may this
 // volume be removed?).
 func (b *fakeBackend) Get(_ context.Context, id string) (cow.Volume, error) {
@@ -715,5 +724,21 @@ func TestHTTPAttachCatchesUp(t *testing.T) {
 	a, err := c.Attach(context.Background(), "lag")
 	if err != nil || a.Device == "" || a.Volume.State != fsm.VolumeReady {
 		t.Fatalf("attach after catch-up: %v %+v", err, a)
+	}
+}
+
+func TestHTTPRemoveNode(t *testing.T) {
+	e := newEnv(t)
+	c, _ := api.NewClient(e.srv1.URL, testToken)
+	ctx := context.Background()
+	// h1 still holds "db": the catalog refuses to drop it.
+	if err := c.RemoveNode(ctx, "h2"); err != nil {
+		t.Fatalf("remove empty host h2: %v", err)
+	}
+	if err := c.RemoveNode(ctx, "h1"); !api.IsCode(err, api.CodeInvalid) {
+		t.Fatalf("remove self: %v", err)
+	}
+	if err := c.RemoveNode(ctx, "h9"); !api.IsCode(err, api.CodeNotFound) {
+		t.Fatalf("remove unknown: %v", err)
 	}
 }
