@@ -41,7 +41,6 @@ fi
 OUTDIR=$(mktemp -d /tmp/forknode-bench.XXXXXX)
 BENCH_OUT=${BENCH_OUT:-$OUTDIR/bench-results.txt}
 : >"$BENCH_OUT"
-trap 'rm -rf "$OUTDIR/tmp"' EXIT
 
 # Machine, for the record.
 {

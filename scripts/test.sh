@@ -32,6 +32,8 @@ want cpio cpio
 want tcpdump tcpdump
 want nft nftables
 want ss iproute2
+want curl curl
+[ -x /usr/bin/time ] || need_pkgs+=(time)
 want pgbench postgresql-contrib
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need_pkgs+=(postgresql-15)
 dpkg -s thin-provisioning-tools >/dev/null 2>&1 || need_pkgs+=(thin-provisioning-tools)
@@ -65,7 +67,7 @@ tier() { # tier NAME CMD...
 tier build go build ./...
 tier vet go vet ./...
 # Unit and root tiers (loop devices, XFS/ext4/btrfs) in one go test run.
-tier unit go test -count=1 -timeout 15m ./internal/... ./cmd/...
+tier unit go test -count=1 -timeout 15m ./internal/... ./cmd/... ./test/e2e/bench/...
 
 # Each fuzz target runs briefly; the seed corpora also run in the unit tier.
 fuzz() {
@@ -82,7 +84,8 @@ tier fuzz fuzz
 
 # End-to-end: real processes in network namespaces, PostgreSQL, and real LVM
 # inside a qemu guest.
-tier e2e go test -count=1 -timeout 40m -v ./test/e2e/...
+# One package, so -v streams progress as it happens.
+tier e2e go test -count=1 -timeout 40m -v ./test/e2e/
 
 # `vagrant validate` runs inside the e2e tier (TestVagrantfileValidates)
 # where vagrant is installed; the brief asks for it only then.

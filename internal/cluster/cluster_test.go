@@ -8,6 +8,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -399,8 +400,9 @@ func TestClusterRemoveDeadMember(t *testing.T) {
 	}
 }
 
-// After a crash the executor removes what the catalog does not know: an
-// orphan volume and a leftover snapshot.
+// After a crash the executor removes a fork's leftover volume and stray
+// snapshots, and keeps a volume the catalog never heard of (a lost catalog
+// must never delete data).
 func TestClusterRestartReconciles(t *testing.T) {
 	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil)
 	victim := tc.follower()
@@ -412,12 +414,24 @@ func TestClusterRestartReconciles(t *testing.T) {
 	}
 	name := victim.Name()
 	keep := tc.createVolume(tc.leader(), "keep", "app", name, 4*MiB)
+	fk, err := tc.fork(tc.leader(), fsm.ForkRequest{Source: keep.ID, Name: "keep-fork", Via: fsm.PathCopy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fk = tc.waitFork(tc.leader(), fk.ID, 20*time.Second); fk.State != fsm.ForkReady {
+		t.Fatalf("fork: %s %s", fk.State, fk.Error)
+	}
 	be := victim.Backend()
 	victim.shutdown(false)
 	tc.nodes[idx] = nil
 
 	ctx := context.Background()
-	if _, err := be.Create(ctx, cow.CreateSpec{ID: "vol_00000000orphan0", Name: "orphan", Size: 4 * MiB}); err != nil {
+	// A leftover of a known fork (e.g. a target the catalog dropped while
+	// the host was down), a volume nobody knows, and a stray snapshot.
+	if _, err := be.Create(ctx, cow.CreateSpec{ID: "vol_0000000leftover", Name: "leftover", Size: 4 * MiB, Owner: fk.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := be.Create(ctx, cow.CreateSpec{ID: "vol_00000000unknown", Name: "unknown", Size: 4 * MiB, Owner: "forknode"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := be.Snapshot(ctx, keep.ID, "snap_vol_0000000gone"); err != nil {
@@ -431,7 +445,8 @@ func TestClusterRestartReconciles(t *testing.T) {
 		t.Fatal(err)
 	}
 	tc.nodes[idx] = n
-	testutil.Eventually(t, 15*time.Second, "orphans removed, catalog volume kept", func() bool {
+	want := map[string]bool{keep.ID: true, fk.TargetVolume: true, "vol_00000000unknown": true}
+	testutil.Eventually(t, 15*time.Second, "leftovers removed, known and unknown volumes kept", func() bool {
 		vs, err := be.List(ctx)
 		if err != nil {
 			return false
@@ -440,7 +455,7 @@ func TestClusterRestartReconciles(t *testing.T) {
 		for _, v := range vs {
 			ids[v.ID] = true
 		}
-		return ids[keep.ID] && len(ids) == 1
+		return reflect.DeepEqual(ids, want)
 	})
 }
 
@@ -546,4 +561,60 @@ func TestClusterVolumeOpOnOwner(t *testing.T) {
 	if _, err := via.VolumeOp(ctx, "n1", VolumeDetach, vol.ID); err != nil {
 		t.Fatalf("detach through n2: %v", err)
 	}
+}
+
+// After every node restarts, a follower's read barrier still completes:
+// the new leader's first entries (raft's own no-op and configuration) never
+// reach the FSM, so a barrier on the commit index would wait forever, and
+// the executors would sit idle until some unrelated write.
+func TestClusterFullRestartBarrier(t *testing.T) {
+	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil)
+	vol := tc.createVolume(tc.leader(), "v", "", "n2", 4*MiB)
+	// Restart on the same addresses, as hosts do.
+	cfgs := make([]Config, len(tc.nodes))
+	for i, n := range tc.nodes {
+		cfgs[i] = tc.cfgs[i]
+		cfgs[i].GossipAddr, cfgs[i].ClusterAddr, cfgs[i].APIAddr = n.GossipAddr(), n.ClusterAddr(), n.APIAddr()
+	}
+	for i, n := range tc.nodes {
+		n.shutdown(false)
+		tc.nodes[i] = nil
+	}
+	for i := range cfgs {
+		cfg := cfgs[i]
+		cfg.Join = nil
+		for j := range cfgs {
+			if j != i {
+				cfg.Join = append(cfg.Join, cfgs[j].GossipAddr)
+			}
+		}
+		n, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.nodes[i] = n
+	}
+	testutil.Eventually(t, 20*time.Second, "leader after full restart", func() bool { return tc.leader() != nil })
+	for _, n := range tc.nodes {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := n.Barrier(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("barrier on %s: %v", n.Name(), err)
+		}
+		ok := false
+		n.View(func(s *fsm.State) { _, ok = s.Volume(vol.ID) })
+		if !ok {
+			t.Fatalf("%s: catalog lacks %s after the barrier", n.Name(), vol.ID)
+		}
+	}
+	// The executors act without any further write: a delete is carried out.
+	if _, err := tc.leader().Apply(context.Background(), fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: vol.ID, State: fsm.VolumeDeleting}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "volume removed by its host", func() bool {
+		ok := true
+		tc.leader().View(func(s *fsm.State) { _, ok = s.Volume(vol.ID) })
+		return !ok
+	})
 }

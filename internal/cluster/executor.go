@@ -172,12 +172,14 @@ func (e *executor) pass() {
 		}
 	})
 	forkByTarget := map[string]fsm.Fork{}
+	forkByID := map[string]fsm.Fork{}
 	for _, f := range forks {
 		forkByTarget[f.TargetVolume] = f
+		forkByID[f.ID] = f
 	}
 
 	if !e.restarted {
-		e.reconcileBackend(vols, forkByTarget)
+		e.reconcileBackend(vols, forkByTarget, forkByID)
 		e.restarted = true
 	}
 
@@ -230,7 +232,7 @@ func (e *executor) pass() {
 // reconcileBackend runs once after start: anything the backend holds that
 // the catalog does not know is a leftover of a crash, and local forks that
 // were in flight start over from a clean target.
-func (e *executor) reconcileBackend(vols []fsm.Volume, forkByTarget map[string]fsm.Fork) {
+func (e *executor) reconcileBackend(vols []fsm.Volume, forkByTarget, forkByID map[string]fsm.Fork) {
 	ctx, cancel := context.WithTimeout(e.n.ctx, 30*time.Second)
 	defer cancel()
 	b := e.n.cfg.Backend
@@ -259,8 +261,17 @@ func (e *executor) reconcileBackend(vols []fsm.Volume, forkByTarget map[string]f
 		}
 		cv, ok := known[hv.ID]
 		if !ok {
-			e.logger.Warn("removing orphan volume", "volume", hv.ID, "name", hv.Name)
-			e.removeBackendVolume(ctx, hv.ID)
+			// Only a fork's leftover is removed: its fork is in the catalog,
+			// so the catalog has seen this volume and dropped it. A volume
+			// the catalog never heard of is left in place and reported: a
+			// lost or rebuilt catalog must never delete data.
+			if _, forkKnown := forkByID[hv.Owner]; forkKnown {
+				e.logger.Warn("removing orphan fork volume", "volume", hv.ID, "name", hv.Name, "fork", hv.Owner)
+				e.removeBackendVolume(ctx, hv.ID)
+			} else {
+				e.logger.Warn("volume not in the catalog: left in place; remove it by hand if it is not needed",
+					"volume", hv.ID, "name", hv.Name, "path", hv.Path)
+			}
 			continue
 		}
 		if f, ok := forkByTarget[cv.ID]; ok && !finished(f) && cv.State == fsm.VolumeCreating {

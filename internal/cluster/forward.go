@@ -337,11 +337,12 @@ func (n *Node) serveForward(c net.Conn) {
 			resp = fwdResponse{Code: "not_leader", Error: raft.ErrNotLeader.Error()}
 			break
 		}
-		if err := n.raft.VerifyLeader().Error(); err != nil {
-			resp = fwdResponse{Code: "not_leader", Error: err.Error()}
+		idx, err := n.noopIndex()
+		if err != nil {
+			resp = fwdResponse{Code: errCode(err), Error: err.Error()}
 			break
 		}
-		resp.Index = n.raft.CommitIndex()
+		resp.Index = idx
 	case "remove_server":
 		if n.raft.State() != raft.Leader {
 			resp = fwdResponse{Code: "not_leader", Error: raft.ErrNotLeader.Error()}
@@ -365,6 +366,12 @@ func (n *Node) serveForward(c net.Conn) {
 
 // Barrier waits until this node's catalog has applied everything the leader
 // had committed when Barrier was called.
+//
+// On the leader that is raft.Barrier. A follower asks the leader to commit
+// a no-op command and waits until its own FSM has applied that index. The
+// leader's commit index would not do: it counts raft's own no-op and
+// configuration entries, which never reach FSM.Apply, and on a freshly
+// elected leader it lags until the new term's first entry commits.
 func (n *Node) Barrier(ctx context.Context) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -372,27 +379,31 @@ func (n *Node) Barrier(ctx context.Context) error {
 		defer cancel()
 	}
 	for {
-		var target uint64
 		var err error
 		if n.raft.State() == raft.Leader {
-			target = n.raft.CommitIndex()
+			timeout := defaultApplyTimeout
+			if d, ok := ctx.Deadline(); ok {
+				timeout = time.Until(d)
+			}
+			if err = n.raft.Barrier(timeout).Error(); err == nil {
+				return nil
+			}
 		} else {
 			var resp fwdResponse
 			resp, err = n.forwardCall(ctx, fwdRequest{Op: "index"})
 			if err == nil && resp.Error != "" {
 				err = errors.New(resp.Error)
 			}
-			target = resp.Index
-		}
-		if err == nil {
-			for n.fsm.AppliedIndex() < target {
-				select {
-				case <-ctx.Done():
-					return fmt.Errorf("%w: catalog did not catch up: %v", ErrNoLeader, ctx.Err())
-				case <-time.After(5 * time.Millisecond):
+			if err == nil {
+				for n.fsm.AppliedIndex() < resp.Index {
+					select {
+					case <-ctx.Done():
+						return fmt.Errorf("%w: catalog did not catch up: %v", ErrNoLeader, ctx.Err())
+					case <-time.After(5 * time.Millisecond):
+					}
 				}
+				return nil
 			}
-			return nil
 		}
 		select {
 		case <-ctx.Done():
@@ -400,6 +411,19 @@ func (n *Node) Barrier(ctx context.Context) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// noopIndex commits a no-op command on the leader and returns its index.
+func (n *Node) noopIndex() (uint64, error) {
+	entry, err := fsm.Encode(fsm.CmdNoop, &fsm.NoopCmd{})
+	if err != nil {
+		return 0, err
+	}
+	f := n.raft.Apply(entry, defaultApplyTimeout)
+	if err := f.Error(); err != nil {
+		return 0, err
+	}
+	return f.Index(), nil
 }
 
 func writeMsg(w io.Writer, v any) error {

@@ -14,7 +14,8 @@ func (s *State) apply(t CommandType, cmd commander) (ApplyResult, bool) {
 		}
 	}
 	val, err := s.dispatch(cmd)
-	changed := err == nil
+	_, noop := cmd.(*NoopCmd)
+	changed := err == nil && !noop
 	if h.RequestID == "" {
 		if err != nil {
 			return ApplyResult{Err: err}, false
@@ -48,6 +49,8 @@ func (s *State) dispatch(cmd commander) (any, error) {
 		return s.forkProgress(c)
 	case *FinishForkCmd:
 		return s.finishFork(c)
+	case *NoopCmd:
+		return nil, nil
 	}
 	return nil, fmt.Errorf("%w: %w %T", ErrInvalid, ErrUnknownCommand, cmd)
 }

@@ -17,6 +17,7 @@ const (
 	CmdForkProgress   CommandType = 7
 	CmdFinishFork     CommandType = 8
 	CmdSetHostAlive   CommandType = 9
+	CmdNoop           CommandType = 10
 
 	IgnoreUnknownFlag CommandType = 0x80
 )
@@ -99,6 +100,13 @@ type FinishForkCmd struct {
 	ForkID string `json:"fork_id"`
 	OK     bool   `json:"ok"`
 	Error  string `json:"error,omitempty"`
+}
+
+// NoopCmd changes nothing. The leader commits one to give a follower's
+// read barrier an index that is certain to pass through FSM.Apply (raft's
+// own no-op and configuration entries never reach the FSM).
+type NoopCmd struct {
+	Header
 }
 
 // ApplyResult is what FSM.Apply returns for every command.

@@ -36,6 +36,8 @@ func newCommand(t CommandType) commander {
 		return &FinishForkCmd{}
 	case CmdSetHostAlive:
 		return &SetHostAliveCmd{}
+	case CmdNoop:
+		return &NoopCmd{}
 	}
 	return nil
 }
@@ -46,6 +48,7 @@ func (t CommandType) String() string {
 		CmdUpsertHost: "UpsertHost", CmdRemoveHost: "RemoveHost", CmdCreateVolume: "CreateVolume",
 		CmdSetVolumeState: "SetVolumeState", CmdDeleteVolume: "DeleteVolume", CmdCreateFork: "CreateFork",
 		CmdForkProgress: "ForkProgress", CmdFinishFork: "FinishFork", CmdSetHostAlive: "SetHostAlive",
+		CmdNoop: "Noop",
 	}
 	flag := ""
 	if t&IgnoreUnknownFlag != 0 {

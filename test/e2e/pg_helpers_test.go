@@ -322,6 +322,7 @@ func startPGCluster(t *testing.T, specs []pgHostSpec, rateLimit string) *pgClust
 		c.volDirs = append(c.volDirs, vd)
 	}
 	c.testCluster = &testCluster{t: t, bin: bin, dir: filepath.Join(base, "state")}
+	c.keepLogsOnFailure(t)
 	c.env = newNetEnv(t, len(specs))
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -408,14 +409,52 @@ func pgStartAgentNsenter(t *testing.T, h *nsHost, bin, logDir string, args ...st
 	h.mu.Unlock()
 	t.Cleanup(func() {
 		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			if len(b) > 48<<10 {
-				b = append([]byte("...\n"), b[len(b)-48<<10:]...)
-			}
-			t.Logf("---- agent log %s (%s) ----\n%s", logPath, h.NS, b)
+			t.Logf("---- agent log %s (%s), without API request lines ----\n%s", logPath, h.NS, pgLogExcerpt(logPath, 16<<10, 32<<10))
 		}
 	})
 	return a
+}
+
+// pgLogExcerpt returns the head and the tail of an agent log, leaving out
+// the per-request API lines (the tests poll, and those would crowd out
+// everything else).
+func pgLogExcerpt(path string, head, tail int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	var keep []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, "forknode.http: request:") {
+			keep = append(keep, l)
+		}
+	}
+	s := strings.Join(keep, "\n")
+	if len(s) <= head+tail {
+		return s
+	}
+	return s[:head] + "\n...\n" + s[len(s)-tail:]
+}
+
+// keepLogsOnFailure copies the agents' logs out of the test's directory
+// (which is removed) when the test failed, and says where.
+func (c *pgCluster) keepLogsOnFailure(t *testing.T) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		dst, err := os.MkdirTemp("", "fnpg-logs-")
+		if err != nil {
+			return
+		}
+		ents, _ := os.ReadDir(c.logs)
+		for _, e := range ents {
+			if b, err := os.ReadFile(filepath.Join(c.logs, e.Name())); err == nil {
+				_ = os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644)
+			}
+		}
+		t.Logf("agent logs kept in %s", dst)
+	})
 }
 
 // cli runs the forknode CLI in host i's network namespace against node i.
