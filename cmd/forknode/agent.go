@@ -27,6 +27,7 @@ type agentFlags struct {
 	capacity, rateLimit                                                      int64
 	keyFile, codec, logLevel                                                 string
 	logJSON                                                                  bool
+	nice                                                                     int
 }
 
 func runAgent(args []string) error {
@@ -37,6 +38,7 @@ func runAgent(args []string) error {
 	fs.StringVar(&f.dataDir, "data-dir", "/var/lib/forknode", "raft log, snapshots and (file backend) volumes")
 	fs.StringVar(&f.gossipAddr, "gossip-addr", ":7946", "gossip bind address (TCP and UDP)")
 	fs.StringVar(&f.clusterAddr, "cluster-addr", ":7947", "mTLS address for raft, forwarding and block streams")
+	fs.IntVar(&f.nice, "nice", 10, "CPU niceness of the agent (0 keeps it): fork work yields to the databases on this host")
 	fs.StringVar(&f.advertise, "advertise", "", "IP peers use to reach this node when an address binds all interfaces (default: the host's private IP)")
 	fs.StringVar(&f.apiAddr, "api-addr", "127.0.0.1:7948", "HTTP API address")
 	fs.StringVar(&f.join, "join", "", "comma-separated gossip addresses of existing members")
@@ -79,6 +81,9 @@ func runAgent(args []string) error {
 		return usagef("agent: --log-level %q: want trace, debug, info, warn or error", f.logLevel)
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "forknode", Level: level, JSONFormat: f.logJSON, Output: os.Stderr})
+	if err := renice(f.nice); err != nil {
+		logger.Warn("could not lower the agent's priority", "error", err)
+	}
 
 	km, err := loadKey(f.keyFile)
 	if err != nil {

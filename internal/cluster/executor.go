@@ -488,10 +488,15 @@ func (e *executor) localFork(ctx context.Context, f fsm.Fork) {
 			pr.report(tv.Size, tv.Size, 0)
 		}
 	} else {
-		_, err = cow.ForkLocal(ctx, b, f.SourceVolume, sp, cow.CopyOptions{
+		opts := cow.CopyOptions{
 			Logger:   e.logger,
 			Progress: func(done, total int64) { pr.report(done, total, 0) },
-		})
+		}
+		if e.limiter != nil {
+			// Local copies share the node's fork rate limit with streams.
+			opts.Throttle = e.limiter.WaitN
+		}
+		_, err = cow.ForkLocal(ctx, b, f.SourceVolume, sp, opts)
 	}
 	if ctx.Err() != nil {
 		// Cancelled: the node is stopping (restart reconciliation redoes

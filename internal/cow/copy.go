@@ -29,6 +29,10 @@ type CopyOptions struct {
 	Workers   int                     // chunks in flight, default 4
 	Progress  func(done, total int64) // called after each chunk, serialised, done rising
 	Logger    hclog.Logger
+	// Throttle, when set, is called before each chunk is read with its
+	// size; it blocks to hold the copy to a rate (the node's fork rate
+	// limit), so a copy does not starve the database on the same disks.
+	Throttle func(ctx context.Context, n int) error
 }
 
 // CopyStats tell what a copy did. Bytes is the logical size covered (the
@@ -164,6 +168,12 @@ func Copy(ctx context.Context, src Device, extents []Extent, dst Device, opts Co
 			for j := range jobs {
 				if ctx.Err() != nil {
 					continue // drain
+				}
+				if opts.Throttle != nil {
+					if err := opts.Throttle(ctx, j.n); err != nil {
+						fail(err)
+						continue
+					}
 				}
 				if err := copyChunk(src, dst, wb, buf[:j.n], vbuf[:j.n], j.off, &dataB, &zeroB); err != nil {
 					fail(err)

@@ -107,6 +107,32 @@ func TestCopyRejectsBadExtents(t *testing.T) {
 	}
 }
 
+// Throttle sees every data chunk before it is read, so a rate limiter
+// holds the whole copy.
+func TestCopyThrottle(t *testing.T) {
+	dir := t.TempDir()
+	writeLayout(t, filepath.Join(dir, "s"), "ddhzd", 1)
+	makeSparse(filepath.Join(dir, "d"), 5<<20)
+	src, _ := OpenFileDevice(filepath.Join(dir, "s"), false)
+	defer src.Close()
+	dst, _ := OpenFileDevice(filepath.Join(dir, "d"), true)
+	defer dst.Close()
+	ext, _ := FileExtents(filepath.Join(dir, "s"))
+	var throttled atomic.Int64
+	_, err := Copy(context.Background(), src, ext, dst, CopyOptions{ChunkSize: 256 << 10,
+		Throttle: func(ctx context.Context, n int) error { throttled.Add(int64(n)); return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	for _, e := range ext {
+		sum += e.Length
+	}
+	if throttled.Load() != sum {
+		t.Fatalf("throttled %d bytes, extents hold %d", throttled.Load(), sum)
+	}
+}
+
 func TestCopyProgress(t *testing.T) {
 	dir := t.TempDir()
 	writeLayout(t, filepath.Join(dir, "s"), "ddhzd", 1)
@@ -253,6 +279,17 @@ func TestForkLocalFailureCleansUp(t *testing.T) {
 		{"failing dst", func(b *FileBackend) error {
 			fb := &faultyBackend{FileBackend: b, wrap: func(d Device) Device { return &faultyDevice{Device: d, failAfter: 2 << 20} }}
 			_, err := ForkLocal(context.Background(), fb, "src", CreateSpec{ID: "t", Name: "t"}, CopyOptions{})
+			return err
+		}, errInjected},
+		{"throttle refuses", func(b *FileBackend) error {
+			var seen atomic.Int64
+			_, err := ForkLocal(context.Background(), b, "src", CreateSpec{ID: "t", Name: "t"}, CopyOptions{ChunkSize: 64 << 10,
+				Throttle: func(ctx context.Context, n int) error {
+					if seen.Add(int64(n)) > 1<<20 {
+						return errInjected
+					}
+					return nil
+				}})
 			return err
 		}, errInjected},
 		{"corrupting dst", func(b *FileBackend) error {

@@ -603,16 +603,15 @@ func TestPGGuideScript(t *testing.T) {
 	}
 }
 
-// TestPGGuide runs the shell blocks of the guide (FORKNODE_PG_GUIDE, by
-// default testdata/pg/guide.md; the README once the section is pasted
-// there) as root in a temporary directory, against `forknode dev` started
+// TestPGGuide runs the shell blocks of the README's "Fork a PostgreSQL
+// database" section (or of the file FORKNODE_PG_GUIDE names) as root in a temporary directory, against `forknode dev` started
 // here, with the built forknode first on PATH.
 func TestPGGuide(t *testing.T) {
 	requirePG(t)
 	testutil.RequireCmd(t, "bash", "awk", "runuser", pgTool("pg_ctl"))
 	guide := os.Getenv("FORKNODE_PG_GUIDE")
 	if guide == "" {
-		guide = filepath.Join("testdata", "pg", "guide.md")
+		guide = filepath.Join("..", "..", "README.md")
 	}
 	script, err := pgGuideScript(guide)
 	if err != nil {
