@@ -208,7 +208,7 @@ func (c *testCluster) checkPattern(t testing.TB, via int, vol string) {
 
 func TestClusterNetns(t *testing.T) {
 	testutil.RequireRoot(t)
-	testutil.RequireCmd(t, "ip")
+	testutil.RequireCmd(t, "ip", "nsenter")
 	start := time.Now()
 	bin := forknodeBin(t)
 	c := &testCluster{t: t, bin: bin, dir: t.TempDir()}

@@ -54,7 +54,7 @@ type faultOpts struct {
 func startFaultCluster(t *testing.T, o faultOpts) *faultCluster {
 	t.Helper()
 	testutil.RequireRoot(t)
-	testutil.RequireCmd(t, "ip")
+	testutil.RequireCmd(t, "ip", "nsenter")
 	if o.namespaces < o.nodes {
 		o.namespaces = o.nodes
 	}

@@ -190,9 +190,11 @@ func (h *nsHost) StartAgent(bin, logDir string, args ...string) *agentProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// `ip netns exec` setns()es and then execs the binary: the PID we get is
-	// the agent's own, so kill -9 hits the agent.
-	cmd := exec.Command("ip", append([]string{"netns", "exec", h.NS, bin, "agent"}, args...)...)
+	// `nsenter --net` setns()es and then execs the binary: the PID we get is
+	// the agent's own, so kill -9 hits the agent. Unlike `ip netns exec` it
+	// keeps the test's mount namespace, so the agent sees (and can freeze)
+	// filesystems the test mounts later, and holds none of them itself.
+	cmd := exec.Command("nsenter", append([]string{"--net=/var/run/netns/" + h.NS, bin, "agent"}, args...)...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -210,11 +212,7 @@ func (h *nsHost) StartAgent(bin, logDir string, args ...string) *agentProc {
 	h.mu.Unlock()
 	t.Cleanup(func() {
 		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			if len(b) > 64<<10 {
-				b = append([]byte("...\n"), b[len(b)-64<<10:]...)
-			}
-			t.Logf("---- agent log %s (%s) ----\n%s", logPath, h.NS, b)
+			t.Logf("---- agent log %s (%s), without API request lines ----\n%s", logPath, h.NS, pgLogExcerpt(logPath, 16<<10, 32<<10))
 		}
 	})
 	return a

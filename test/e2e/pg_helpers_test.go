@@ -369,50 +369,12 @@ func (c *pgCluster) pgAgentArgs(i int, join bool) []string {
 
 // startAgent starts (or restarts, on the same data dir) agent i.
 func (c *pgCluster) startAgent(i int, join bool) *agentProc {
-	return pgStartAgentNsenter(c.t, c.env.hosts[i], c.bin, c.logs, c.pgAgentArgs(i, join)...)
+	return c.env.hosts[i].StartAgent(c.bin, c.logs, c.pgAgentArgs(i, join)...)
 }
 
 // restart starts agent i again after it was killed.
 func (c *pgCluster) restart(i int) {
 	c.agents[i] = c.startAgent(i, true)
-}
-
-// pgStartAgentNsenter is StartAgent with `nsenter --net` instead of `ip netns
-// exec`, so the agent stays in the test's mount namespace (see the comment
-// at the top of this file). The agent is registered with the host, so the
-// namespace teardown kills it like any other.
-func pgStartAgentNsenter(t *testing.T, h *nsHost, bin, logDir string, args ...string) *agentProc {
-	t.Helper()
-	h.mu.Lock()
-	n := len(h.agents)
-	h.mu.Unlock()
-	logPath := filepath.Join(logDir, fmt.Sprintf("agent-h%d-%d.log", h.Index, n))
-	lf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("nsenter", append([]string{"--net=/var/run/netns/" + h.NS, bin, "agent"}, args...)...)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		t.Fatalf("start agent in %s: %v", h.NS, err)
-	}
-	a := &agentProc{Cmd: cmd, Log: logPath, Args: args, done: make(chan struct{})}
-	go func() {
-		a.err = cmd.Wait()
-		lf.Close()
-		close(a.done)
-	}()
-	h.mu.Lock()
-	h.agents = append(h.agents, a)
-	h.mu.Unlock()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("---- agent log %s (%s), without API request lines ----\n%s", logPath, h.NS, pgLogExcerpt(logPath, 16<<10, 32<<10))
-		}
-	})
-	return a
 }
 
 // pgLogExcerpt returns the head and the tail of an agent log, leaving out
