@@ -1,7 +1,6 @@
 package cluster
 
-// CONTRACT between the node runtime (node.go, raft.go, gossip.go, mux.go,
-// executor.go: the lead) and the HTTP API (http.go: the API engineer).
+// Configuration, sentinel errors and the status types of a node.
 
 import (
 	"errors"
