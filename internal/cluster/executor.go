@@ -207,10 +207,7 @@ func (e *executor) pass() {
 			delete(e.done, f.ID) // the local view caught up
 			e.mu.Unlock()
 			e.cancel(key) // the leader failed it (e.g. the peer died)
-			if f.SourceHost == me && !e.isRunning(key) {
-				e.releaseSnapshot(f)
-			}
-			continue
+			continue      // its snapshot goes in releaseOrphanSnapshots
 		}
 		e.mu.Lock()
 		wasDone := e.done[f.ID]
@@ -229,9 +226,10 @@ func (e *executor) pass() {
 	e.releaseOrphanSnapshots(forkByTarget)
 }
 
-// reconcileBackend runs once after start: anything the backend holds that
-// the catalog does not know is a leftover of a crash, and local forks that
-// were in flight start over from a clean target.
+// reconcileBackend runs once after start, against a catalog that has caught
+// up with the leader: a known fork's leftover volume is removed, snapshots
+// no in-flight stream needs are released, and local forks that were in
+// flight start over from a clean target.
 func (e *executor) reconcileBackend(vols []fsm.Volume, forkByTarget, forkByID map[string]fsm.Fork) {
 	ctx, cancel := context.WithTimeout(e.n.ctx, 30*time.Second)
 	defer cancel()
@@ -316,12 +314,6 @@ func (e *executor) releaseOrphanSnapshots(forkByTarget map[string]fsm.Fork) {
 		if err := e.n.cfg.Backend.Release(ctx, hv.ID); err != nil && !errors.Is(err, cow.ErrNotFound) {
 			e.logger.Warn("release snapshot", "snapshot", hv.ID, "error", err)
 		}
-	}
-}
-
-func (e *executor) releaseSnapshot(f fsm.Fork) {
-	if err := e.n.cfg.Backend.Release(e.n.ctx, snapID(f.TargetVolume)); err != nil && !errors.Is(err, cow.ErrNotFound) {
-		e.logger.Warn("release snapshot", "fork", f.ID, "error", err)
 	}
 }
 
