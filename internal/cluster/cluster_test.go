@@ -618,3 +618,35 @@ func TestClusterFullRestartBarrier(t *testing.T) {
 		return !ok
 	})
 }
+
+// A node that stops gracefully leaves: the leader removes it from raft, so
+// the quorum shrinks with it. (A crashed node stays a voter.)
+func TestClusterGracefulLeaveRemovesServer(t *testing.T) {
+	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil)
+	f := tc.follower()
+	name := f.Name()
+	for i, n := range tc.nodes {
+		if n == f {
+			if err := n.Close(); err != nil {
+				t.Logf("close: %v", err)
+			}
+			tc.nodes[i] = nil
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "leaver removed from raft", func() bool {
+		l := tc.leader()
+		if l == nil {
+			return false
+		}
+		cf := l.raft.GetConfiguration()
+		if cf.Error() != nil {
+			return false
+		}
+		for _, s := range cf.Configuration().Servers {
+			if string(s.ID) == name {
+				return false
+			}
+		}
+		return len(cf.Configuration().Servers) == 2
+	})
+}

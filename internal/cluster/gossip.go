@@ -25,6 +25,11 @@ type nodeMeta struct {
 	// Bootstrapped is set once the node has raft state or has seen a leader;
 	// a new node never bootstraps a fresh cluster while a member says so.
 	Bootstrapped bool `json:"s,omitempty"`
+	// Leaving is gossiped just before a graceful leave. memberlist's leave
+	// event does not reliably tell a leave from a death (v0.5 passes a
+	// Node whose State field is stale), so the intent travels in metadata,
+	// as Serf does with its leave intents.
+	Leaving bool `json:"l,omitempty"`
 }
 
 func encodeMeta(m nodeMeta) ([]byte, error) {
@@ -147,7 +152,9 @@ func (g *gossip) record(n *memberlist.Node, state string) {
 func (g *gossip) NotifyJoin(n *memberlist.Node)   { g.record(n, "alive") }
 func (g *gossip) NotifyUpdate(n *memberlist.Node) { g.record(n, stateName(n.State)) }
 func (g *gossip) NotifyLeave(n *memberlist.Node) {
-	if n.State == memberlist.StateLeft {
+	var meta nodeMeta
+	_ = json.Unmarshal(n.Meta, &meta)
+	if n.State == memberlist.StateLeft || meta.Leaving {
 		g.record(n, "left")
 	} else {
 		g.record(n, "dead")

@@ -323,6 +323,9 @@ func (n *Node) shutdown(graceful bool) error {
 	}
 	if n.gossip != nil {
 		if graceful {
+			// Announce the leave first, so the leader removes this server
+			// from raft instead of keeping it as a dead voter.
+			n.gossip.setMeta(func(m *nodeMeta) { m.Leaving = true })
 			if err := n.gossip.leave(2 * time.Second); err != nil {
 				errs = append(errs, err)
 			}
