@@ -96,11 +96,8 @@ func (n *Node) Apply(ctx context.Context, t fsm.CommandType, cmd any) (any, erro
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", fsm.ErrInvalid, err)
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
-		defer cancel()
-	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
 	var last error
 	backoff := 20 * time.Millisecond
 	for {
@@ -373,11 +370,8 @@ func (n *Node) serveForward(c net.Conn) {
 // configuration entries, which never reach FSM.Apply, and on a freshly
 // elected leader it lags until the new term's first entry commits.
 func (n *Node) Barrier(ctx context.Context) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
-		defer cancel()
-	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
 	for {
 		var err error
 		if n.raft.State() == raft.Leader {
@@ -471,11 +465,8 @@ func (n *Node) RemoveMember(ctx context.Context, name string) error {
 			return fmt.Errorf("%w: node %s is alive; stop it first (it leaves gracefully)", fsm.ErrConflict, name)
 		}
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, defaultApplyTimeout)
-		defer cancel()
-	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
 	for {
 		var err error
 		if n.raft.State() == raft.Leader {
@@ -605,4 +596,13 @@ func volumeOpOn(ctx context.Context, b cow.Backend, name string, logger hclog.Lo
 		return "", nil
 	}
 	return "", fmt.Errorf("%w: unknown volume operation %q", fsm.ErrInvalid, op)
+}
+
+// withDefaultTimeout bounds ctx by defaultApplyTimeout unless it already has
+// a deadline: no cluster call may wait forever.
+func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, defaultApplyTimeout)
 }

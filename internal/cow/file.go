@@ -458,6 +458,12 @@ func (b *FileBackend) Remove(ctx context.Context, id string) error {
 
 // Release drops a snapshot.
 func (b *FileBackend) Release(ctx context.Context, snapID string) error {
+	return releaseSnapshot(ctx, b, snapID)
+}
+
+// releaseSnapshot removes snapID after checking it is a snapshot, so a
+// Release can never drop a volume.
+func releaseSnapshot(ctx context.Context, b Backend, snapID string) error {
 	v, err := b.Get(ctx, snapID)
 	if err != nil {
 		return err

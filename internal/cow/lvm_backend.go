@@ -448,14 +448,7 @@ func (b *LVMBackend) Snapshot(ctx context.Context, srcID, snapID string) (Volume
 
 // Release drops a snapshot.
 func (b *LVMBackend) Release(ctx context.Context, snapID string) error {
-	v, err := b.Get(ctx, snapID)
-	if err != nil {
-		return err
-	}
-	if v.Kind != KindSnapshot {
-		return fmt.Errorf("%w: %s is a %s, not a snapshot", ErrInvalid, snapID, v.Kind)
-	}
-	return b.Remove(ctx, snapID)
+	return releaseSnapshot(ctx, b, snapID)
 }
 
 // Clone makes an O(1) thin snapshot of srcID as a new, independent
