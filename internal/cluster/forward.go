@@ -460,17 +460,14 @@ func (n *Node) RemoveMember(ctx context.Context, name string) error {
 	if name == n.cfg.Name {
 		return fmt.Errorf("%w: a node cannot remove itself; stop it to leave the cluster", fsm.ErrInvalid)
 	}
-	for _, m := range n.gossip.snapshot() {
-		if m.name == name && m.state == "alive" {
-			return fmt.Errorf("%w: node %s is alive; stop it first (it leaves gracefully)", fsm.ErrConflict, name)
-		}
-	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 	for {
 		var err error
 		if n.raft.State() == raft.Leader {
-			err = n.removeServerLocal(name)
+			if err = n.removeServerLocal(name); errors.Is(err, fsm.ErrConflict) {
+				return err // still alive: a refusal, not a leader problem
+			}
 		} else {
 			var resp fwdResponse
 			resp, err = n.forwardCall(ctx, fwdRequest{Op: "remove_server", ID: name})
@@ -501,7 +498,14 @@ func (n *Node) RemoveMember(ctx context.Context, name string) error {
 	return err
 }
 
+// removeServerLocal runs on the leader, whose gossip view decides whether
+// the node is still alive (a follower's view may lag).
 func (n *Node) removeServerLocal(name string) error {
+	for _, m := range n.gossip.snapshot() {
+		if m.name == name && m.state == "alive" {
+			return fmt.Errorf("%w: node %s is alive; stop it first (it leaves gracefully)", fsm.ErrConflict, name)
+		}
+	}
 	cf := n.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return err
