@@ -88,14 +88,17 @@ func (e *executor) run() {
 	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
+	full := true
 	for {
 		watch := e.n.fsm.Watch()
-		e.pass()
+		e.pass(full)
 		select {
 		case <-e.n.ctx.Done():
 			return
 		case <-watch:
+			full = false
 		case <-tick.C:
+			full = true
 		}
 	}
 }
@@ -144,8 +147,10 @@ func finished(f fsm.Fork) bool { return f.State == fsm.ForkReady || f.State == f
 
 func isLocal(f fsm.Fork) bool { return f.SourceHost == f.TargetHost }
 
-// pass looks at the catalog once and starts what is missing.
-func (e *executor) pass() {
+// pass looks at the catalog once and starts what is missing. Listing the
+// backend for leftover snapshots is left to the timer's full passes: catalog
+// changes (progress of every fork in the cluster) come far more often.
+func (e *executor) pass(full bool) {
 	me := e.n.cfg.Name
 	if !e.restarted {
 		// After a restart the catalog may lag the leader: catch up first so
@@ -223,7 +228,9 @@ func (e *executor) pass() {
 		}
 		// The source of a stream is passive: openStream serves it on demand.
 	}
-	e.releaseOrphanSnapshots(forkByTarget)
+	if full {
+		e.releaseOrphanSnapshots(forkByTarget)
+	}
 }
 
 // reconcileBackend runs once after start, against a catalog that has caught

@@ -454,6 +454,21 @@ func (s *apiServer) apply(ctx context.Context, t fsm.CommandType, cmd any) (any,
 }
 
 // waitFor polls the local catalog until done returns true or ctx ends.
+// createdStatus is the status of a create: 201, or with ?wait=1, 201 once
+// done reports the object finished (ready or failed: the client reads its
+// state), and 202 if it is still on its way when the wait ends.
+func (s *apiServer) createdStatus(r *http.Request, wait bool, done func(st *fsm.State) bool) int {
+	if !wait {
+		return http.StatusCreated
+	}
+	ctx, cancel := s.ctx(r, s.waitTO)
+	defer cancel()
+	if err := s.waitFor(ctx, done); err != nil {
+		return http.StatusAccepted
+	}
+	return http.StatusCreated
+}
+
 func (s *apiServer) waitFor(ctx context.Context, done func(st *fsm.State) bool) error {
 	t := time.NewTicker(s.poll)
 	defer t.Stop()
@@ -567,23 +582,13 @@ func (s *apiServer) createVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	status := http.StatusCreated
-	if wait {
-		// Ready or failed, the answer is the volume: the client reads its
-		// state. Still creating when the wait ends: 202, it is on its way.
-		wctx, wcancel := s.ctx(r, s.waitTO)
-		defer wcancel()
-		werr := s.waitFor(wctx, func(st *fsm.State) bool {
-			cur, ok := st.Volume(v.ID)
-			if ok {
-				v = cur
-			}
-			return ok && (cur.State == fsm.VolumeReady || cur.State == fsm.VolumeFailed)
-		})
-		if werr != nil {
-			status = http.StatusAccepted
+	status := s.createdStatus(r, wait, func(st *fsm.State) bool {
+		cur, ok := st.Volume(v.ID)
+		if ok {
+			v = cur
 		}
-	}
+		return ok && (cur.State == fsm.VolumeReady || cur.State == fsm.VolumeFailed)
+	})
 	writeJSON(w, status, v)
 }
 
@@ -735,21 +740,13 @@ func (s *apiServer) createFork(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	status := http.StatusCreated
-	if wait {
-		wctx, wcancel := s.ctx(r, s.waitTO)
-		defer wcancel()
-		werr := s.waitFor(wctx, func(st *fsm.State) bool {
-			cur, ok := st.Fork(f.ID)
-			if ok {
-				f = cur
-			}
-			return ok && (cur.State == fsm.ForkReady || cur.State == fsm.ForkFailed)
-		})
-		if werr != nil {
-			status = http.StatusAccepted
+	status := s.createdStatus(r, wait, func(st *fsm.State) bool {
+		cur, ok := st.Fork(f.ID)
+		if ok {
+			f = cur
 		}
-	}
+		return ok && (cur.State == fsm.ForkReady || cur.State == fsm.ForkFailed)
+	})
 	writeJSON(w, status, api.Derive(f))
 }
 

@@ -150,8 +150,21 @@ func patternBlock(b int) []byte {
 // into its loop device and detaches it.
 func (c *testCluster) writePattern(t testing.TB, via int, vol string) {
 	t.Helper()
+	writeVolume(t, c.client(via, via), vol, func(f *os.File) error {
+		for b := 0; b < int(dataSize/mib); b++ {
+			if _, err := f.WriteAt(patternBlock(b), int64(b)*mib); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// writeVolume attaches vol on its host, lets write fill the block device,
+// fsyncs it and detaches.
+func writeVolume(t testing.TB, cl *api.Client, vol string, write func(f *os.File) error) {
+	t.Helper()
 	ctx := context.Background()
-	cl := c.client(via, via)
 	a, err := cl.Attach(ctx, vol)
 	if err != nil {
 		t.Fatalf("attach %s: %v", vol, err)
@@ -160,13 +173,12 @@ func (c *testCluster) writePattern(t testing.TB, via int, vol string) {
 	if err != nil {
 		t.Fatalf("open %s: %v", a.Device, err)
 	}
-	for b := 0; b < int(dataSize/mib); b++ {
-		if _, err := f.WriteAt(patternBlock(b), int64(b)*mib); err != nil {
-			f.Close()
-			t.Fatalf("write %s: %v", a.Device, err)
-		}
+	if err := write(f); err != nil {
+		f.Close()
+		t.Fatalf("write %s: %v", a.Device, err)
 	}
 	if err := f.Sync(); err != nil {
+		f.Close()
 		t.Fatalf("fsync %s: %v", a.Device, err)
 	}
 	f.Close()

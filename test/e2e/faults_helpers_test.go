@@ -17,7 +17,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -26,7 +25,6 @@ import (
 	"github.com/forknode/forknode/internal/api"
 	"github.com/forknode/forknode/internal/fsm"
 	"github.com/forknode/forknode/internal/testutil"
-	"golang.org/x/sys/unix"
 )
 
 // faultCluster is n agents (node i in namespace host i) sharing one key.
@@ -363,45 +361,17 @@ func (c *faultCluster) streamComplete(i int, id string) (streamStats, bool) {
 // ftListenNetns opens a listening TCP socket inside namespace ns (the socket
 // keeps its namespace after the thread switches back).
 func ftListenNetns(ns, addr string) (net.Listener, error) {
-	type result struct {
-		l   net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		l, err, restored := ftListenInNetns(ns, addr)
-		if restored {
-			runtime.UnlockOSThread()
-		}
-		ch <- result{l, err}
-	}()
-	r := <-ch
-	return r.l, r.err
-}
-
-func ftListenInNetns(ns, addr string) (net.Listener, error, bool) {
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		return nil, err, true
-	}
-	defer orig.Close()
-	target, err := os.Open(filepath.Join("/var/run/netns", ns))
-	if err != nil {
-		return nil, err, true
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		return nil, fmt.Errorf("setns %s: %w", ns, err), true
-	}
-	l, lerr := net.Listen("tcp", addr)
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+	var l net.Listener
+	var lerr error
+	err := inNetns(ns, func() { l, lerr = net.Listen("tcp", addr) }, func() {
 		if l != nil {
 			l.Close()
 		}
-		return nil, fmt.Errorf("setns back: %w", err), false
+	})
+	if err != nil {
+		return nil, err
 	}
-	return l, lerr, true
+	return l, lerr
 }
 
 func (c *faultCluster) indexOf(name string) int {

@@ -257,50 +257,62 @@ func (h *nsHost) killAll() {
 func (h *nsHost) LinkDown() error { return ipCmd("-n", h.NS, "link", "set", h.Dev, "down") }
 func (h *nsHost) LinkUp() error   { return ipCmd("-n", h.NS, "link", "set", h.Dev, "up") }
 
-// DialContext opens a TCP connection from inside the host's namespace: the
-// socket is created on an OS thread switched into the namespace, which is
-// switched back before the thread is released.
+// DialContext opens a TCP connection from inside the host's namespace.
 func (h *nsHost) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
+	var c net.Conn
+	var derr error
+	err := inNetns(h.NS, func() {
+		var d net.Dialer
+		c, derr = d.DialContext(ctx, network, addr)
+	}, func() {
+		if c != nil {
+			c.Close()
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		c, err, restored := dialInNetns(ctx, h.NS, network, addr)
-		if restored {
-			runtime.UnlockOSThread()
-		} // else: the goroutine exits locked and Go discards the thread
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
+	return c, derr
 }
 
-func dialInNetns(ctx context.Context, ns, network, addr string) (net.Conn, error, bool) {
+// inNetns runs fn on an OS thread switched into namespace ns; sockets fn
+// creates keep that namespace after the thread switches back. If switching
+// back fails, undo runs (to close what fn made) and the thread stays locked,
+// so Go discards it when the goroutine exits.
+func inNetns(ns string, fn, undo func()) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		restored, err := setnsRun(ns, fn)
+		if !restored {
+			undo()
+		} else {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+func setnsRun(ns string, fn func()) (restored bool, err error) {
 	orig, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
-		return nil, err, true
+		return true, err
 	}
 	defer orig.Close()
 	target, err := os.Open(filepath.Join("/var/run/netns", ns))
 	if err != nil {
-		return nil, err, true
+		return true, err
 	}
 	defer target.Close()
 	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		return nil, fmt.Errorf("setns %s: %w", ns, err), true
+		return true, fmt.Errorf("setns %s: %w", ns, err)
 	}
-	var d net.Dialer
-	c, derr := d.DialContext(ctx, network, addr)
+	fn()
 	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		if c != nil {
-			c.Close()
-		}
-		return nil, fmt.Errorf("setns back: %w", err), false
+		return false, fmt.Errorf("setns back: %w", err)
 	}
-	return c, derr, true
+	return true, nil
 }
 
 // HTTPClient is an http.Client whose connections start in this namespace.

@@ -712,32 +712,17 @@ func (c *pgCluster) restartLeaky(t testing.TB) {
 // incompressible data, so that a stream of it is slow and real.
 func (c *pgCluster) writeRandom(t testing.TB, via int, vol string, size int64, seed uint64) {
 	t.Helper()
-	ctx := context.Background()
-	cl := c.client(via, via)
-	a, err := cl.Attach(ctx, vol)
-	if err != nil {
-		t.Fatalf("attach %s: %v", vol, err)
-	}
-	f, err := os.OpenFile(a.Device, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatalf("open %s: %v", a.Device, err)
-	}
-	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 0xfe})
-	buf := make([]byte, 4<<20)
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		r.Read(buf)
-		if _, err := f.WriteAt(buf, off); err != nil {
-			f.Close()
-			t.Fatalf("write %s: %v", a.Device, err)
+	writeVolume(t, c.client(via, via), vol, func(f *os.File) error {
+		r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 0xfe})
+		buf := make([]byte, 4<<20)
+		for off := int64(0); off < size; off += int64(len(buf)) {
+			r.Read(buf)
+			if _, err := f.WriteAt(buf, off); err != nil {
+				return err
+			}
 		}
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatalf("fsync %s: %v", a.Device, err)
-	}
-	f.Close()
-	if _, err := cl.Detach(ctx, vol); err != nil {
-		t.Fatalf("detach %s: %v", vol, err)
-	}
+		return nil
+	})
 }
 
 // ---- PostgreSQL ------------------------------------------------------------
