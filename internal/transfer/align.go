@@ -6,11 +6,15 @@ import "unsafe"
 // covers every logical block size in use.
 const ioAlign = 4096
 
-// alignedBuf returns n bytes whose first byte is ioAlign-aligned. Go's heap
-// does not move objects, so the alignment holds for the buffer's life.
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+ioAlign)
-	skip := int(-uintptr(unsafe.Pointer(unsafe.SliceData(b))) & (ioAlign - 1))
+// alignedBuf returns n bytes whose first byte is ioAlign-aligned.
+func alignedBuf(n int) []byte { return alignedBufTo(n, ioAlign) }
+
+// alignedBufTo returns n bytes whose first byte is a multiple of a (a power
+// of two). Go's heap does not move objects, so the alignment holds for the
+// buffer's life.
+func alignedBufTo(n, a int) []byte {
+	b := make([]byte, n+a)
+	skip := int(-uintptr(unsafe.Pointer(unsafe.SliceData(b))) & uintptr(a-1))
 	return b[skip : skip+n : skip+n]
 }
 

@@ -11,7 +11,9 @@ import (
 // Source is what the sending host reads: a snapshot. cow.Device satisfies it.
 // Optional extras the sender uses when present: Prefetch(off, n int64)
 // (readahead a window ahead), and Fd() uintptr (SEEK_DATA finds holes when
-// the Opener gives no extents; fadvise readahead).
+// the Opener gives no extents; fadvise readahead; a block device is read
+// with O_DIRECT through its own descriptor, so a source exposing Fd() must
+// read ReadAt(p, off) from offset off of it).
 type Source interface {
 	io.ReaderAt
 	Size() int64

@@ -120,6 +120,30 @@
 // The rate limit (per transfer and an optional shared Limiter) is charged
 // for every block read from the source, before it is read.
 //
+// # Reading a block-device source
+//
+// When the source's Fd() is a block device (an LV, a read-only loop device),
+// the sender reopens it read-only with O_DIRECT (through /proc/self/fd) and
+// reads every grid block's aligned part straight into aligned buffers:
+// offsets, lengths and buffers are multiples of max(4 KiB, the device's
+// logical block size from BLKSSZGET). A tail that is not a multiple (a
+// device size off the alignment) is read through Source.ReadAt. Why: a
+// buffered read of a block device goes through its page cache one
+// readahead window at a time, and measured 282 MB/s on a loop device that
+// O_DIRECT reads at 2.5 GB/s, and left a 2 GiB stream's sender 7.9 s of
+// wall time for 4.3 s of CPU. A snapshot is read once, so the cache buys
+// nothing, and the kernel writes back any dirty cached range before a
+// direct read of it, so the bytes are the same. O_DIRECT has no readahead,
+// so such a sender runs two workers more than GOMAXPROCS: up to
+// GOMAXPROCS+2 reads in flight while the CPUs keep compressing (measured
+// faster than GOMAXPROCS workers; Window still bounds the buffers), and it
+// sends no readahead hints. The prefix re-hash after a resume reads the
+// same way. If the kernel refuses O_DIRECT (EINVAL or EOPNOTSUPP, at open
+// or at a read) the session logs it once at debug and reads through
+// Source.ReadAt from then on. Regular files keep buffered reads with
+// FADV_WILLNEED a window ahead: that measured faster for files here, and
+// their holes are skipped without reading them anyway.
+//
 // The "auto" codec measures, per chunk, each codec's compression speed and
 // ratio and the link's speed while writing, and picks the codec with the
 // higher min(workers × speed, link / ratio), re-probing now and then.

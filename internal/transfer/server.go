@@ -42,6 +42,8 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[net.Conn]struct{}
 	wg        sync.WaitGroup
+
+	directBytes atomic.Int64 // source bytes read with O_DIRECT, all sessions
 }
 
 // NewServer returns a server that authorizes and opens sources with open.
@@ -231,6 +233,10 @@ func (s *Server) session(c net.Conn, log hclog.Logger) error {
 		s.sendError(c, ErrCodeFatal, err.Error())
 		return err
 	}
+	defer func() {
+		s.directBytes.Add(snd.directBytes())
+		snd.direct.close()
+	}()
 	start := time.Now()
 	if err := snd.run(ctx, resume); err != nil {
 		if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
@@ -238,7 +244,7 @@ func (s *Server) session(c net.Conn, log hclog.Logger) error {
 		}
 		return err
 	}
-	log.Info("stream complete", "bytes", size-resume, "wire", snd.wire.Load(), "duration", time.Since(start))
+	log.Info("stream complete", "bytes", size-resume, "wire", snd.wire.Load(), "direct_read", snd.directBytes(), "duration", time.Since(start))
 	return nil
 }
 
@@ -309,6 +315,8 @@ type sender struct {
 	auto    *autoPicker
 	limit   *Limiter
 	workers int
+	// direct reads a block-device source with O_DIRECT (nil: Source.ReadAt).
+	direct *directSource
 
 	hashes [][16]byte
 	data   atomic.Int64
@@ -329,11 +337,45 @@ func newSender(opts Options, src Source, ext []Extent, gr grid, conn net.Conn, l
 		opts: opts, src: src, ext: ext, gr: gr, conn: conn, log: log,
 		codec: codec, limit: NewLimiter(opts.RateLimit), workers: w,
 		hashes: make([][16]byte, gr.blocks()),
+		direct: openDirectSource(src, log),
+	}
+	if s.direct != nil {
+		// O_DIRECT has no readahead: a worker waits for its own read. Two
+		// more workers than CPUs keep the CPUs compressing while up to
+		// w+2 reads are in flight (Window buffers still bound memory).
+		s.workers = w + 2
+		log.Debug("reading the block device with O_DIRECT", "align", s.direct.bufAlign(), "workers", s.workers)
 	}
 	if auto {
 		s.auto = newAutoPicker(w)
 	}
 	return s, nil
+}
+
+// directBytes is how much of the source was read with O_DIRECT.
+func (s *sender) directBytes() int64 {
+	if s.direct == nil {
+		return 0
+	}
+	return s.direct.bytes.Load()
+}
+
+// readBlock fills p from the source at off: the aligned part with O_DIRECT
+// when the source is a block device, the rest through Source.ReadAt. io.EOF
+// from Source.ReadAt is not an error (a source shorter than its Size reads
+// as what it has).
+func (s *sender) readBlock(p []byte, off int64) error {
+	n, err := s.direct.readAt(p, off)
+	if err != nil {
+		return fmt.Errorf("read source at %d (+%d) with O_DIRECT: %w", off, len(p), err)
+	}
+	if n == len(p) {
+		return nil
+	}
+	if _, err := s.src.ReadAt(p[n:], off+int64(n)); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("read source at %d (+%d): %w", off+int64(n), len(p)-n, err)
+	}
+	return nil
 }
 
 // rateWait applies the per-transfer and the shared limiter.
@@ -381,7 +423,7 @@ func (s *sender) run(ctx context.Context, resume int64) error {
 	free := make(chan *sendBuf, s.opts.Window)
 	compCap := max(s2.MaxEncodedLen(int(s.gr.g)), int(s.gr.g+s.gr.g/8+1024)) // no codec ever reallocates
 	for range s.opts.Window {
-		free <- &sendBuf{raw: alignedBuf(int(s.gr.g)), comp: make([]byte, compCap)}
+		free <- &sendBuf{raw: alignedBufTo(int(s.gr.g), s.direct.bufAlign()), comp: make([]byte, compCap)}
 	}
 	type job struct {
 		i   int
@@ -430,8 +472,9 @@ func (s *sender) run(ctx context.Context, resume int64) error {
 				return
 			}
 			// Readahead one window ahead, so a cold source keeps several
-			// reads in flight while the workers compress.
-			if ahead := i + s.opts.Window; ahead < s.gr.blocks() {
+			// reads in flight while the workers compress. O_DIRECT reads
+			// skip the page cache that readahead would fill.
+			if ahead := i + s.opts.Window; ahead < s.gr.blocks() && !s.direct.active() {
 				aoff, an := s.gr.block(ahead)
 				prefetch(s.src, aoff, an)
 			}
@@ -552,8 +595,8 @@ func (s *sender) encodeBlock(ctx context.Context, i int, b *sendBuf) (outFrame, 
 		return outFrame{}, err
 	}
 	raw := b.raw[:n]
-	if _, err := s.src.ReadAt(raw, off); err != nil && !(errors.Is(err, io.EOF)) {
-		return outFrame{}, fmt.Errorf("read source at %d (+%d): %w", off, n, err)
+	if err := s.readBlock(raw, off); err != nil {
+		return outFrame{}, err
 	}
 	if isZero(raw) {
 		s.hashes[i] = zeroHash(int(n))
@@ -612,7 +655,7 @@ func (s *sender) hashPrefix(ctx context.Context, first int) error {
 	if first == 0 {
 		return nil
 	}
-	buf := make([]byte, s.gr.g)
+	buf := alignedBufTo(int(s.gr.g), s.direct.bufAlign())
 	ec := extentCursor{ext: s.ext}
 	for i := 0; i < first; i++ {
 		if ctx.Err() != nil {
@@ -626,8 +669,8 @@ func (s *sender) hashPrefix(ctx context.Context, first int) error {
 			continue
 		}
 		raw := buf[:n]
-		if _, err := s.src.ReadAt(raw, off); err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("read source at %d (+%d): %w", off, n, err)
+		if err := s.readBlock(raw, off); err != nil {
+			return err
 		}
 		if isZero(raw) {
 			s.hashes[i] = zeroHash(int(n))

@@ -68,7 +68,9 @@ func logger(level string) hclog.Logger {
 }
 
 // rawSource is a Source over any file or block device; its size is where
-// the file ends (Stat reports 0 for block devices).
+// the file ends (Stat reports 0 for block devices). It exposes Fd() as
+// cow's devices do, so the sender takes the same paths as in forknode: a
+// block device is read with O_DIRECT, a file with readahead hints.
 type rawSource struct {
 	f    *os.File
 	size int64
@@ -76,6 +78,7 @@ type rawSource struct {
 
 func (s *rawSource) ReadAt(p []byte, off int64) (int, error) { return s.f.ReadAt(p, off) }
 func (s *rawSource) Size() int64                             { return s.size }
+func (s *rawSource) Fd() uintptr                             { return s.f.Fd() }
 
 func openSource(path string) (*rawSource, error) {
 	f, err := os.Open(path)

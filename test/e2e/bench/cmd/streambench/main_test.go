@@ -2,12 +2,18 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/forknode/forknode/internal/testutil"
 	"github.com/forknode/forknode/internal/transfer"
 )
 
@@ -100,6 +106,46 @@ func TestOpenSourceSize(t *testing.T) {
 	}
 	if _, err := openSource(filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Fatal("no error for a missing source")
+	}
+}
+
+// TestOpenSourceBlockDevice: serve hands the sender a Source whose Fd() is
+// the block device itself, so the bench exercises transfer's O_DIRECT path
+// for block devices (transfer's own tests check that path).
+func TestOpenSourceBlockDevice(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireCmd(t, "losetup")
+	img := filepath.Join(t.TempDir(), "img")
+	const size = 4<<20 + 512
+	if err := os.WriteFile(img, bytes.Repeat([]byte{7}, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "-r", "--find", "--show", img).CombinedOutput()
+	if err != nil {
+		testutil.Skip(t, fmt.Sprintf("losetup: %v: %s", err, out))
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
+			t.Errorf("losetup -d %s: %v: %s", dev, err, out)
+		}
+	})
+	s, err := openSource(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.f.Close()
+	var src transfer.Source = s
+	h, ok := src.(interface{ Fd() uintptr })
+	if !ok {
+		t.Fatal("the bench's source exposes no Fd()")
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK || s.Size() != size {
+		t.Fatalf("mode %o size %d: want a block device of %d bytes", st.Mode, s.Size(), size)
 	}
 }
 
