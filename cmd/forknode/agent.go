@@ -13,10 +13,12 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// defaultRateLimit caps one node's outgoing fork streams. 100 MiB/s is
-// under a gigabit link and a small share of an SSD's bandwidth: a fork of a
-// production volume must never starve production itself. Raise it (or 0
-// for unlimited) on dedicated replication links.
+// defaultRateLimit caps one node's fork I/O (streams sent and received,
+// local copies). 100 MiB/s is under a gigabit link and a small share of an
+// SSD's bandwidth: a fork of a production volume must never starve
+// production itself. It is a ceiling: pacing (--pace, on by default) runs
+// forks slower while the host is busy. Raise it (or 0 for unlimited and no
+// pacing) on dedicated replication hosts.
 const defaultRateLimit = 100 << 20
 
 type agentFlags struct {
@@ -24,9 +26,10 @@ type agentFlags struct {
 	bootstrapExpect                                                          int
 	backend, volumeDir, vg, thinPool                                         string
 	overprovision                                                            float64
-	capacity, rateLimit                                                      int64
+	capacity, rateLimit, paceFloor                                           int64
 	keyFile, codec, logLevel                                                 string
-	logJSON                                                                  bool
+	logJSON, pace                                                            bool
+	paceProbe                                                                string
 	nice                                                                     int
 }
 
@@ -50,7 +53,10 @@ func runAgent(args []string) error {
 	fs.StringVar(&f.thinPool, "thin-pool", "", "lvm backend: thin pool LV (default: the VG's only thin pool, else thick)")
 	fs.Float64Var(&f.overprovision, "overprovision", 1, "lvm backend: thin budget = pool size x this ratio")
 	sizeVar(fs, &f.capacity, "capacity", 0, "file backend: capacity budget, e.g. 10GiB (0: free space of the volume dir)")
-	sizeVar(fs, &f.rateLimit, "rate-limit", defaultRateLimit, "outgoing stream bytes/s, e.g. 100MiB (0: unlimited)")
+	sizeVar(fs, &f.rateLimit, "rate-limit", defaultRateLimit, "fork I/O bytes/s of this node (streams sent and received, local copies), e.g. 100MiB (0: unlimited, no pacing)")
+	fs.BoolVar(&f.pace, "pace", true, "run forks below --rate-limit while this host's CPUs are saturated or its disk queues (see README, Pacing)")
+	sizeVar(fs, &f.paceFloor, "pace-floor", 0, "the slowest pacing may run forks, e.g. 20MiB (0: an eighth of --rate-limit)")
+	fs.StringVar(&f.paceProbe, "pace-probe", "", "file on the volumes' disk that pacing times small synchronous writes in (default VOLUME_DIR/.forknode-ioprobe; lvm: DATA_DIR/.forknode-ioprobe)")
 	fs.StringVar(&f.keyFile, "key", "", "cluster key file (required; create one with `forknode keygen`)")
 	fs.StringVar(&f.codec, "codec", "auto", "stream compression: zstd, s2 or auto")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
@@ -73,8 +79,11 @@ func runAgent(args []string) error {
 	if f.name == "" {
 		return usagef("agent: --name is empty (and the hostname is unknown)")
 	}
-	if f.rateLimit < 0 || f.capacity < 0 {
-		return usagef("agent: --rate-limit and --capacity must not be negative")
+	if f.rateLimit < 0 || f.capacity < 0 || f.paceFloor < 0 {
+		return usagef("agent: --rate-limit, --pace-floor and --capacity must not be negative")
+	}
+	if f.rateLimit > 0 && f.paceFloor > f.rateLimit {
+		return usagef("agent: --pace-floor %d is above --rate-limit %d", f.paceFloor, f.rateLimit)
 	}
 	level := hclog.LevelFromString(f.logLevel)
 	if level == hclog.NoLevel {
@@ -105,6 +114,7 @@ func runAgent(args []string) error {
 		Join: join, BootstrapExpect: f.bootstrapExpect,
 		Backend: be, Keys: km, Logger: logger,
 		RateLimit: f.rateLimit, StreamCodec: f.codec,
+		Pace: f.pace, PaceProbe: paceProbePath(f), PaceFloor: f.paceFloor,
 	})
 	if err != nil {
 		return fmt.Errorf("start node: %w", err)
@@ -122,6 +132,20 @@ func runAgent(args []string) error {
 		os.Exit(1)
 	}()
 	return node.Close()
+}
+
+// paceProbePath is where the I/O probe lives: beside the volumes, so it
+// queues behind the same disk as the database's commits.
+func paceProbePath(f agentFlags) string {
+	switch {
+	case f.paceProbe != "":
+		return f.paceProbe
+	case f.backend == "file" && f.volumeDir != "":
+		return filepath.Join(f.volumeDir, ".forknode-ioprobe")
+	case f.backend == "file":
+		return filepath.Join(f.dataDir, "volumes", ".forknode-ioprobe")
+	}
+	return filepath.Join(f.dataDir, ".forknode-ioprobe")
 }
 
 func openBackend(f agentFlags, logger hclog.Logger) (cow.Backend, error) {

@@ -140,7 +140,18 @@ func runStatus(args []string) error {
 	if leader == "" {
 		leader = "(none)"
 	}
-	fmt.Printf("node %s (region %s, raft %s), leader %s\n\n", st.Node, st.Region, st.RaftState, leader)
+	fmt.Printf("node %s (region %s, raft %s), leader %s\n", st.Node, st.Region, st.RaftState, leader)
+	if p := st.Pace; p != nil {
+		why := "idle"
+		switch {
+		case p.Congested != "":
+			why = "backing off: " + p.Congested
+		case p.Active:
+			why = "forks running"
+		}
+		fmt.Printf("fork I/O pacing: %s/s of %s/s (%s)\n", humanSize(p.Rate), humanSize(p.Ceiling), why)
+	}
+	fmt.Println()
 	tw := table(os.Stdout)
 	fmt.Fprintln(tw, "MEMBER\tREGION\tSTATUS\tVOTER\tAPI")
 	for _, m := range st.Members {
@@ -451,11 +462,13 @@ func runForks(args []string) error {
 		return forksList(args[1:])
 	case "show", "get":
 		return forkShow(args[1:])
+	case "cancel":
+		return forkCancel(args[1:])
 	case "-h", "--help", "help":
-		fmt.Println("Usage: forknode forks ls [--json] | forknode forks show ID [--json]")
+		fmt.Println("Usage: forknode forks ls [--json] | forknode forks show ID [--json] | forknode forks cancel ID [--json] [--wait]")
 		return nil
 	}
-	return usagef("forks: unknown subcommand %q: want ls or show", args[0])
+	return usagef("forks: unknown subcommand %q: want ls, show or cancel", args[0])
 }
 
 func forksList(args []string) error {
@@ -545,6 +558,81 @@ func forkShow(args []string) error {
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 	}
 	return tw.Flush()
+}
+
+// cancelWaitBound bounds `forks cancel --wait`: the target's host removes
+// the volume on its next executor pass, seconds at most when it is alive.
+const cancelWaitBound = 2 * time.Minute
+
+func forkCancel(args []string) error {
+	var cf clientFlags
+	fs := newFlagSet("forks cancel", "forks cancel ID [--json] [--wait]")
+	addClientFlags(fs, &cf, true)
+	wait := fs.Bool("wait", false, "wait until the target volume is removed")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("forks cancel", pos, 1, "ID"); err != nil {
+		return err
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	f, err := c.CancelFork(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	if !cf.json {
+		if f.Error == api.ForkCancelledError {
+			fmt.Printf("fork %s cancelled (target volume %s is being removed)\n", f.ID, f.Name)
+		} else {
+			fmt.Printf("fork %s had already failed (%s); target volume %s is being removed\n", f.ID, f.Error, f.Name)
+		}
+	}
+	if *wait {
+		if err := waitVolumeGone(ctx, c, f.TargetVolume, cancelWaitBound); err != nil {
+			return err
+		}
+		if !cf.json {
+			fmt.Printf("target volume %s (%s) removed from %s\n", f.Name, f.TargetVolume, f.TargetHost)
+		}
+	}
+	if cf.json {
+		return printJSON(f)
+	}
+	return nil
+}
+
+// waitVolumeGone polls until the catalog no longer knows the volume: its
+// host removed the data and purged the record. A leader election on the
+// way is waited out.
+func waitVolumeGone(ctx context.Context, c *api.Client, id string, bound time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	t := time.NewTicker(300 * time.Millisecond)
+	defer t.Stop()
+	for {
+		v, err := c.Volume(ctx, id)
+		switch {
+		case api.IsCode(err, api.CodeNotFound):
+			return nil
+		case err == nil, api.IsCode(err, api.CodeNoLeader), api.IsCode(err, api.CodeTimeout), api.IsCode(err, api.CodeUnavailable):
+		default:
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			state := "unknown"
+			if v != nil {
+				state = fmt.Sprintf("%s on %s", v.State, v.Host)
+			}
+			return fmt.Errorf("volume %s still in the catalog (%s) after %s; its host removes it when it can", id, state, bound)
+		case <-t.C:
+		}
+	}
 }
 
 // ---- nodes

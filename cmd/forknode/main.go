@@ -36,7 +36,7 @@ func commands() []command {
 		{"status", "show the cluster: members, leader, per-host capacity", runStatus},
 		{"volume", "manage volumes: create, ls, show, rm, attach, detach", runVolume},
 		{"fork", "fork a volume: fork SOURCE NAME [--via clone|copy|replica|stream] [--wait]", runFork},
-		{"forks", "list or show forks: forks ls | forks show ID", runForks},
+		{"forks", "list, show or cancel forks: forks ls | forks show ID | forks cancel ID", runForks},
 		{"node", "remove a dead node for good: node rm NAME", runNode},
 		{"version", "print the version", func([]string) error { fmt.Println("forknode", version); return nil }},
 	}

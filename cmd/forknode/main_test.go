@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/forknode/forknode/internal/api"
@@ -53,6 +54,8 @@ func TestUsageAndExitCodes(t *testing.T) {
 		{args: []string{"volume", "create", "x", "--size", "1 parsec", "--token", "t"}, code: 2, errText: "unknown unit"},
 		{args: []string{"fork", "only-source", "--token", "t"}, code: 2, errText: "want SOURCE NAME"},
 		{args: []string{"forks", "explode"}, code: 2, errText: "unknown subcommand"},
+		{args: []string{"forks", "help"}, code: 0, out: "forknode forks cancel ID [--json] [--wait]"},
+		{args: []string{"help"}, code: 0, out: "forks cancel ID"},
 		{args: []string{"token"}, code: 2, errText: "--key FILE is required"},
 		{args: []string{"token", "--key", "/nonexistent/k"}, code: 1, errText: "forknode keygen"},
 	} {
@@ -127,6 +130,7 @@ func TestParseInterspersed(t *testing.T) {
 
 // fakeAPI answers a few routes like a node would.
 func fakeAPI(t *testing.T) *httptest.Server {
+	var targetPolls atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "Bearer tok" {
 			w.WriteHeader(401)
@@ -144,6 +148,26 @@ func fakeAPI(t *testing.T) *httptest.Server {
 		case "GET /v1/forks/fork_1":
 			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_1", Name: "pr", State: fsm.ForkReady, Path: fsm.PathStream,
 				BytesDone: 1 << 30, BytesTotal: 1 << 30, WireBytes: 1 << 28, CreatedAt: 1e9, FinishedAt: 3e9}))
+		case "POST /v1/forks/fork_run/cancel":
+			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_run", Name: "pr-run", State: fsm.ForkFailed, Path: fsm.PathStream,
+				TargetVolume: "vol_t", TargetHost: "n2", Error: api.ForkCancelledError, BytesDone: 1 << 28, BytesTotal: 1 << 30}))
+		case "POST /v1/forks/fork_dead/cancel":
+			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_dead", Name: "pr-dead", State: fsm.ForkFailed,
+				TargetVolume: "vol_d", TargetHost: "n2", Error: "source host died"}))
+		case "POST /v1/forks/fork_1/cancel":
+			w.WriteHeader(409)
+			json.NewEncoder(w).Encode(api.ErrorBody{Error: "conflict: fork fork_1 is already ready; remove its volume with `forknode volume rm pr` instead", Code: api.CodeConflict})
+		case "POST /v1/forks/fork_nope/cancel":
+			w.WriteHeader(404)
+			json.NewEncoder(w).Encode(api.ErrorBody{Error: `fork "fork_nope": not found`, Code: api.CodeNotFound})
+		case "GET /v1/volumes/vol_t":
+			// The target's host removes it a moment after the cancel.
+			if targetPolls.Add(1) < 3 {
+				json.NewEncoder(w).Encode(api.Volume{ID: "vol_t", Name: "pr-run", Host: "n2", State: fsm.VolumeFailed})
+				return
+			}
+			w.WriteHeader(404)
+			json.NewEncoder(w).Encode(api.ErrorBody{Error: `volume "vol_t": not found`, Code: api.CodeNotFound})
 		case "POST /v1/forks":
 			var req api.CreateForkRequest
 			if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Source != "db" || req.Via != "stream" {
@@ -179,6 +203,13 @@ func TestClientCommands(t *testing.T) {
 		{args: []string{"volume", "show", "x"}, code: 1, errText: "forknode: volume \"x\": not found"},
 		{args: []string{"fork", "db", "pr", "--via", "stream"}, code: 1, errText: "forknode: no host has room"},
 		{args: []string{"status", "--token", "wrong"}, code: 1, errText: "bearer token"},
+		{args: []string{"forks", "cancel", "fork_run"}, out: []string{"fork fork_run cancelled (target volume pr-run is being removed)"}},
+		{args: []string{"forks", "cancel", "fork_run", "--json"}, out: []string{`"state": "failed"`, `"error": "cancelled by the operator"`}},
+		{args: []string{"forks", "cancel", "fork_run", "--wait"}, out: []string{"fork fork_run cancelled", "target volume pr-run (vol_t) removed from n2"}},
+		{args: []string{"forks", "cancel", "fork_dead"}, out: []string{"fork fork_dead had already failed (source host died)"}},
+		{args: []string{"forks", "cancel", "fork_1"}, code: 1, errText: "forknode: conflict: fork fork_1 is already ready; remove its volume with `forknode volume rm pr` instead"},
+		{args: []string{"forks", "cancel", "fork_nope"}, code: 1, errText: `forknode: fork "fork_nope": not found`},
+		{args: []string{"forks", "cancel"}, code: 2, errText: "want ID"},
 	} {
 		code, out, errOut := capture(t, tc.args...)
 		if code != tc.code || !strings.Contains(errOut, tc.errText) {

@@ -259,6 +259,23 @@ func (c *Client) Fork(ctx context.Context, id string) (*Fork, error) {
 	return &f, nil
 }
 
+// ForkCancelledError is the error a fork records when an operator cancels
+// it (POST /v1/forks/{id}/cancel).
+const ForkCancelledError = "cancelled by the operator"
+
+// CancelFork stops a fork in flight: the fork ends failed, its host removes
+// the target volume and the source releases its snapshot, all
+// asynchronously. Cancelling a failed fork returns it unchanged; a ready
+// fork is refused with CodeConflict (remove its volume instead), and an
+// unknown one with CodeNotFound.
+func (c *Client) CancelFork(ctx context.Context, id string) (*Fork, error) {
+	var f Fork
+	if err := c.Do(ctx, http.MethodPost, "/v1/forks/"+esc(id)+"/cancel", nil, &f, nil); err != nil {
+		return nil, err
+	}
+	return &f, nil
+}
+
 // WaitFork polls a fork every interval until it is ready or failed, calling
 // progress (if non-nil) with each observation. A failed fork is returned
 // with an error carrying its message. Transient errors (no leader, timeout)

@@ -202,3 +202,33 @@ func TestHTTPDerive(t *testing.T) {
 		t.Fatalf("json: %s", b)
 	}
 }
+
+func TestHTTPClientCancelFork(t *testing.T) {
+	var gotMethod, gotPath string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotMethod, gotPath = r.Method, r.URL.EscapedPath()
+		switch r.URL.Path {
+		case "/v1/forks/fork_1/cancel":
+			json.NewEncoder(w).Encode(Derive(fsm.Fork{ID: "fork_1", State: fsm.ForkFailed, Error: ForkCancelledError}))
+		case "/v1/forks/fork_ready/cancel":
+			w.WriteHeader(409)
+			json.NewEncoder(w).Encode(ErrorBody{Error: "conflict: fork fork_ready is already ready", Code: CodeConflict})
+		default:
+			w.WriteHeader(404)
+			json.NewEncoder(w).Encode(ErrorBody{Error: "not found", Code: CodeNotFound})
+		}
+	}))
+	defer srv.Close()
+	c, _ := NewClient(srv.URL, "t")
+	ctx := context.Background()
+	f, err := c.CancelFork(ctx, "fork_1")
+	if err != nil || gotMethod != http.MethodPost || f.State != fsm.ForkFailed || f.Error != ForkCancelledError {
+		t.Fatalf("cancel: %v %s %+v", err, gotMethod, f)
+	}
+	if _, err := c.CancelFork(ctx, "fork_ready"); !IsCode(err, CodeConflict) || !strings.Contains(err.Error(), "already ready") {
+		t.Fatalf("ready: %v", err)
+	}
+	if _, err := c.CancelFork(ctx, "a/b"); !IsCode(err, CodeNotFound) || gotPath != "/v1/forks/a%2Fb/cancel" {
+		t.Fatalf("escaped id: %v path=%q", err, gotPath)
+	}
+}

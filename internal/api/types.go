@@ -2,6 +2,7 @@ package api
 
 import (
 	"github.com/forknode/forknode/internal/fsm"
+	"github.com/forknode/forknode/internal/pace"
 )
 
 // MaxBodyBytes bounds every request body the server reads.
@@ -108,6 +109,9 @@ type Status struct {
 	LeaderAPI string       `json:"leader_api"`
 	Members   []Member     `json:"members"`
 	Hosts     []HostStatus `json:"hosts"`
+	// Pace is the answering node's fork I/O pacing; absent when the node
+	// runs unlimited or with --pace=false.
+	Pace *pace.Status `json:"pace,omitempty"`
 }
 
 // Derive fills the derived fields of a fork from its catalog record. Times

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forknode/forknode/internal/api"
 	"github.com/forknode/forknode/internal/cow"
 	"github.com/forknode/forknode/internal/fsm"
 	"github.com/forknode/forknode/internal/keys"
@@ -507,6 +508,109 @@ func TestClusterStreamSourceDies(t *testing.T) {
 		_, err := be1.Get(context.Background(), "snap_"+fk.TargetVolume)
 		return errors.Is(err, cow.ErrNotFound)
 	})
+}
+
+// An operator cancels a slow fork mid-way through a follower's API: the
+// fork ends failed, the target host removes the partial volume, the source
+// host releases its snapshot, and the source volume is untouched. Both
+// paths that take a snapshot: a stream to another host, a local copy.
+func TestClusterCancelFork(t *testing.T) {
+	for _, tt := range []struct {
+		via    fsm.Path
+		target string
+	}{
+		{fsm.PathStream, "n2"},
+		{fsm.PathCopy, "n1"},
+	} {
+		t.Run(string(tt.via), func(t *testing.T) { testCancelFork(t, tt.via, tt.target) })
+	}
+}
+
+func testCancelFork(t *testing.T, via fsm.Path, target string) {
+	tc := newTestClusterWith(t, []int64{200 * MiB, 200 * MiB}, nil, func(c *Config) {
+		c.RateLimit = 4 * MiB // 48 MiB takes several seconds
+		c.StreamCodec = "none"
+	})
+	src := tc.createVolume(tc.leader(), "big", "app", "n1", 48*MiB)
+	tc.fill(src, 5)
+	before := tc.read("n1", src.ID)
+	fk, err := tc.fork(tc.leader(), fsm.ForkRequest{Source: src.ID, Name: "big-2", Host: target, Via: via})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fk.Path != via || fk.TargetHost != target {
+		t.Fatalf("planned %s to %s, want %s to %s", fk.Path, fk.TargetHost, via, target)
+	}
+	n1, nt := tc.node("n1"), tc.node(target)
+	testutil.Eventually(t, 10*time.Second, "fork under way", func() bool {
+		var f fsm.Fork
+		nt.View(func(s *fsm.State) { f, _ = s.Fork(fk.ID) })
+		return f.BytesDone > 0 && f.BytesDone < f.BytesTotal
+	})
+	if _, err := n1.Backend().Get(context.Background(), "snap_"+fk.TargetVolume); err != nil {
+		t.Fatalf("fork snapshot on n1 before the cancel: %v", err)
+	}
+	api1 := tc.follower()
+	c, err := api.NewClient(api1.APIAddr(), api1.APIToken())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	got, err := c.CancelFork(ctx, fk.ID)
+	if err != nil {
+		t.Fatalf("cancel through %s: %v", api1.Name(), err)
+	}
+	if got.State != fsm.ForkFailed || got.Error != api.ForkCancelledError || got.BytesDone >= got.BytesTotal {
+		t.Fatalf("cancelled fork: %+v", got)
+	}
+	t.Logf("cancelled at %.0f%% through %s", got.Percent, api1.Name())
+	if again, err := c.CancelFork(ctx, fk.ID); err != nil || again.State != fsm.ForkFailed || again.FinishedAt != got.FinishedAt {
+		t.Fatalf("second cancel: %v %+v", err, again)
+	}
+
+	testutil.Eventually(t, 20*time.Second, "target volume gone from the catalog and from "+target, func() bool {
+		var inCatalog bool
+		nt.View(func(s *fsm.State) { _, inCatalog = s.Volume(fk.TargetVolume) })
+		if inCatalog {
+			return false
+		}
+		vols, err := nt.Backend().List(ctx)
+		if err != nil {
+			return false
+		}
+		for _, v := range vols {
+			if v.ID == fk.TargetVolume {
+				return false
+			}
+		}
+		return true
+	})
+	testutil.Eventually(t, 20*time.Second, "snapshot released on n1", func() bool {
+		vols, err := n1.Backend().List(ctx)
+		if err != nil {
+			return false
+		}
+		for _, v := range vols {
+			if v.Kind == cow.KindSnapshot {
+				return false
+			}
+		}
+		return true
+	})
+	// The executor's own end of the cancelled task must not rewrite the
+	// operator's verdict.
+	f, err := c.Fork(ctx, fk.ID)
+	if err != nil || f.State != fsm.ForkFailed || f.Error != api.ForkCancelledError {
+		t.Fatalf("fork after cleanup: %v %+v", err, f)
+	}
+	var sv fsm.Volume
+	n1.View(func(s *fsm.State) { sv, _ = s.Volume(src.ID) })
+	if sv.State != fsm.VolumeReady {
+		t.Fatalf("source volume is %s after the cancel", sv.State)
+	}
+	if !bytes.Equal(tc.read("n1", src.ID), before) {
+		t.Fatal("source volume changed")
+	}
 }
 
 func TestAdvertisable(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/forknode/forknode/internal/cow"
 	"github.com/forknode/forknode/internal/keys"
+	"github.com/forknode/forknode/internal/pace"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -41,8 +42,17 @@ type Config struct {
 	Keys    *keys.Material
 	Logger  hclog.Logger
 
-	// RateLimit caps this node's outgoing stream bytes/s (0 = unlimited).
+	// RateLimit caps this node's fork I/O in bytes/s: stream sends,
+	// stream receives and local copies share it (0 = unlimited, no pacing).
 	RateLimit int64
+	// Pace lets internal/pace lower the rate below RateLimit while the
+	// host's CPUs or disk are busy, and raise it back when they are not.
+	Pace bool
+	// PaceProbe is the file the I/O probe writes to; it must be on the
+	// volumes' disk. Empty: pace on CPU pressure only.
+	PaceProbe string
+	// PaceFloor is the lowest paced rate (0: RateLimit/8).
+	PaceFloor int64
 	// StreamCodec: "zstd", "s2" or "auto".
 	StreamCodec string
 
@@ -71,4 +81,6 @@ type StatusInfo struct {
 	Leader    string       `json:"leader"`
 	LeaderAPI string       `json:"leader_api"`
 	Members   []MemberInfo `json:"members"`
+	// Pace is this node's fork I/O pacing (absent when not pacing).
+	Pace *pace.Status `json:"pace,omitempty"`
 }

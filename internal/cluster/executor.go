@@ -11,6 +11,7 @@ import (
 
 	"github.com/forknode/forknode/internal/cow"
 	"github.com/forknode/forknode/internal/fsm"
+	"github.com/forknode/forknode/internal/pace"
 	"github.com/forknode/forknode/internal/transfer"
 	"github.com/hashicorp/go-hclog"
 )
@@ -35,6 +36,7 @@ type executor struct {
 
 	xfer     *transfer.Server
 	limiter  *transfer.Limiter
+	pacer    *pace.Controller // nil: the limiter holds RateLimit
 	progress time.Duration
 
 	// done holds forks this process finished. The local catalog can lag
@@ -54,9 +56,32 @@ func newExecutor(n *Node) *executor {
 	}
 	if n.cfg.RateLimit > 0 {
 		e.limiter = transfer.NewLimiter(n.cfg.RateLimit)
+		if n.cfg.Pace {
+			e.pacer = newPacer(n.cfg, e.limiter, e.logger.Named("pace"))
+		}
 	}
 	e.xfer = transfer.NewServer(e.openStream, e.streamOptions())
 	return e
+}
+
+// newPacer builds the controller that steers the node's limiter: on CPU
+// run-queue delay always, and on the latency of an I/O probe when the probe
+// file can be made (a failure there only loses that signal).
+func newPacer(cfg Config, lim *transfer.Limiter, log hclog.Logger) *pace.Controller {
+	signals := []pace.Signal{pace.NewCPUSignal()}
+	if cfg.PaceProbe != "" {
+		if p, err := pace.OpenFileProbe(cfg.PaceProbe); err != nil {
+			log.Warn("no I/O probe: pacing on CPU pressure only", "error", err)
+		} else {
+			signals = append(signals, pace.NewLatencySignal(p))
+		}
+	}
+	c, err := pace.New(pace.Config{Ceiling: cfg.RateLimit, Floor: cfg.PaceFloor, Logger: log}, lim, signals...)
+	if err != nil {
+		log.Warn("pacing off", "error", err)
+		return nil
+	}
+	return c
 }
 
 func snapID(targetVolume string) string { return "snap_" + targetVolume }

@@ -93,6 +93,7 @@ func (s *apiServer) handler() http.Handler {
 	mux.HandleFunc("/v1/volumes/{id}/detach", s.methods(map[string]http.HandlerFunc{"POST": s.detach}))
 	mux.HandleFunc("/v1/forks", s.methods(map[string]http.HandlerFunc{"GET": s.listForks, "POST": s.createFork}))
 	mux.HandleFunc("/v1/forks/{id}", s.methods(map[string]http.HandlerFunc{"GET": s.getFork}))
+	mux.HandleFunc("/v1/forks/{id}/cancel", s.methods(map[string]http.HandlerFunc{"POST": s.cancelFork}))
 	mux.HandleFunc("/v1/nodes/{name}", s.methods(map[string]http.HandlerFunc{"DELETE": s.removeNode}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such route: %s %s", r.Method, r.URL.Path))
@@ -491,7 +492,7 @@ func (s *apiServer) waitFor(ctx context.Context, done func(st *fsm.State) bool) 
 func (s *apiServer) status(w http.ResponseWriter, r *http.Request) {
 	si := s.b.Status()
 	out := api.Status{Node: si.Node, Region: si.Region, RaftState: si.RaftState,
-		Leader: si.Leader, LeaderAPI: si.LeaderAPI, Members: []api.Member{}, Hosts: []api.HostStatus{}}
+		Leader: si.Leader, LeaderAPI: si.LeaderAPI, Members: []api.Member{}, Hosts: []api.HostStatus{}, Pace: si.Pace}
 	for _, m := range si.Members {
 		out.Members = append(out.Members, api.Member(m))
 	}
@@ -767,6 +768,44 @@ func (s *apiServer) getFork(w http.ResponseWriter, r *http.Request) {
 	f, err := s.lookupFork(ctx, r.PathValue("id"))
 	if err != nil {
 		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.Derive(f))
+}
+
+// cancelFork stops a fork in flight by failing it in the catalog, the same
+// way the leader fails a fork whose host died: the target's executor then
+// cancels its task and removes the target volume, and the source releases
+// its stream snapshot. A failed fork is answered as is (a retried cancel is
+// not an error); a ready one is refused, since its volume is now the
+// operator's to remove.
+func (s *apiServer) cancelFork(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := s.ctx(r, s.reqTO)
+	defer cancel()
+	f, err := s.lookupFork(ctx, r.PathValue("id"))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if f.State != fsm.ForkReady && f.State != fsm.ForkFailed {
+		res, err := s.apply(ctx, fsm.CmdFinishFork, &fsm.FinishForkCmd{ForkID: f.ID, OK: false, Error: api.ForkCancelledError})
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		// A fork that finished between the lookup and the apply comes back
+		// unchanged, ready or failed: answer for what it is now.
+		if f, err = asFork(res); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		if f.State == fsm.ForkFailed && f.Error == api.ForkCancelledError {
+			s.log.Info("fork cancelled by the operator", "fork", f.ID, "target", f.TargetVolume, "host", f.TargetHost)
+		}
+	}
+	if f.State == fsm.ForkReady {
+		s.fail(w, r, fmt.Errorf("%w: fork %s is already ready; remove its volume with `forknode volume rm %s` instead",
+			fsm.ErrConflict, f.ID, f.Name))
 		return
 	}
 	writeJSON(w, http.StatusOK, api.Derive(f))

@@ -742,3 +742,101 @@ func TestHTTPRemoveNode(t *testing.T) {
 		t.Fatalf("remove unknown: %v", err)
 	}
 }
+
+// finishingNode finishes a fork ready just before the first FinishFork it
+// forwards: the fork's executor winning the race with an operator's cancel.
+type finishingNode struct {
+	*memNode
+	fork string
+	once sync.Once
+}
+
+func (n *finishingNode) Apply(ctx context.Context, t fsm.CommandType, cmd any) (any, error) {
+	if t == fsm.CmdFinishFork {
+		n.once.Do(func() {
+			n.cat.apply(fsm.CmdFinishFork, &fsm.FinishForkCmd{ForkID: n.fork, OK: true})
+		})
+	}
+	return n.memNode.Apply(ctx, t, cmd)
+}
+
+func TestHTTPCancelFork(t *testing.T) {
+	e := newEnv(t)
+	c, _ := api.NewClient(e.srv2.URL, testToken)
+	ctx := context.Background()
+	mk := func(name string) api.Fork {
+		t.Helper()
+		f, err := c.CreateFork(ctx, api.CreateForkRequest{Source: "db", Name: name}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *f
+	}
+	running, ready, died := mk("pr-run"), mk("pr-ready"), mk("pr-died")
+	e.mustApply(fsm.CmdForkProgress, &fsm.ForkProgressCmd{ForkID: running.ID, BytesDone: 64 * mib, BytesTotal: 256 * mib})
+	e.mustApply(fsm.CmdFinishFork, &fsm.FinishForkCmd{ForkID: ready.ID, OK: true})
+	e.mustApply(fsm.CmdFinishFork, &fsm.FinishForkCmd{ForkID: died.ID, OK: false, Error: "source host died"})
+
+	var firstFinish int64
+	for _, tc := range []struct {
+		name, method, id string
+		status           int
+		code, msg        string // error answers
+		err              string // fork answers: its error
+	}{
+		{name: "in flight", method: "POST", id: running.ID, status: 200, err: api.ForkCancelledError},
+		{name: "again is idempotent", method: "POST", id: running.ID, status: 200, err: api.ForkCancelledError},
+		{name: "failed for another reason", method: "POST", id: died.ID, status: 200, err: "source host died"},
+		{name: "ready", method: "POST", id: ready.ID, status: 409, code: api.CodeConflict,
+			msg: "fork " + ready.ID + " is already ready; remove its volume with `forknode volume rm pr-ready` instead"},
+		{name: "unknown", method: "POST", id: "fork_nope", status: 404, code: api.CodeNotFound, msg: `fork "fork_nope"`},
+		{name: "wrong method", method: "GET", id: running.ID, status: 405, code: api.CodeMethodNotAllowed, msg: "allowed: POST"},
+	} {
+		r := do(t, e.srv2, tc.method, "/v1/forks/"+tc.id+"/cancel", testToken, nil)
+		if r.status != tc.status {
+			t.Errorf("%s: status %d, want %d: %s", tc.name, r.status, tc.status, r.body)
+			continue
+		}
+		if tc.code != "" {
+			if eb := r.errBody(t); eb.Code != tc.code || !strings.Contains(eb.Error, tc.msg) {
+				t.Errorf("%s: error %+v, want code %s with %q", tc.name, eb, tc.code, tc.msg)
+			}
+			continue
+		}
+		var f api.Fork
+		if err := json.Unmarshal(r.body, &f); err != nil {
+			t.Fatalf("%s: %v: %s", tc.name, err, r.body)
+		}
+		if f.ID != tc.id || f.State != fsm.ForkFailed || f.Error != tc.err || f.FinishedAt == 0 {
+			t.Errorf("%s: fork %+v, want failed with %q", tc.name, f, tc.err)
+		}
+		if tc.id == running.ID {
+			// The second cancel answers the record the first one wrote.
+			if firstFinish != 0 && f.FinishedAt != firstFinish {
+				t.Errorf("%s: finished at %d, first cancel finished it at %d", tc.name, f.FinishedAt, firstFinish)
+			}
+			firstFinish = f.FinishedAt
+		}
+	}
+	// The target volume is failed, for its host's executor to remove.
+	if v, err := c.Volume(ctx, running.TargetVolume); err != nil || v.State != fsm.VolumeFailed {
+		t.Fatalf("target after cancel: %v %+v", err, v)
+	}
+	if v, err := c.Volume(ctx, ready.TargetVolume); err != nil || v.State != fsm.VolumeReady {
+		t.Fatalf("ready fork's volume after a refused cancel: %v %+v", err, v)
+	}
+
+	// The fork finishes ready between the lookup and the apply: 409, and
+	// the volume stays ready.
+	late := mk("pr-late")
+	fn := &finishingNode{memNode: e.n1, fork: late.ID}
+	srv := httptest.NewServer(newAPIServer(fn, nil, NewID).handler())
+	t.Cleanup(srv.Close)
+	rc, _ := api.NewClient(srv.URL, testToken)
+	if _, err := rc.CancelFork(ctx, late.ID); !api.IsCode(err, api.CodeConflict) || !strings.Contains(err.Error(), "already ready") {
+		t.Fatalf("cancel racing a finish: %v", err)
+	}
+	if f, err := rc.Fork(ctx, late.ID); err != nil || f.State != fsm.ForkReady || f.Error != "" {
+		t.Fatalf("raced fork: %v %+v", err, f)
+	}
+}

@@ -142,6 +142,9 @@ func New(cfg Config) (*Node, error) {
 	n.goFn(n.bootstrapLoop)
 	n.goFn(n.leaderLoop)
 	n.goFn(n.exec.run)
+	if n.exec.pacer != nil {
+		n.goFn(func() { n.exec.pacer.Run(n.ctx) })
+	}
 	ok = true
 	n.logger.Info("node started", "cluster_addr", n.clusterAddr, "api_addr", n.apiAddr,
 		"gossip_addr", cfg.GossipAddr, "region", cfg.Region, "backend", feat.Backend, "clone", feat.Clone,
@@ -399,6 +402,10 @@ func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 // Status is this node's view of the cluster.
 func (n *Node) Status() StatusInfo {
 	st := StatusInfo{Node: n.cfg.Name, Region: n.cfg.Region, RaftState: n.raft.State().String()}
+	if n.exec.pacer != nil {
+		ps := n.exec.pacer.Status()
+		st.Pace = &ps
+	}
 	_, leaderID := n.raft.LeaderWithID()
 	st.Leader = string(leaderID)
 	voters := map[string]bool{}

@@ -3,6 +3,7 @@ package transfer
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -17,6 +18,7 @@ type Limiter struct {
 	burst  float64
 	tokens float64
 	last   time.Time
+	taken  atomic.Int64 // bytes asked for, ever: lets a pacer see activity
 }
 
 // NewLimiter returns a limiter of bytesPerSec, or nil (unlimited) for ≤ 0.
@@ -24,9 +26,47 @@ func NewLimiter(bytesPerSec int64) *Limiter {
 	if bytesPerSec <= 0 {
 		return nil
 	}
-	r := float64(bytesPerSec)
-	burst := min(r/4, 256<<10) // small burst: a limit should hold over short spans too
-	return &Limiter{rate: r, burst: burst, tokens: burst, last: time.Now()}
+	l := &Limiter{last: time.Now()}
+	l.rate, l.burst = float64(bytesPerSec), burstFor(float64(bytesPerSec))
+	l.tokens = l.burst
+	return l
+}
+
+// burstFor is small: a limit should hold over short spans too.
+func burstFor(rate float64) float64 { return min(rate/4, 256<<10) }
+
+// SetRate changes the rate from now on (internal/pace steers it); ≤ 0 is
+// ignored, as a shared limiter cannot turn into "unlimited" under running
+// transfers. Waits already computed keep their length.
+func (l *Limiter) SetRate(bytesPerSec int64) {
+	if l == nil || bytesPerSec <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
+	l.last = now
+	l.rate, l.burst = float64(bytesPerSec), burstFor(float64(bytesPerSec))
+	l.tokens = min(l.tokens, l.burst)
+}
+
+// Rate is the current rate in bytes/s (0 for a nil limiter: unlimited).
+func (l *Limiter) Rate() int64 {
+	if l == nil {
+		return 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return int64(l.rate)
+}
+
+// Taken is the number of bytes WaitN has been asked for since creation.
+func (l *Limiter) Taken() int64 {
+	if l == nil {
+		return 0
+	}
+	return l.taken.Load()
 }
 
 // WaitN takes n bytes from the bucket, sleeping until they are paid for.
@@ -34,6 +74,7 @@ func (l *Limiter) WaitN(ctx context.Context, n int) error {
 	if l == nil || n <= 0 {
 		return ctx.Err()
 	}
+	l.taken.Add(int64(n))
 	l.mu.Lock()
 	now := time.Now()
 	l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)

@@ -334,6 +334,14 @@ func (p *puller) stream(ctx context.Context, conn net.Conn) error {
 				// connection failed: it moves the resume point forward.
 				// Only a local write failure stops the writes.
 				if !writeFailed.Load() {
+					if j.h.Type == TypeData {
+						// The node's shared limiter paces this host's
+						// writes too (internal/pace lowers it while the
+						// disk is busy); TCP carries the slowdown back to
+						// the sender. Only pacing: an error here is the
+						// context's, and the frame is applied anyway.
+						_ = p.opts.Limiter.WaitN(ctx, int(j.h.Length))
+					}
 					if err := p.apply(j); err != nil {
 						var perm permanentError
 						if errors.As(err, &perm) {

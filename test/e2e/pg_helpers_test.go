@@ -297,6 +297,7 @@ type pgCluster struct {
 	fss       []*pgLoopFS
 	volDirs   []string
 	rateLimit string
+	extraArgs []string // appended to every agent's flags (benchmarks)
 }
 
 // startPGCluster builds the binary, the filesystems, the namespaces and
@@ -353,8 +354,10 @@ func (c *pgCluster) pgAgentArgs(i int, join bool) []string {
 		"--key", c.key, "--log-level", "debug",
 	}
 	if c.rateLimit != "" {
-		args = append(args, "--rate-limit", c.rateLimit)
+		// A test that names a rate times its faults by it: keep it fixed.
+		args = append(args, "--rate-limit", c.rateLimit, "--pace=false")
 	}
+	args = append(args, c.extraArgs...)
 	if join {
 		var j []string
 		for o := range c.env.hosts {

@@ -77,7 +77,8 @@ func slowStreamCluster(t *testing.T, size int64, namespaces int) (*faultCluster,
 	c := startFaultCluster(t, faultOpts{nodes: 3, namespaces: namespaces, extra: func(i int) []string {
 		a := []string{"--capacity", "2GiB"}
 		if i == 0 {
-			a = append(a, "--rate-limit", "20MiB")
+			// Fixed, not paced: the faults are timed by this rate.
+			a = append(a, "--rate-limit", "20MiB", "--pace=false")
 		}
 		return a
 	}})
