@@ -110,6 +110,7 @@ func New(cfg Config, lim Limiter, signals ...Signal) (*Controller, error) {
 	cfg.defaults()
 	c := &Controller{cfg: cfg, lim: lim, signals: signals}
 	c.rate = c.startRate()
+	c.last = Status{Rate: c.rate, Ceiling: cfg.Ceiling} // before Run's first tick
 	return c, nil
 }
 

@@ -53,6 +53,16 @@ func (s *fakeSignal) Sample() (bool, string, error) {
 	return s.congested.Load(), "x", nil
 }
 
+func TestNewStatusBeforeRun(t *testing.T) {
+	c, err := New(Config{Ceiling: 40 << 20}, &fakeLimiter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := c.Status(); st.Rate != 10<<20 || st.Ceiling != 40<<20 || st.Active {
+		t.Fatalf("status before Run = %+v, want the start rate under a 40 MiB/s ceiling", st)
+	}
+}
+
 func TestNewRejects(t *testing.T) {
 	if _, err := New(Config{}, &fakeLimiter{}); err == nil {
 		t.Fatal("New without a ceiling succeeded")
