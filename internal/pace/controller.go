@@ -133,7 +133,7 @@ func (c *Controller) Status() Status {
 func (c *Controller) Run(ctx context.Context) {
 	defer c.lim.SetRate(c.cfg.Ceiling)
 	start := c.startRate()
-	c.set(start)
+	c.lim.SetRate(start) // New set c.rate and the status to it
 	taken := c.lim.Taken()
 	var lastMove, lastSample time.Time
 	t := time.NewTicker(c.cfg.Interval)
@@ -201,11 +201,4 @@ func (c *Controller) record(rate int64, active bool, fired string, now time.Time
 	if changed {
 		c.lim.SetRate(rate)
 	}
-}
-
-func (c *Controller) set(rate int64) {
-	c.mu.Lock()
-	c.rate = rate
-	c.mu.Unlock()
-	c.lim.SetRate(rate)
 }

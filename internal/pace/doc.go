@@ -1,4 +1,5 @@
-// Package pace adapts a node's fork I/O rate to what its disk can spare.
+// Package pace adapts a node's fork I/O rate to what its CPUs and disk can
+// spare.
 //
 // A fork copies or streams a whole volume while the database on that host
 // keeps running. A fixed rate limit is either too high (the database's
@@ -25,10 +26,11 @@
 // probe write every 200 ms, only during forks) and every IdleInterval
 // otherwise, to keep their baselines fresh.
 //
-// The rule (Step) is AIMD: a probe slower than Base·Factor + Slack cuts the
-// rate by Backoff, down to Floor so a fork always progresses; a probe at or
-// under it adds Ceiling/Ramp. Base is the minimum over the last History
-// (kept in ten-second buckets, so it follows a disk whose idle latency
-// changes). An idle node waits at a quarter of the ceiling, so a new fork
+// The rule (Step) is AIMD: a sample in which any signal fires cuts the rate
+// by Backoff, down to Floor so a fork always progresses; a quiet sample adds
+// (Ceiling-Floor)/Ramp. The disk signal fires when the probe's filtered
+// delay exceeds Base·Factor + Slack, Base being the minimum over the last
+// History (kept in ten-second buckets, so it follows a disk whose idle
+// latency changes). An idle node waits at a quarter of the ceiling, so a new fork
 // starts gently and climbs.
 package pace

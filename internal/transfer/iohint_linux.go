@@ -20,6 +20,20 @@ type writeBacker interface {
 // prefetcher matches cow.Prefetcher: start reading a range ahead of need.
 type prefetcher interface{ Prefetch(off, n int64) }
 
+// fdStat returns the descriptor behind v (a Source or Sink exposing Fd())
+// and what fstat says of it; ok is false when there is none or fstat fails.
+func fdStat(v any) (fd int, st unix.Stat_t, ok bool) {
+	h, isFd := v.(fdHolder)
+	if !isFd {
+		return 0, st, false
+	}
+	fd = int(h.Fd())
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, st, false
+	}
+	return fd, st, true
+}
+
 // startWriteback asks the kernel to begin writing [off, off+n) back now
 // (sync_file_range WRITE, no wait). Advisory: errors are ignored.
 func startWriteback(s Sink, off, n int64) {
@@ -55,17 +69,12 @@ func prefetch(s Source, off, n int64) {
 // descriptor opened read-only, or a regular file whose size is not the
 // sink's, is never written behind the sink's back.
 func openDirect(s Sink) *os.File {
-	h, ok := s.(fdHolder)
+	fd, st, ok := fdStat(s)
 	if !ok {
 		return nil
 	}
-	fd := int(h.Fd())
 	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
 	if err != nil || fl&unix.O_ACCMODE == unix.O_RDONLY {
-		return nil
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
 		return nil
 	}
 	switch st.Mode & unix.S_IFMT {
@@ -100,13 +109,8 @@ func directRefused(err error) bool {
 // it is backed by a file descriptor, so known holes are skipped without
 // reading them. nil means unknown (scan everything).
 func dataExtents(s Source, size int64) []Extent {
-	h, ok := s.(fdHolder)
-	if !ok {
-		return nil
-	}
-	fd := int(h.Fd())
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+	fd, st, ok := fdStat(s)
+	if !ok || st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return nil // block devices report no holes
 	}
 	var out []Extent

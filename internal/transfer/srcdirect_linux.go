@@ -39,13 +39,8 @@ const maxDirectAlign = MinChunk
 // A source that exposes Fd() promises that ReadAt(p, off) reads offset off
 // of that descriptor (as *os.File and cow's devices do).
 func openDirectSource(s Source, log hclog.Logger) *directSource {
-	h, ok := s.(fdHolder)
-	if !ok {
-		return nil
-	}
-	fd := int(h.Fd())
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+	fd, st, ok := fdStat(s)
+	if !ok || st.Mode&unix.S_IFMT != unix.S_IFBLK {
 		return nil
 	}
 	lbs, err := unix.IoctlGetInt(fd, unix.BLKSSZGET)

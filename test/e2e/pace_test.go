@@ -68,6 +68,8 @@ func TestPacingBacksOffUnderCPULoad(t *testing.T) {
 	t.Logf("source paced at %d MiB/s of %d (%s)", paced.Pace.Rate/mib, paced.Pace.Ceiling/mib, paced.Pace.Congested)
 	if out, err := c.cli(ctx, 0, "status"); err != nil || !strings.Contains(out, "fork I/O pacing:") {
 		t.Errorf("forknode status does not show the pace: %v\n%s", err, out)
+	} else {
+		t.Logf("forknode status:\n%s", out)
 	}
 	stopHogs()
 

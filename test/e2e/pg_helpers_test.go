@@ -656,18 +656,8 @@ func (c *pgCluster) leaks(ctx context.Context, allowAttached map[string]bool) st
 // waitNoLeaks polls leaks until it is empty.
 func (c *pgCluster) waitNoLeaks(t testing.TB, timeout time.Duration, allowAttached map[string]bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		p := c.leaks(ctx, allowAttached)
-		cancel()
-		if p == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("leaks after %s: %s", timeout, p)
-		}
-		time.Sleep(500 * time.Millisecond)
+	if !c.checkNoLeaks(t, timeout, allowAttached) {
+		t.FailNow()
 	}
 }
 
