@@ -19,13 +19,18 @@
 #
 # Env: STREAM_PAIRS (rounds, default 5), STREAM_CODECS (default "zstd s2"),
 # STREAM_SOURCES (default "file loop"), STREAM_WORK (scratch dir, default a
-# new dir beside IMG). Prints RUN lines per transfer and BENCH lines per
-# source and codec:
+# new dir beside IMG), STREAM_CPUPROFILE (a directory: each forknode run
+# writes SRC-CODEC-ROUND.{serve,pull}.pprof there), STREAM_SERVE_ENV and
+# STREAM_PULL_ENV (VAR=value words for that side's process, e.g.
+# GOMAXPROCS=1). Prints RUN lines per transfer and BENCH lines per source
+# and codec:
 #   wall_ratio_median  median over rounds of forknode wall / baseline wall (lower is better)
 #   mbps               volume size / forknode wall, MB/s (median)
 #   *_cpu_s            user+sys CPU seconds of the sending/receiving side (median)
 #   wire_bytes         bytes received on B's veth during the run (IP+TCP included; median)
 #   *_rss_mb           peak RSS of the largest process on that side (max over rounds)
+#   host_busy_s        CPU seconds the whole machine was busy during the run, both sides and
+#                      kernel work (loop driver, softirqs, writeback) included (median)
 #   cmp                every result compared byte for byte with the source (imgcmp: cmp(1) that skips common holes)
 #
 # Needs root, iproute2 (netns, veth), socat, zstd, GNU time (/usr/bin/time).
@@ -106,6 +111,11 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
 # cpu_rss FILE: "cpu_seconds rss_kb" from a GNU time -f "$TIMEFMT" file.
 cpu_rss() { tail -n1 "$1" | awk '{printf "%.2f %d", $2 + $3, $4}'; }
+# host_cpu: "busy idle" jiffies of the whole machine (both "hosts" share it,
+# and kernel work such as the loop driver, softirqs and writeback is in no
+# process's rusage). idle counts iowait too.
+host_cpu() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
+HZ=$(getconf CLK_TCK)
 wait_listen() { # wait_listen NS PORT
 	for _ in $(seq 500); do
 		ip netns exec "$1" ss -Hltn "sport = :$2" | grep -q . && return 0
@@ -116,18 +126,20 @@ wait_listen() { # wait_listen NS PORT
 }
 
 # record KIND CODEC SRCNAME ROUND SRC T0 T1 RX0 — verify and print a RUN line.
+# HOST0 and HOST1 hold host_cpu readings taken at T0 and T1.
 record() {
 	local kind=$1 codec=$2 src=$3 round=$4 path=$5 t0=$6 t1=$7 rx0=$8
-	local rx1 secs scpu srss rcpu rrss ok=ok
+	local rx1 secs scpu srss rcpu rrss ok=ok hbusy hidle
 	rx1=$(rx_bytes)
 	secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b - a}')
 	read -r scpu srss <<<"$(cpu_rss "$WORK/send.time")"
 	read -r rcpu rrss <<<"$(cpu_rss "$WORK/recv.time")"
+	read -r hbusy hidle <<<"$(awk -v hz="$HZ" -v a="$HOST0" -v b="$HOST1" 'BEGIN{split(a, x, " "); split(b, y, " "); printf "%.2f %.2f", (y[1]-x[1])/hz, (y[2]-x[2])/hz}')"
 	[ "$(stat -c %s "$OUT")" = "$SIZE" ] || ok=SIZE
 	"$IC" "$path" "$OUT" >&2 || ok=DIFF # cmp(1), faster on sparse images
 	local alloc
 	alloc=$(du --block-size=1 "$OUT" | cut -f1)
-	echo "RUN kind=$kind codec=$codec src=$src round=$round seconds=$secs send_cpu_s=$scpu recv_cpu_s=$rcpu send_rss_kb=$srss recv_rss_kb=$rrss wire_bytes=$((rx1 - rx0)) out_allocated=$alloc cmp=$ok" | tee -a "$WORK/runs"
+	echo "RUN kind=$kind codec=$codec src=$src round=$round seconds=$secs send_cpu_s=$scpu recv_cpu_s=$rcpu send_rss_kb=$srss recv_rss_kb=$rrss host_busy_s=$hbusy host_idle_s=$hidle wire_bytes=$((rx1 - rx0)) out_allocated=$alloc cmp=$ok" | tee -a "$WORK/runs"
 	rm -f "$OUT"
 	[ "$ok" = ok ] || { echo "stream.sh: $kind $codec $src round $round: result differs from source ($ok)" >&2; return 1; }
 }
@@ -143,29 +155,39 @@ run_baseline() { # run_baseline SRCNAME ROUND PATH
 	PIDS+=("$rpid")
 	wait_listen "$NSB" "$PORT"
 	rx0=$(rx_bytes)
+	HOST0=$(host_cpu)
 	t0=$(now)
 	ip netns exec "$NSA" /usr/bin/time -f "$TIMEFMT" -o "$WORK/send.time" sh -c \
 		"dd if='$path' bs=1M status=none | zstd -1 -T0 -q | socat -u - TCP:$ADDR_B:$PORT"
 	wait "$rpid"
 	t1=$(now)
+	HOST1=$(host_cpu)
 	PIDS=()
 	record baseline zstd-1 "$src" "$round" "$path" "$t0" "$t1" "$rx0"
 }
 
 run_ours() { # run_ours SRCNAME ROUND PATH CODEC
 	local src=$1 round=$2 path=$3 codec=$4 t0 t1 rx0 spid
+	local sprof=() pprof=()
+	if [ -n "${STREAM_CPUPROFILE:-}" ]; then
+		mkdir -p "$STREAM_CPUPROFILE"
+		sprof=(-cpuprofile "$STREAM_CPUPROFILE/$src-$codec-$round.serve.pprof")
+		pprof=(-cpuprofile "$STREAM_CPUPROFILE/$src-$codec-$round.pull.pprof")
+	fi
 	PORT=$((PORT + 1))
 	rm -f "$OUT"
 	drop_caches
 	rx0=$(rx_bytes)
+	HOST0=$(host_cpu)
 	t0=$(now)
-	ip netns exec "$NSA" /usr/bin/time -f "$TIMEFMT" -o "$WORK/send.time" \
-		"$SB" serve -listen "$ADDR_A:$PORT" -src "$path" -codec "$codec" 2>"$WORK/serve.log" &
+	ip netns exec "$NSA" env ${STREAM_SERVE_ENV:-} /usr/bin/time -f "$TIMEFMT" -o "$WORK/send.time" \
+		"$SB" serve -listen "$ADDR_A:$PORT" -src "$path" -codec "$codec" "${sprof[@]}" 2>"$WORK/serve.log" &
 	spid=$!
 	PIDS+=("$spid")
-	ip netns exec "$NSB" /usr/bin/time -f "$TIMEFMT" -o "$WORK/recv.time" \
-		"$SB" pull -connect "$ADDR_A:$PORT" -out "$OUT" -size "$SIZE" >"$WORK/pull.out"
+	ip netns exec "$NSB" env ${STREAM_PULL_ENV:-} /usr/bin/time -f "$TIMEFMT" -o "$WORK/recv.time" \
+		"$SB" pull -connect "$ADDR_A:$PORT" -out "$OUT" -size "$SIZE" "${pprof[@]}" >"$WORK/pull.out"
 	t1=$(now)
+	HOST1=$(host_cpu)
 	wait "$spid"
 	PIDS=()
 	grep -h '^SERVE' "$WORK/serve.log" >&2 || true
@@ -236,6 +258,7 @@ for src in $SOURCES; do
 	b_line="baseline_mbps=$(awk -v s="$SIZE" -v t="$b_med" 'BEGIN{printf "%.1f", s/1e6/t}') baseline_seconds=$b_med"
 	b_line+=" baseline_send_cpu_s=$(field send_cpu_s kind=baseline "src=$src" | median)"
 	b_line+=" baseline_recv_cpu_s=$(field recv_cpu_s kind=baseline "src=$src" | median)"
+	b_line+=" baseline_host_busy_s=$(field host_busy_s kind=baseline "src=$src" | median)"
 	b_line+=" baseline_wire_bytes=$(field wire_bytes kind=baseline "src=$src" | median)"
 	b_line+=" baseline_send_rss_mb=$(field send_rss_kb kind=baseline "src=$src" | maxv | awk '{printf "%.1f", $1/1024}')"
 	b_line+=" baseline_recv_rss_mb=$(field recv_rss_kb kind=baseline "src=$src" | maxv | awk '{printf "%.1f", $1/1024}')"
@@ -251,6 +274,7 @@ for src in $SOURCES; do
 		echo "BENCH name=stream src=$src codec=$codec pairs=$PAIRS size=$SIZE wall_ratio_median=$ratio mbps=$mbps seconds=$o_med" \
 			"send_cpu_s=$(field send_cpu_s kind=forknode "codec=$codec" "src=$src" | median)" \
 			"recv_cpu_s=$(field recv_cpu_s kind=forknode "codec=$codec" "src=$src" | median)" \
+			"host_busy_s=$(field host_busy_s kind=forknode "codec=$codec" "src=$src" | median)" \
 			"wire_bytes=$wire wire_ratio=$(awk -v a="$wire" -v b="$(field wire_bytes kind=baseline "src=$src" | median)" 'BEGIN{printf "%.3f", a/b}')" \
 			"send_rss_mb=$(field send_rss_kb kind=forknode "codec=$codec" "src=$src" | maxv | awk '{printf "%.1f", $1/1024}')" \
 			"recv_rss_mb=$(field recv_rss_kb kind=forknode "codec=$codec" "src=$src" | maxv | awk '{printf "%.1f", $1/1024}')" \

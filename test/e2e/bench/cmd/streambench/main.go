@@ -27,6 +27,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -61,6 +62,23 @@ func main() {
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: streambench serve -listen ADDR -src PATH [-codec zstd|s2] [-extents auto|seek|scan] [-sessions N]\n       streambench pull -connect ADDR -out PATH -size BYTES")
 	os.Exit(2)
+}
+
+// startProfile starts a CPU profile into path ("" = none); the returned
+// func stops it and closes the file.
+func startProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func logger(level string) hclog.Logger {
@@ -136,9 +154,15 @@ func serve(args []string) error {
 	mode := fs.String("extents", "auto", "auto, seek or scan")
 	sessions := fs.Int("sessions", 1, "exit after this many completed sessions (0: never)")
 	level := fs.String("log", "warn", "log level")
+	prof := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	stopProf, err := startProfile(*prof)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer stopProf()
 	if *listen == "" || *src == "" {
 		return errors.New("serve: -listen and -src are required")
 	}
@@ -207,9 +231,15 @@ func pull(args []string) error {
 	size := fs.Int64("size", 0, "volume size in bytes")
 	wait := fs.Duration("wait", 20*time.Second, "keep retrying the first connection this long (the server may still be starting)")
 	level := fs.String("log", "warn", "log level")
+	prof := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	stopProf, err := startProfile(*prof)
+	if err != nil {
+		return fmt.Errorf("pull: %w", err)
+	}
+	defer stopProf()
 	if *connect == "" || *out == "" || *size <= 0 {
 		return errors.New("pull: -connect, -out and -size > 0 are required")
 	}
