@@ -22,7 +22,8 @@
 # new dir beside IMG), STREAM_CPUPROFILE (a directory: each forknode run
 # writes SRC-CODEC-ROUND.{serve,pull}.pprof there), STREAM_SERVE_ENV and
 # STREAM_PULL_ENV (VAR=value words for that side's process, e.g.
-# GOMAXPROCS=1). Prints RUN lines per transfer and BENCH lines per source
+# GOMAXPROCS=1), STREAM_SERVE_FLAGS (more streambench serve flags, e.g.
+# "-chunk 524288"). Prints RUN lines per transfer and BENCH lines per source
 # and codec:
 #   wall_ratio_median  median over rounds of forknode wall / baseline wall (lower is better)
 #   mbps               volume size / forknode wall, MB/s (median)
@@ -181,7 +182,7 @@ run_ours() { # run_ours SRCNAME ROUND PATH CODEC
 	HOST0=$(host_cpu)
 	t0=$(now)
 	ip netns exec "$NSA" env ${STREAM_SERVE_ENV:-} /usr/bin/time -f "$TIMEFMT" -o "$WORK/send.time" \
-		"$SB" serve -listen "$ADDR_A:$PORT" -src "$path" -codec "$codec" "${sprof[@]}" 2>"$WORK/serve.log" &
+		"$SB" serve -listen "$ADDR_A:$PORT" -src "$path" -codec "$codec" ${STREAM_SERVE_FLAGS:-} "${sprof[@]}" 2>"$WORK/serve.log" &
 	spid=$!
 	PIDS+=("$spid")
 	ip netns exec "$NSB" env ${STREAM_PULL_ENV:-} /usr/bin/time -f "$TIMEFMT" -o "$WORK/recv.time" \

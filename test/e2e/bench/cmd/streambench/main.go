@@ -2,7 +2,7 @@
 // between two real processes, so that the stream benchmark measures what a
 // fork across hosts does: real TCP, real files, real fsync.
 //
-//	streambench serve -listen ADDR -src PATH [-codec zstd|s2] [-extents auto|seek|scan] [-sessions 1]
+//	streambench serve -listen ADDR -src PATH [-codec zstd|s2] [-extents auto|seek|scan] [-sessions 1] [-chunk BYTES] [-window N]
 //	streambench pull  -connect ADDR -out PATH -size BYTES
 //
 // serve streams PATH (an image file, or a block device such as a read-only
@@ -60,7 +60,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: streambench serve -listen ADDR -src PATH [-codec zstd|s2] [-extents auto|seek|scan] [-sessions N]\n       streambench pull -connect ADDR -out PATH -size BYTES")
+	fmt.Fprintln(os.Stderr, "usage: streambench serve -listen ADDR -src PATH [-codec zstd|s2] [-extents auto|seek|scan] [-sessions N] [-chunk BYTES] [-window N]\n       streambench pull -connect ADDR -out PATH -size BYTES")
 	os.Exit(2)
 }
 
@@ -155,6 +155,8 @@ func serve(args []string) error {
 	sessions := fs.Int("sessions", 1, "exit after this many completed sessions (0: never)")
 	level := fs.String("log", "warn", "log level")
 	prof := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	chunk := fs.Int("chunk", 0, "chunk size in bytes (0: transfer's default)")
+	window := fs.Int("window", 0, "frames in flight (0: transfer's default)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -200,7 +202,7 @@ func serve(args []string) error {
 			return nil, nil, nil, fmt.Errorf("%w: unknown fork %q", transfer.ErrUnauthorized, id)
 		}
 		return source, ext, func() { done <- struct{}{} }, nil
-	}, transfer.Options{Codec: *codec, Logger: log})
+	}, transfer.Options{Codec: *codec, ChunkSize: *chunk, Window: *window, Logger: log})
 	l, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
