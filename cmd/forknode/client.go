@@ -368,12 +368,13 @@ func volumeOne(op string, args []string) error {
 func runFork(args []string) error {
 	var cf clientFlags
 	var req api.CreateForkRequest
-	fs := newFlagSet("fork", "fork SOURCE NAME [--host H] [--region R] [--via clone|copy|replica|stream] [--app A] [--checkpoint DSN] [--wait]")
+	fs := newFlagSet("fork", "fork SOURCE NAME [--host H] [--region R] [--via clone|copy|replica|stream] [--app A] [--rate-limit SIZE] [--checkpoint DSN] [--wait]")
 	addClientFlags(fs, &cf, true)
 	fs.StringVar(&req.Host, "host", "", "target host")
 	fs.StringVar(&req.Region, "region", "", "target region")
 	fs.StringVar(&req.Via, "via", "", "force the path: clone, copy, replica or stream")
 	fs.StringVar(&req.App, "app", "", "app of the new volume (default: none, so a fork is never taken for a replica of the source's app)")
+	sizeVar(fs, &req.RateLimit, "rate-limit", 0, "cap this fork's copy or stream at SIZE bytes/s, e.g. 20MiB, below the hosts' own --rate-limit (0: the hosts' limits only)")
 	ckpt := fs.String("checkpoint", "", "run CHECKPOINT on this PostgreSQL (postgres://...) just before the fork, for a short crash recovery")
 	wait := fs.Bool("wait", false, "wait for the fork, showing progress; fail if the fork fails")
 	key := fs.String("idempotency-key", "", "retry-safe key: the same key returns the same fork")
@@ -545,6 +546,9 @@ func forkShow(args []string) error {
 	}
 	if f.RateBytesPerSec > 0 {
 		rows = append(rows, [2]string{"rate", humanSize(int64(f.RateBytesPerSec)) + "/s"})
+	}
+	if f.RateLimit > 0 {
+		rows = append(rows, [2]string{"rate limit", humanSize(f.RateLimit) + "/s (this fork's own cap)"})
 	}
 	if f.ETASeconds > 0 {
 		rows = append(rows, [2]string{"eta", (time.Duration(f.ETASeconds * float64(time.Second))).Round(time.Second).String()})

@@ -147,7 +147,7 @@ func fakeAPI(t *testing.T) *httptest.Server {
 			json.NewEncoder(w).Encode(api.VolumeList{Volumes: []api.Volume{{ID: "vol_1", Name: "db", Host: "n1", Size: 1 << 30, State: fsm.VolumeReady}}})
 		case "GET /v1/forks/fork_1":
 			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_1", Name: "pr", State: fsm.ForkReady, Path: fsm.PathStream,
-				BytesDone: 1 << 30, BytesTotal: 1 << 30, WireBytes: 1 << 28, CreatedAt: 1e9, FinishedAt: 3e9}))
+				BytesDone: 1 << 30, BytesTotal: 1 << 30, WireBytes: 1 << 28, RateLimit: 64 << 20, CreatedAt: 1e9, FinishedAt: 3e9}))
 		case "POST /v1/forks/fork_run/cancel":
 			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_run", Name: "pr-run", State: fsm.ForkFailed, Path: fsm.PathStream,
 				TargetVolume: "vol_t", TargetHost: "n2", Error: api.ForkCancelledError, BytesDone: 1 << 28, BytesTotal: 1 << 30}))
@@ -175,6 +175,11 @@ func fakeAPI(t *testing.T) *httptest.Server {
 				json.NewEncoder(w).Encode(api.ErrorBody{Error: "bad request body", Code: api.CodeInvalid})
 				return
 			}
+			if req.RateLimit != 0 { // the flag's value arrives parsed
+				w.WriteHeader(201)
+				json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_rl", Name: req.Name, State: fsm.ForkPending, Path: fsm.PathStream, RateLimit: req.RateLimit}))
+				return
+			}
 			w.WriteHeader(409)
 			json.NewEncoder(w).Encode(api.ErrorBody{Error: "no host has room: need 1 GiB", Code: api.CodeNoRoom})
 		default:
@@ -199,7 +204,9 @@ func TestClientCommands(t *testing.T) {
 		{args: []string{"status"}, out: []string{"leader n1", "HOST", "10 GiB", "1.5 GiB", "8.5 GiB"}},
 		{args: []string{"status", "--json"}, out: []string{`"leader": "n1"`, `"budget": 10737418240`}},
 		{args: []string{"volume", "ls"}, out: []string{"ID", "vol_1", "db", "1 GiB", "ready"}},
-		{args: []string{"forks", "show", "fork_1"}, out: []string{"compression ratio 4.00", "rate:", "512 MiB/s", "took:"}},
+		{args: []string{"forks", "show", "fork_1"}, out: []string{"compression ratio 4.00", "rate:", "512 MiB/s", "rate limit:", "64 MiB/s (this fork's own cap)", "took:"}},
+		{args: []string{"fork", "db", "pr", "--via", "stream", "--rate-limit", "20MiB", "--json"}, out: []string{`"rate_limit": 20971520`}},
+		{args: []string{"fork", "db", "pr", "--rate-limit", "fast"}, code: 2, errText: `size "fast"`},
 		{args: []string{"volume", "show", "x"}, code: 1, errText: "forknode: volume \"x\": not found"},
 		{args: []string{"fork", "db", "pr", "--via", "stream"}, code: 1, errText: "forknode: no host has room"},
 		{args: []string{"status", "--token", "wrong"}, code: 1, errText: "bearer token"},

@@ -28,15 +28,22 @@ type CreateVolumeRequest struct {
 
 // CreateForkRequest is the body of POST /v1/forks. Source is a volume name
 // or id, an app name, or "app:vol_id". Via forces a path: clone, copy,
-// replica or stream.
+// replica or stream. RateLimit caps this fork's copy or stream in bytes/s
+// of volume data (0: only the hosts' own --rate-limit; else at least
+// MinForkRateLimit).
 type CreateForkRequest struct {
-	Source string `json:"source"`
-	Name   string `json:"name"`
-	Host   string `json:"host,omitempty"`
-	Region string `json:"region,omitempty"`
-	Via    string `json:"via,omitempty"`
-	App    string `json:"app,omitempty"`
+	Source    string `json:"source"`
+	Name      string `json:"name"`
+	Host      string `json:"host,omitempty"`
+	Region    string `json:"region,omitempty"`
+	Via       string `json:"via,omitempty"`
+	App       string `json:"app,omitempty"`
+	RateLimit int64  `json:"rate_limit,omitempty"`
 }
+
+// MinForkRateLimit is the lowest per-fork rate accepted: a 1 MiB chunk then
+// takes at most 4 s, well inside the stream's 30 s I/O timeouts.
+const MinForkRateLimit = 256 << 10
 
 // Fork is a catalog fork plus figures derived from it at read time.
 type Fork struct {

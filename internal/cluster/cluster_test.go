@@ -613,6 +613,54 @@ func testCancelFork(t *testing.T, via fsm.Path, target string) {
 	}
 }
 
+// A fork's own rate limit holds on both paths that move bytes, on nodes
+// that have no limit of their own.
+func TestClusterForkRateLimit(t *testing.T) {
+	const rate = 4 * MiB
+	tc := newTestClusterWith(t, []int64{200 * MiB, 200 * MiB}, nil, func(c *Config) {
+		c.RateLimit = 0
+		c.StreamCodec = "none"
+	})
+	src := tc.createVolume(tc.leader(), "db", "app", "n1", 12*MiB)
+	tc.fill(src, 7)
+	content := tc.read("n1", src.ID)
+	var data int64 // holes are skipped, not paced
+	for off := 0; off < len(content); off += MiB {
+		if !bytes.Equal(content[off:off+MiB], make([]byte, MiB)) {
+			data += MiB
+		}
+	}
+	for _, tt := range []struct {
+		via    fsm.Path
+		target string
+	}{
+		{fsm.PathStream, "n2"},
+		{fsm.PathCopy, "n1"},
+	} {
+		t.Run(string(tt.via), func(t *testing.T) {
+			fk, err := tc.fork(tc.leader(), fsm.ForkRequest{Source: src.ID, Name: "rl-" + string(tt.via), Host: tt.target, Via: tt.via, RateLimit: rate})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fk.Path != tt.via || fk.RateLimit != rate {
+				t.Fatalf("planned %+v", fk)
+			}
+			f := tc.waitFork(tc.leader(), fk.ID, 30*time.Second)
+			if f.State != fsm.ForkReady {
+				t.Fatalf("fork %s: %s", f.State, f.Error)
+			}
+			// One burst (at most a chunk plus the window) may go unpaced.
+			took := time.Duration(f.FinishedAt - f.CreatedAt)
+			if min := time.Duration(float64(data-MiB) / rate * float64(time.Second) * 0.9); took < min {
+				t.Fatalf("%d MiB of data at %d MiB/s took %s, want at least %s", data/MiB, rate/MiB, took, min)
+			}
+			if !bytes.Equal(tc.read(tt.target, f.TargetVolume), content) {
+				t.Fatal("fork differs from its source")
+			}
+		})
+	}
+}
+
 func TestAdvertisable(t *testing.T) {
 	cases := []struct {
 		bound, adv, want string

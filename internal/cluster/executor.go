@@ -86,6 +86,21 @@ func newPacer(cfg Config, lim *transfer.Limiter, log hclog.Logger) *pace.Control
 
 func snapID(targetVolume string) string { return "snap_" + targetVolume }
 
+// forkThrottle is a local copy's throttle: the fork's own cap, then the
+// node's limiter, which local copies share with streams. nil when neither
+// is set.
+func forkThrottle(fork, node *transfer.Limiter) func(ctx context.Context, n int) error {
+	if fork == nil && node == nil {
+		return nil
+	}
+	return func(ctx context.Context, n int) error {
+		if err := fork.WaitN(ctx, n); err != nil {
+			return err
+		}
+		return node.WaitN(ctx, n)
+	}
+}
+
 func (e *executor) streamOptions() transfer.Options {
 	return transfer.Options{
 		Codec:   e.n.cfg.StreamCodec,
@@ -515,10 +530,7 @@ func (e *executor) localFork(ctx context.Context, f fsm.Fork) {
 		opts := cow.CopyOptions{
 			Logger:   e.logger,
 			Progress: func(done, total int64) { pr.report(done, total, 0) },
-		}
-		if e.limiter != nil {
-			// Local copies share the node's fork rate limit with streams.
-			opts.Throttle = e.limiter.WaitN
+			Throttle: forkThrottle(transfer.NewLimiter(f.RateLimit), e.limiter),
 		}
 		_, err = cow.ForkLocal(ctx, b, f.SourceVolume, sp, opts)
 	}
@@ -577,6 +589,10 @@ func (e *executor) pullFork(ctx context.Context, f fsm.Fork) {
 	defer pr.close()
 	opts := e.streamOptions()
 	opts.Progress = func(p transfer.Progress) { pr.report(p.Done, p.Total, p.Wire) }
+	// The fork's own cap is applied here, by the puller; TCP holds the
+	// source's reads to it (the source's server has one set of options
+	// for all its sessions).
+	opts.RateLimit = f.RateLimit
 	dial := func(ctx context.Context) (net.Conn, error) {
 		var addr string
 		e.n.fsm.View(func(s *fsm.State) {

@@ -520,6 +520,7 @@ func (s *apiServer) listVolumes(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *apiServer) getVolume(w http.ResponseWriter, r *http.Request) {
+	s.freshen(w, r) // read your writes made through any node
 	ctx, cancel := s.ctx(r, s.reqTO)
 	defer cancel()
 	v, err := s.lookupVolume(ctx, r.PathValue("id"))
@@ -701,6 +702,9 @@ func validateCreateFork(req *api.CreateForkRequest) error {
 			return err
 		}
 	}
+	if req.RateLimit != 0 && req.RateLimit < api.MinForkRateLimit {
+		return badRequest("rate_limit: %d bytes/s is below the minimum of %d (256 KiB/s); 0 leaves only the hosts' limits", req.RateLimit, api.MinForkRateLimit)
+	}
 	return nil
 }
 
@@ -729,7 +733,7 @@ func (s *apiServer) createFork(w http.ResponseWriter, r *http.Request) {
 		ForkID:         s.newID("fork_"),
 		TargetVolumeID: s.newID("vol_"),
 		Request: fsm.ForkRequest{Source: req.Source, Name: req.Name, Host: req.Host,
-			Region: req.Region, Via: fsm.Path(req.Via), App: req.App},
+			Region: req.Region, Via: fsm.Path(req.Via), App: req.App, RateLimit: req.RateLimit},
 	}
 	res, err := s.apply(ctx, fsm.CmdCreateFork, cmd)
 	if err != nil {
@@ -763,6 +767,9 @@ func (s *apiServer) listForks(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *apiServer) getFork(w http.ResponseWriter, r *http.Request) {
+	// Without this, `forks show` on one node could still say running after
+	// `fork --wait` on another said ready.
+	s.freshen(w, r)
 	ctx, cancel := s.ctx(r, s.reqTO)
 	defer cancel()
 	f, err := s.lookupFork(ctx, r.PathValue("id"))

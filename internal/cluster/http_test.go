@@ -365,6 +365,8 @@ func TestHTTPErrors(t *testing.T) {
 		{"fork bad name", "POST", "/v1/forks", testToken, `{"source":"db","name":"-x"}`, 400, api.CodeInvalid, "name"},
 		{"fork duplicate name", "POST", "/v1/forks", testToken, `{"source":"db","name":"db"}`, 409, api.CodeExists, ""},
 		{"fork bad via", "POST", "/v1/forks", testToken, `{"source":"db","name":"x","via":"teleport"}`, 400, api.CodeInvalid, "teleport"},
+		{"fork negative rate", "POST", "/v1/forks", testToken, `{"source":"db","name":"x","rate_limit":-1}`, 400, api.CodeInvalid, "rate_limit"},
+		{"fork tiny rate", "POST", "/v1/forks", testToken, `{"source":"db","name":"x","rate_limit":1000}`, 400, api.CodeInvalid, "below the minimum"},
 		{"fork unknown field", "POST", "/v1/forks", testToken, `{"source":"db","name":"x","size":1}`, 400, api.CodeInvalid, `unknown field "size"`},
 		{"fork stream to host", "POST", "/v1/forks", testToken, `{"source":"db","name":"x","host":"h2","via":"stream"}`, 201, "", ""},
 		{"fork source not ready", "POST", "/v1/forks", testToken, `{"source":"fresh","name":"y"}`, 409, api.CodeConflict, "creating"},
@@ -724,6 +726,53 @@ func TestHTTPAttachCatchesUp(t *testing.T) {
 	a, err := c.Attach(context.Background(), "lag")
 	if err != nil || a.Device == "" || a.Volume.State != fsm.VolumeReady {
 		t.Fatalf("attach after catch-up: %v %+v", err, a)
+	}
+}
+
+// Reads of one volume or fork catch up with the leader first: a change
+// made through another node shows at once.
+func TestHTTPReadsCatchUp(t *testing.T) {
+	e := newEnv(t)
+	c1, _ := api.NewClient(e.srv1.URL, testToken)
+	c2, _ := api.NewClient(e.srv2.URL, testToken)
+	ctx := context.Background()
+	f, err := c2.CreateFork(ctx, api.CreateForkRequest{Source: "db", Name: "pr-lag"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func()
+		check  func() error
+	}{
+		{"fork", func() {
+			e.cat.apply(fsm.CmdFinishFork, &fsm.FinishForkCmd{ForkID: f.ID, OK: true})
+		}, func() error {
+			got, err := c1.Fork(ctx, f.ID)
+			if err == nil && got.State != fsm.ForkReady {
+				err = fmt.Errorf("fork is %s", got.State)
+			}
+			return err
+		}},
+		{"volume", func() {
+			e.cat.apply(fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: f.TargetVolume, State: fsm.VolumeFailed})
+		}, func() error {
+			got, err := c1.Volume(ctx, f.TargetVolume)
+			if err == nil && got.State != fsm.VolumeFailed {
+				err = fmt.Errorf("volume is %s", got.State)
+			}
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var once sync.Once
+			e.n1.mu.Lock()
+			e.n1.onBarrier = func() { once.Do(tc.change) } // the leader has it; n1 has not applied it yet
+			e.n1.mu.Unlock()
+			if err := tc.check(); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 

@@ -263,6 +263,9 @@ func (s *State) createFork(c *CreateForkCmd) (any, error) {
 	if _, ok := s.volumes[c.TargetVolumeID]; ok {
 		return nil, fmt.Errorf("%w: volume id %s", ErrExists, c.TargetVolumeID)
 	}
+	if c.Request.RateLimit < 0 {
+		return nil, fmt.Errorf("%w: rate limit %d is negative", ErrInvalid, c.Request.RateLimit)
+	}
 	plan, err := PlanFork(s, c.Request)
 	if err != nil {
 		return nil, err
@@ -283,6 +286,7 @@ func (s *State) createFork(c *CreateForkCmd) (any, error) {
 		Path:         plan.Path,
 		State:        ForkPending,
 		BytesTotal:   plan.Size,
+		RateLimit:    c.Request.RateLimit,
 		CreatedAt:    c.Time,
 		UpdatedAt:    c.Time,
 	}

@@ -249,6 +249,13 @@ func TestCreateForkRecordsForkAndVolume(t *testing.T) {
 	if v, _ := getVol(f, res.Value.(*Fork).TargetVolume); v.App != "review" {
 		t.Fatalf("app %q", v.App)
 	}
+	// A fork's own rate limit is kept on the fork for the executors.
+	c3 := forkCmd("db", "pr-2")
+	c3.Request.RateLimit = 8 << 20
+	res = mustApply(t, f, CmdCreateFork, c3)
+	if got, _ := getFork(f, res.Value.(*Fork).ID); got.RateLimit != 8<<20 {
+		t.Fatalf("rate limit %d, want %d", got.RateLimit, 8<<20)
+	}
 
 	bad := []struct {
 		name string
@@ -263,6 +270,7 @@ func TestCreateForkRecordsForkAndVolume(t *testing.T) {
 		{"target id taken", func(c *CreateForkCmd) { c.TargetVolumeID = "vol_a" }, ErrExists, "vol_a"},
 		{"unknown source", func(c *CreateForkCmd) { c.Request.Source = "ghost" }, ErrNotFound, "ghost"},
 		{"source not ready", func(c *CreateForkCmd) { c.Request.Source = "staging" }, ErrConflict, "creating"},
+		{"negative rate limit", func(c *CreateForkCmd) { c.Request.RateLimit = -1 }, ErrInvalid, "rate limit"},
 	}
 	for _, b := range bad {
 		t.Run(b.name, func(t *testing.T) {

@@ -28,7 +28,7 @@ func populated(t testing.TB) *FSM {
 	mustApply(t, f, CmdCreateFork, forkCmd("vol_b", "s2"))
 	mustApply(t, f, CmdForkProgress, ForkProgressCmd{Header: hdr(), ForkID: fk1.ID, BytesDone: 4096})
 	fk3 := mustApply(t, f, CmdCreateFork, CreateForkCmd{Header: hdr(), ForkID: "fork_s3", TargetVolumeID: "vol_s3",
-		Request: ForkRequest{Source: "db", Name: "s3", Via: PathStream, App: "review"}}).Value.(*Fork)
+		Request: ForkRequest{Source: "db", Name: "s3", Via: PathStream, App: "review", RateLimit: 1 << 20}}).Value.(*Fork)
 	mustApply(t, f, CmdFinishFork, FinishForkCmd{Header: hdr(), ForkID: fk3.ID, Error: "boom"})
 	apply(t, f, CmdCreateFork, forkCmd("nothing", "s4")) // remembered error
 	return f

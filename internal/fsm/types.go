@@ -77,10 +77,13 @@ type Fork struct {
 	BytesDone    int64     `json:"bytes_done"`
 	BytesTotal   int64     `json:"bytes_total"`
 	WireBytes    int64     `json:"wire_bytes,omitempty"`
-	Error        string    `json:"error,omitempty"`
-	CreatedAt    int64     `json:"created_at"`
-	UpdatedAt    int64     `json:"updated_at"`
-	FinishedAt   int64     `json:"finished_at,omitempty"`
+	// RateLimit caps this fork's copy or stream in bytes/s of volume data,
+	// under the hosts' own --rate-limit; 0 leaves only the hosts' limits.
+	RateLimit  int64  `json:"rate_limit,omitempty"`
+	Error      string `json:"error,omitempty"`
+	CreatedAt  int64  `json:"created_at"`
+	UpdatedAt  int64  `json:"updated_at"`
+	FinishedAt int64  `json:"finished_at,omitempty"`
 }
 
 // ForkRequest is what an operator asks for.
@@ -91,6 +94,8 @@ type ForkRequest struct {
 	Region string `json:"region,omitempty"`
 	Via    Path   `json:"via,omitempty"`
 	App    string `json:"app,omitempty"` // app of the new volume; default the source's
+	// RateLimit is the fork's own cap in bytes/s (0: the hosts' limits only).
+	RateLimit int64 `json:"rate_limit,omitempty"`
 }
 
 // Plan is the planner's answer.

@@ -41,7 +41,7 @@ type Options struct {
 	Codec     string         // "zstd" (default), "s2", "auto" (pick by measured link speed), "none"
 	ChunkSize int            // default 1 MiB, clamped to [MinChunk, MaxChunk]
 	Window    int            // in-flight chunks per side; default 8
-	RateLimit int64          // bytes/s of volume data for this transfer; 0 = unlimited
+	RateLimit int64          // bytes/s of volume data per transfer (a server: each session; Pull: its one); 0 = unlimited
 	Limiter   *Limiter       // optional shared per-node limiter; both apply
 	Progress  func(Progress) // called at most every ~250 ms and at the end
 	Logger    hclog.Logger

@@ -52,6 +52,7 @@ type puller struct {
 	sink  Sink
 	log   hclog.Logger
 	hello []byte
+	limit *Limiter // this transfer's own cap (Options.RateLimit), across reconnects
 
 	inited bool
 	gr     grid
@@ -86,7 +87,8 @@ func Pull(ctx context.Context, dial func(ctx context.Context) (net.Conn, error),
 	if err != nil {
 		return Stats{}, err
 	}
-	p := &puller{opts: opts, sink: sink, hello: hello, log: opts.Logger.Named("transfer-pull").With("fork", forkID)}
+	p := &puller{opts: opts, sink: sink, hello: hello, limit: NewLimiter(opts.RateLimit),
+		log: opts.Logger.Named("transfer-pull").With("fork", forkID)}
 	start := time.Now()
 	defer func() {
 		if p.meter != nil {
@@ -335,11 +337,13 @@ func (p *puller) stream(ctx context.Context, conn net.Conn) error {
 				// Only a local write failure stops the writes.
 				if !writeFailed.Load() {
 					if j.h.Type == TypeData {
-						// The node's shared limiter paces this host's
-						// writes too (internal/pace lowers it while the
-						// disk is busy); TCP carries the slowdown back to
-						// the sender. Only pacing: an error here is the
-						// context's, and the frame is applied anyway.
+						// This transfer's cap and the node's shared
+						// limiter pace this host's writes (internal/pace
+						// lowers the node's while the disk is busy); TCP
+						// carries the slowdown back to the sender. Only
+						// pacing: an error here is the context's, and the
+						// frame is applied anyway.
+						_ = p.limit.WaitN(ctx, int(j.h.Length))
 						_ = p.opts.Limiter.WaitN(ctx, int(j.h.Length))
 					}
 					if err := p.apply(j); err != nil {

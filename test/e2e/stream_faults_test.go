@@ -43,7 +43,9 @@ func TestStreamForcedByFullHost(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	out, err := c.cli(ctx, 0, "fork", "full-src", "full-far", "--wait", "--json")
+	// With its own cap, under the nodes' idle pace (a quarter of 100 MiB/s).
+	const forkRate = 16 * mib
+	out, err := c.cli(ctx, 0, "fork", "full-src", "full-far", "--rate-limit", "16MiB", "--wait", "--json")
 	if err != nil {
 		t.Fatalf("fork: %v: %s", err, out)
 	}
@@ -61,6 +63,11 @@ func TestStreamForcedByFullHost(t *testing.T) {
 	if f.Path != fsm.PathStream || f.State != fsm.ForkReady || f.SourceHost != "n0" || f.TargetHost == "n0" {
 		t.Fatalf("fork of a volume on a full host: path=%s state=%s %s→%s (%s), want a ready stream off n0",
 			f.Path, f.State, f.SourceHost, f.TargetHost, f.Error)
+	}
+	// 64 MiB of random data at 16 MiB/s: 4 s, less what the first burst
+	// and the stream's window let through.
+	if took := time.Duration(f.FinishedAt - f.CreatedAt); f.RateLimit != forkRate || took < 3*time.Second {
+		t.Errorf("fork with --rate-limit 16MiB: rate_limit %d, took %s; want %d and at least 3s", f.RateLimit, took, int64(forkRate))
 	}
 	ti := c.indexOf(f.TargetHost)
 	ftSameImage(t, c.imgPath(0, src.ID), c.imgPath(ti, f.TargetVolume))
