@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -773,6 +774,64 @@ func TestClusterFullRestartBarrier(t *testing.T) {
 
 // A node that stops gracefully leaves: the leader removes it from raft, so
 // the quorum shrinks with it. (A crashed node stays a voter.)
+// A stopping node asks the leader to take it out of raft (the "leave"
+// forward op), for itself only. The leader acts at once, whatever gossip
+// still says, and reconcile does not add it back while gossip shows it
+// alive with its old metadata.
+func TestClusterLeaveRequest(t *testing.T) {
+	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil)
+	l := tc.leader()
+	var followers []*Node
+	for _, n := range tc.nodes {
+		if n != l {
+			followers = append(followers, n)
+		}
+	}
+	leaver, other := followers[0], followers[1]
+	servers := func() map[string]bool {
+		cf := l.raft.GetConfiguration()
+		if cf.Error() != nil {
+			return nil
+		}
+		out := map[string]bool{}
+		for _, s := range cf.Configuration().Servers {
+			out[string(s.ID)] = true
+		}
+		return out
+	}
+	testutil.Eventually(t, 10*time.Second, "three raft servers", func() bool { return len(servers()) == 3 })
+
+	// A node cannot make another leave.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := leaver.forwardCall(ctx, fwdRequest{Op: "leave", ID: other.Name()})
+	if err != nil || !strings.Contains(resp.Error, "only leave for itself") {
+		t.Fatalf("leave for another node: %v %+v", err, resp)
+	}
+	if s := servers(); !s[other.Name()] {
+		t.Fatalf("%s removed by another node's request: %v", other.Name(), s)
+	}
+
+	if err := leaver.leaveRaft(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if s := servers(); s[leaver.Name()] || len(s) != 2 {
+		t.Fatalf("servers after %s's leave: %v", leaver.Name(), s)
+	}
+	// Gossip still has it alive without a leave intent in its metadata.
+	for _, m := range l.gossip.snapshot() {
+		if m.name == leaver.Name() && (m.state != "alive" || m.meta.Leaving) {
+			t.Fatalf("test premise: leaver in gossip is %s, leaving %v", m.state, m.meta.Leaving)
+		}
+	}
+	for range 3 {
+		l.reconcile(map[string]time.Time{})
+	}
+	if s := servers(); s[leaver.Name()] {
+		t.Fatalf("reconcile re-added %s: %v", leaver.Name(), s)
+	}
+}
+
 func TestClusterGracefulLeaveRemovesServer(t *testing.T) {
 	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil)
 	f := tc.follower()

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/forknode/forknode/internal/cow"
 	"github.com/forknode/forknode/internal/fsm"
+	"github.com/forknode/forknode/internal/keys"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 )
@@ -27,7 +29,7 @@ const (
 )
 
 type fwdRequest struct {
-	Op    string `json:"op"` // "apply", "index", "remove_server" or "volume"
+	Op    string `json:"op"` // "apply", "index", "remove_server", "leave" or "volume"
 	Entry []byte `json:"entry,omitempty"`
 	ID    string `json:"id,omitempty"`
 	// VolumeOp is the host-local operation of Op "volume" (see VolumeOp).
@@ -348,6 +350,25 @@ func (n *Node) serveForward(c net.Conn) {
 		if err := n.removeServerLocal(req.ID); err != nil {
 			resp = fwdResponse{Code: errCode(err), Error: err.Error()}
 		}
+	case "leave":
+		// A node stopping gracefully asks to be taken out of raft, for
+		// itself only: the name must be its certificate's.
+		if n.raft.State() != raft.Leader {
+			resp = fwdResponse{Code: "not_leader", Error: raft.ErrNotLeader.Error()}
+			break
+		}
+		var peer string
+		if tc, ok := c.(*tls.Conn); ok {
+			peer = keys.PeerName(tc.ConnectionState())
+		}
+		if req.ID == "" || req.ID != peer || req.ID == n.cfg.Name {
+			err := fmt.Errorf("%w: leave for %q from %q: a node may only leave for itself", fsm.ErrInvalid, req.ID, peer)
+			resp = fwdResponse{Code: errCode(err), Error: err.Error()}
+			break
+		}
+		if err := n.removeLeaver(req.ID); err != nil {
+			resp = fwdResponse{Code: errCode(err), Error: err.Error()}
+		}
 	case "volume":
 		dev, err := n.volumeOpLocal(n.ctx, req.VolumeOp, req.ID)
 		if err != nil {
@@ -516,6 +537,37 @@ func (n *Node) removeServerLocal(name string) error {
 		}
 	}
 	return nil // already gone: removal is idempotent
+}
+
+// removeLeaver takes a node that asked to leave out of raft at once. Its
+// gossip may still say alive (its leave intent in metadata can arrive after
+// the leave itself, or not at all), so the request is also remembered:
+// reconcile neither re-adds it nor leaves it as a dead voter.
+func (n *Node) removeLeaver(name string) error {
+	n.gossip.noteLeaving(name)
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	for _, s := range cf.Configuration().Servers {
+		if string(s.ID) == name {
+			n.logger.Info("removing raft server that is leaving", "server", name)
+			return n.raft.RemoveServer(s.ID, 0, 0).Error()
+		}
+	}
+	return nil
+}
+
+// leaveRaft asks the leader to take this node out of raft, before a
+// graceful stop. Best effort: gossip still carries the leave otherwise.
+func (n *Node) leaveRaft(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	resp, err := n.forwardCall(ctx, fwdRequest{Op: "leave", ID: n.cfg.Name})
+	if err == nil && resp.Error != "" {
+		err = codeErr(resp.Code, resp.Error)
+	}
+	return err
 }
 
 // Host-local volume operations, run on the host that holds the volume.

@@ -63,8 +63,17 @@ type gossip struct {
 
 	mu      sync.Mutex
 	members map[string]*member
+	// leaving holds, on the leader, when a node asked to leave (the "leave"
+	// forward op). Gossip can still show it alive for a moment, with its
+	// old metadata; within leaveMemory it is not re-added to raft.
+	leaving map[string]time.Time
 	events  chan struct{} // coalesced "something changed" signal
 }
+
+// leaveMemory bounds how long a leave request keeps a node out of raft: a
+// leaver stops gossiping within seconds, and a node restarted after its
+// leave is re-added once this has passed.
+const leaveMemory = 10 * time.Second
 
 func newGossip(cfg Config, meta nodeMeta, logger hclog.Logger) (*gossip, error) {
 	host, portStr, err := net.SplitHostPort(cfg.GossipAddr)
@@ -75,7 +84,7 @@ func newGossip(cfg Config, meta nodeMeta, logger hclog.Logger) (*gossip, error) 
 	if err != nil {
 		return nil, fmt.Errorf("gossip port %q: %w", portStr, err)
 	}
-	g := &gossip{logger: logger, meta: meta, members: map[string]*member{}, events: make(chan struct{}, 1)}
+	g := &gossip{logger: logger, meta: meta, members: map[string]*member{}, leaving: map[string]time.Time{}, events: make(chan struct{}, 1)}
 
 	var mc *memberlist.Config
 	if cfg.Fast {
@@ -226,6 +235,30 @@ func (g *gossip) leave(timeout time.Duration) error {
 		err = serr
 	}
 	return err
+}
+
+// noteLeaving records a node's own request to leave.
+func (g *gossip) noteLeaving(name string) {
+	g.mu.Lock()
+	g.leaving[name] = time.Now()
+	g.mu.Unlock()
+	g.signal()
+}
+
+// isLeaving reports whether name announced its leave: in its gossiped
+// metadata, or by a leave request within leaveMemory.
+func (g *gossip) isLeaving(m member) bool {
+	if m.meta.Leaving {
+		return true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	at, ok := g.leaving[m.name]
+	if ok && time.Since(at) > leaveMemory {
+		delete(g.leaving, m.name)
+		ok = false
+	}
+	return ok
 }
 
 // forget drops a member that was removed for good from the table.

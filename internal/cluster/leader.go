@@ -62,7 +62,8 @@ func (n *Node) lead() {
 // reconcile makes raft servers and catalog hosts follow gossip:
 //   - an alive member that is not a raft server is added (idempotently: the
 //     same id with a new address is removed and re-added);
-//   - a member that left gracefully is removed from raft;
+//   - a member that left gracefully, or announced it is leaving, is removed
+//     from raft (and not re-added while the announcement holds);
 //   - a dead member stays a server until removed explicitly: removing it
 //     needs quorum and it may come back;
 //   - hosts are upserted from gossip metadata and marked alive or not;
@@ -85,8 +86,9 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 	for _, m := range members {
 		addr := raft.ServerAddress(m.meta.ClusterAddr)
 		cur, known := servers[m.name]
+		leaving := n.gossip.isLeaving(m)
 		switch {
-		case m.state == "alive" && m.meta.ClusterAddr != "" && (!known || cur != addr):
+		case m.state == "alive" && !leaving && m.meta.ClusterAddr != "" && (!known || cur != addr):
 			if known {
 				n.logger.Info("server address changed", "server", m.name, "old", cur, "new", addr)
 				if err := n.raft.RemoveServer(raft.ServerID(m.name), 0, 0).Error(); err != nil {
@@ -98,8 +100,8 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 			if err := n.raft.AddVoter(raft.ServerID(m.name), addr, 0, 0).Error(); err != nil {
 				n.logger.Warn("add voter", "server", m.name, "error", err)
 			}
-		case m.state == "left" && known && m.name != n.cfg.Name:
-			n.logger.Info("removing raft server that left", "server", m.name)
+		case (m.state == "left" || leaving) && known && m.name != n.cfg.Name:
+			n.logger.Info("removing raft server that left", "server", m.name, "state", m.state)
 			if err := n.raft.RemoveServer(raft.ServerID(m.name), 0, 0).Error(); err != nil {
 				n.logger.Warn("remove server", "server", m.name, "error", err)
 			}

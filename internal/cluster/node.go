@@ -329,6 +329,14 @@ func (n *Node) shutdown(graceful bool) error {
 			// Announce the leave first, so the leader removes this server
 			// from raft instead of keeping it as a dead voter.
 			n.gossip.setMeta(func(m *nodeMeta) { m.Leaving = true })
+			// Gossip alone can lose the intent (metadata and leave travel
+			// separately), leaving a dead voter that costs the cluster its
+			// fault tolerance; so ask the leader directly as well.
+			if n.raft != nil && n.raft.State() != raft.Leader {
+				if err := n.leaveRaft(3 * time.Second); err != nil {
+					n.logger.Warn("leave request to the leader failed; relying on gossip", "error", err)
+				}
+			}
 			if err := n.gossip.leave(2 * time.Second); err != nil {
 				errs = append(errs, err)
 			}
