@@ -652,8 +652,8 @@ func TestClusterForkRateLimit(t *testing.T) {
 			}
 			// One burst (at most a chunk plus the window) may go unpaced.
 			took := time.Duration(f.FinishedAt - f.CreatedAt)
-			if min := time.Duration(float64(data-MiB) / rate * float64(time.Second) * 0.9); took < min {
-				t.Fatalf("%d MiB of data at %d MiB/s took %s, want at least %s", data/MiB, rate/MiB, took, min)
+			if want := time.Duration(float64(data-MiB) / rate * float64(time.Second) * 0.9); took < want {
+				t.Fatalf("%d MiB of data at %d MiB/s took %s, want at least %s", data/MiB, rate/MiB, took, want)
 			}
 			if !bytes.Equal(tc.read(tt.target, f.TargetVolume), content) {
 				t.Fatal("fork differs from its source")
