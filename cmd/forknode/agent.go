@@ -56,7 +56,7 @@ func runAgent(args []string) error {
 	sizeVar(fs, &f.rateLimit, "rate-limit", defaultRateLimit, "fork I/O bytes/s of this node (streams sent and received, local copies), e.g. 100MiB (0: unlimited, no pacing)")
 	fs.BoolVar(&f.pace, "pace", true, "run forks below --rate-limit while this host's CPUs are saturated or its disk queues (see README, Pacing)")
 	sizeVar(fs, &f.paceFloor, "pace-floor", 0, "the slowest pacing may run forks, e.g. 20MiB (0: an eighth of --rate-limit)")
-	fs.StringVar(&f.paceProbe, "pace-probe", "", "file on the volumes' disk that pacing times small synchronous writes in (default VOLUME_DIR/.forknode-ioprobe; lvm: DATA_DIR/.forknode-ioprobe)")
+	fs.StringVar(&f.paceProbe, "pace-probe", "", "file on the volumes' disk, or an empty block device there (lvm: a small LV of its own), that pacing times small synchronous writes in (default VOLUME_DIR/.forknode-ioprobe; lvm: DATA_DIR/.forknode-ioprobe)")
 	fs.StringVar(&f.keyFile, "key", "", "cluster key file (required; create one with `forknode keygen`)")
 	fs.StringVar(&f.codec, "codec", "auto", "stream compression: zstd, s2 or auto")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")

@@ -3,6 +3,7 @@ package pace
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"time"
@@ -25,10 +26,26 @@ type FileProbe struct {
 	next   int64
 }
 
+// probeMagic starts every block a probe writes. On a block device it is
+// how a later start knows the device is the probe's (see openDeviceProbe).
+const probeMagic = "forknode-ioprobe\n"
+
+// ErrNotProbeDevice: a block device given as the probe holds data that a
+// probe did not write, so it is left alone.
+var ErrNotProbeDevice = errors.New("not an I/O probe device")
+
 // OpenFileProbe creates (or reuses) the probe file at path. The blocks are
 // written and synced once here, so a probe never allocates and never
 // changes metadata: its cost is the write and the flush alone.
+//
+// path may also be a block device, e.g. a small LV on the disks an LVM
+// backend uses (whose PVs carry no file system for a probe file). Its first
+// probeSlots blocks are overwritten, so it must be empty: its first block
+// all zeros (lvcreate wipes it) or written by an earlier probe.
 func OpenFileProbe(path string) (*FileProbe, error) {
+	if st, err := os.Stat(path); err == nil && st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0 {
+		return openDeviceProbe(path)
+	}
 	size := int64(probeBlock * probeSlots)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -50,7 +67,7 @@ func OpenFileProbe(path string) (*FileProbe, error) {
 	}
 	f.Close()
 
-	p := &FileProbe{buf: alignedBlock()}
+	p := newProbe()
 	// O_DIRECT keeps the page cache out of the measurement; a file system
 	// that refuses it (tmpfs) still gets a synchronous write.
 	if f, err = os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT|unix.O_DSYNC|unix.O_CLOEXEC, 0); err == nil {
@@ -61,6 +78,58 @@ func OpenFileProbe(path string) (*FileProbe, error) {
 		return nil, fmt.Errorf("pace: open probe file %s: %w", path, err)
 	}
 	return p, nil
+}
+
+func newProbe() *FileProbe {
+	p := &FileProbe{buf: alignedBlock()}
+	copy(p.buf, probeMagic)
+	return p
+}
+
+// openDeviceProbe opens a block device as the probe, after checking that it
+// is large enough and holds nothing but a probe's own writes.
+func openDeviceProbe(path string) (*FileProbe, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_DIRECT|unix.O_DSYNC|unix.O_CLOEXEC, 0)
+	direct := err == nil
+	if err != nil {
+		f, err = os.OpenFile(path, os.O_RDWR|unix.O_DSYNC|unix.O_CLOEXEC, 0)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pace: open probe device: %w", err)
+	}
+	size, err := f.Seek(0, io.SeekEnd)
+	if err == nil && size < probeBlock*probeSlots {
+		err = fmt.Errorf("%w: %s is %d bytes, the probe needs %d", ErrNotProbeDevice, path, size, probeBlock*probeSlots)
+	}
+	if err == nil {
+		first := alignedBlock()
+		if _, err = f.ReadAt(first, 0); err != nil {
+			err = fmt.Errorf("pace: read probe device %s: %w", path, err)
+		} else if string(first[:len(probeMagic)]) != probeMagic && !allZero(first) {
+			err = fmt.Errorf("%w: %s holds data a probe did not write; give it an empty device (lvcreate zeroes the start of a new LV)", ErrNotProbeDevice, path)
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	p := newProbe()
+	p.f, p.direct = f, direct
+	// Claim the device before the first timed write.
+	if _, err := f.WriteAt(p.buf, 0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("pace: write probe device %s: %w", path, err)
+	}
+	return p, nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // alignedBlock returns a probeBlock buffer aligned for O_DIRECT.
@@ -82,7 +151,7 @@ func (p *FileProbe) Probe() (time.Duration, error) {
 	}
 	off := (p.next % probeSlots) * probeBlock
 	p.next++
-	p.buf[0] = byte(p.next) // not all zeros: nothing may elide the write
+	p.buf[len(probeMagic)] = byte(p.next) // each write differs: nothing may elide it
 	start := time.Now()
 	n, err := p.f.WriteAt(p.buf, off)
 	d := time.Since(start)

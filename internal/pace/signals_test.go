@@ -1,12 +1,17 @@
 package pace
 
 import (
+	"bytes"
+	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/forknode/forknode/internal/testutil"
 )
 
 func TestLatencySignal(t *testing.T) {
@@ -175,6 +180,66 @@ func TestFileProbe(t *testing.T) {
 	}
 	if _, err := OpenFileProbe(filepath.Join(t.TempDir(), "missing", "dir", "probe")); err == nil {
 		t.Fatal("a probe in a missing directory opened")
+	}
+}
+
+// A block device (a small LV on an LVM host) can be the probe, but only an
+// empty one or one a probe wrote before: anything else is left untouched.
+func TestDeviceProbe(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	image := func(name string, size int64, first []byte) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, first, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(path, size); err != nil {
+			t.Fatal(err)
+		}
+		return testutil.AttachLoop(t, path)
+	}
+	data := bytes.Repeat([]byte("precious"), 512)
+	for _, tc := range []struct {
+		name  string
+		size  int64
+		first []byte
+		err   error
+	}{
+		{"empty", 4 << 20, nil, nil},
+		{"small", 512 << 10, nil, ErrNotProbeDevice},
+		{"holds data", 4 << 20, data, ErrNotProbeDevice},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dev := image(tc.name+".img", tc.size, tc.first)
+			p, err := OpenFileProbe(dev)
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("open %s: %v, want %v", dev, err, tc.err)
+			}
+			if err != nil {
+				got := make([]byte, len(tc.first))
+				f, err := os.Open(dev)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				if _, err := io.ReadFull(f, got); err != nil || !bytes.Equal(got, tc.first) {
+					t.Fatalf("a refused device was written to: %v", err)
+				}
+				return
+			}
+			for range 3 {
+				if d, err := p.Probe(); err != nil || d <= 0 {
+					t.Fatalf("probe: %v %v", d, err)
+				}
+			}
+			p.Close()
+			// A later start recognises the device as the probe's.
+			p, err = OpenFileProbe(dev)
+			if err != nil {
+				t.Fatalf("reopen: %v", err)
+			}
+			p.Close()
+		})
 	}
 }
 

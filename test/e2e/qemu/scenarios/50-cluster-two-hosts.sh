@@ -28,6 +28,7 @@ fail() {
 		tail -n 40 "$d/$h.log"
 	done
 	stop_agents
+	lvm lvremove -q -y "$FORKNODE_LVM_VG/forknode-ioprobe" >/dev/null 2>&1
 	exit 1
 }
 
@@ -35,13 +36,20 @@ forknode keygen -o "$d/key" >/dev/null || fail "keygen"
 FORKNODE_TOKEN=$(forknode token --key "$d/key") || fail "token"
 export FORKNODE_TOKEN FORKNODE_ADDR=http://127.0.0.1:7948
 
-agent() { # name ip vg join
-	forknode agent --name "$1" --data-dir "$d/$1" --gossip-addr "$2:7946" --cluster-addr "$2:7947" \
-		--api-addr "$2:7948" --join "$4" --bootstrap-expect 2 --region guest --backend lvm --vg "$3" \
-		--key "$d/key" --log-level info >"$d/$1.log" 2>&1 &
+agent() { # name ip vg join [more flags]
+	n=$1 ip=$2 vg=$3 join=$4
+	shift 4
+	forknode agent --name "$n" --data-dir "$d/$n" --gossip-addr "$ip:7946" --cluster-addr "$ip:7947" \
+		--api-addr "$ip:7948" --join "$join" --bootstrap-expect 2 --region guest --backend lvm --vg "$vg" \
+		--key "$d/key" --log-level info "$@" >"$d/$n.log" 2>&1 &
 	pids="$pids $!"
 }
-agent thick 127.0.0.1 "$FORKNODE_LVM_VG" 127.0.0.2:7946
+# The thick host's pacing probe is an LV of its own, as the README says for
+# LVM (PVs carry no file system for a probe file). Untagged: not a volume.
+lvm lvcreate -q -y -L 4M -n forknode-ioprobe "$FORKNODE_LVM_VG" >/dev/null || fail "lvcreate probe LV"
+probe=$(lvm lvs --noheadings -o lv_path "$FORKNODE_LVM_VG/forknode-ioprobe" | tr -d ' ')
+[ -b "$probe" ] || fail "no probe LV device ($probe)"
+agent thick 127.0.0.1 "$FORKNODE_LVM_VG" 127.0.0.2:7946 --pace-probe "$probe"
 agent thin 127.0.0.2 "$FORKNODE_LVM_THIN_VG" 127.0.0.1:7946
 
 # Ready = a leader is elected and both hosts are registered in the
@@ -60,6 +68,10 @@ echo "cluster formed after ${i} polls")"
 done
 cat "$d/status"
 echo "cluster formed after ${i} polls"
+# The probe claimed its LV: each write starts with its magic.
+grep -q "no I/O probe" "$d/thick.log" && fail "probe LV refused: $(grep 'no I/O probe' "$d/thick.log")"
+[ "$(head -c 16 "$probe")" = "forknode-ioprobe" ] || fail "probe LV not written by the probe"
+echo "pacing probe on LV $probe"
 
 t0=$(date +%s)
 fn() {
@@ -104,4 +116,5 @@ while [ -n "$(lvm lvs --noheadings -o lv_name --select tags=forknode "$FORKNODE_
 	sleep 0.5
 done
 stop_agents
+lvm lvremove -q -y "$FORKNODE_LVM_VG/forknode-ioprobe" >/dev/null || fail "lvremove probe LV"
 echo "two-host cluster on real LVM: copy, stream and clone forks verified"
