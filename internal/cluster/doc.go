@@ -9,12 +9,15 @@
 //   - mux.go: the one mutually authenticated TLS port. After the handshake the
 //     dialer sends one byte naming the protocol: raft, forwarding or transfer.
 //   - node.go: raft (raft-boltdb/v2 log and stable store, file snapshots),
-//     bootstrap-expect from gossip, and shutdown.
+//     bootstrap-expect from gossip, and shutdown. A graceful stop announces
+//     the leave in gossip and asks the leader to drop it from raft directly,
+//     so a leaver never stays a dead voter.
 //   - leader.go: the leader loop. Barrier first, then reconcile gossip into
 //     raft voters (idempotently) and catalog hosts, and fail forks stuck on a
 //     host that has been dead too long.
 //   - forward.go: Apply, the one way to write. Followers forward to the
 //     leader; the leader stamps the time; request ids make retries safe.
+//     Also Barrier (reads catch up with the leader) and the leave request.
 //   - executor.go: this host's part of each fork, level-triggered from the
 //     catalog, idempotent, and reconciled with the backend after a restart.
 //   - http.go: the versioned JSON API.

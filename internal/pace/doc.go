@@ -11,8 +11,9 @@
 // backs off as soon as a queue builds.
 //
 // The delay is that of a probe: a 4 KiB O_DIRECT|O_DSYNC overwrite of an
-// already allocated block in a small file on the volumes' file system (see
-// FileProbe). That is the same operation a database commit waits for (a
+// already allocated block in a small file on the volumes' file system, or
+// in a small empty block device on their disks, e.g. an LV of its own on an
+// LVM host (see OpenFileProbe). That is the same operation a database commit waits for (a
 // small write plus a cache flush), it touches no file system metadata, and
 // it is queued behind every other write to the device, the fork's and the
 // database's alike. The second signal is the CPU (CPUSignal): this
