@@ -287,7 +287,11 @@ func (c *Client) WaitFork(ctx context.Context, id string, interval time.Duration
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		f, err := c.Fork(ctx, id)
+		// Polls read the node's own catalog (?stale=1): states only move
+		// forward, so the answer is never wrong, at most a moment late,
+		// and polling costs the leader nothing.
+		var f *Fork
+		err := c.Do(ctx, http.MethodGet, "/v1/forks/"+esc(id)+"?stale=1", nil, &f, nil)
 		switch {
 		case err == nil:
 			if progress != nil {

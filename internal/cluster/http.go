@@ -767,9 +767,18 @@ func (s *apiServer) listForks(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *apiServer) getFork(w http.ResponseWriter, r *http.Request) {
-	// Without this, `forks show` on one node could still say running after
-	// `fork --wait` on another said ready.
-	s.freshen(w, r)
+	stale, err := queryBool(r, "stale")
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	// Without the barrier, `forks show` on one node could still say running
+	// after `fork --wait` on another said ready. ?stale=1 is for pollers:
+	// a fork's state only moves forward, so a lagging answer just comes
+	// later, and a poll need not cost the leader a raft write.
+	if !stale {
+		s.freshen(w, r)
+	}
 	ctx, cancel := s.ctx(r, s.reqTO)
 	defer cancel()
 	f, err := s.lookupFork(ctx, r.PathValue("id"))

@@ -776,6 +776,43 @@ func TestHTTPReadsCatchUp(t *testing.T) {
 	}
 }
 
+// Pollers ask for ?stale=1: no barrier, so waiting on a fork costs the
+// leader nothing; a plain read takes one.
+func TestHTTPForkPollsSkipBarrier(t *testing.T) {
+	e := newEnv(t)
+	c1, _ := api.NewClient(e.srv1.URL, testToken)
+	ctx := context.Background()
+	f, err := c1.CreateFork(ctx, api.CreateForkRequest{Source: "db", Name: "pr-poll"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var barriers atomic.Int64
+	e.n1.mu.Lock()
+	e.n1.onBarrier = func() { barriers.Add(1) }
+	e.n1.mu.Unlock()
+
+	if _, err := c1.Fork(ctx, f.ID); err != nil || barriers.Load() != 1 {
+		t.Fatalf("plain read: %v, %d barriers, want 1", err, barriers.Load())
+	}
+	polls := 0
+	go func() {
+		time.Sleep(30 * time.Millisecond)
+		e.cat.apply(fsm.CmdFinishFork, &fsm.FinishForkCmd{ForkID: f.ID, OK: true})
+	}()
+	got, err := c1.WaitFork(ctx, f.ID, 5*time.Millisecond, func(api.Fork) { polls++ })
+	if err != nil || got.State != fsm.ForkReady || polls < 2 {
+		t.Fatalf("wait: %v %+v after %d polls", err, got, polls)
+	}
+	if n := barriers.Load(); n != 1 {
+		t.Fatalf("%d barriers after %d polls, want still 1", n, polls)
+	}
+	var body api.ErrorBody
+	err = c1.Do(ctx, http.MethodGet, "/v1/forks/"+f.ID+"?stale=maybe", nil, &body, nil)
+	if !api.IsCode(err, api.CodeInvalid) || !strings.Contains(err.Error(), "stale") {
+		t.Fatalf("bad stale: %v", err)
+	}
+}
+
 func TestHTTPRemoveNode(t *testing.T) {
 	e := newEnv(t)
 	c, _ := api.NewClient(e.srv1.URL, testToken)
