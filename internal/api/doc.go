@@ -15,4 +15,10 @@
 // conflict with the current catalog and may succeed later, and keeping it 4xx
 // stops proxies and retry loops from treating it as a server fault), 413 body
 // over 64 KiB, 503 no leader reachable or node shutting down.
+//
+// Reads catch up with the leader before answering, so a change made through
+// any node shows at once (a list that could not catch up carries
+// "X-Forknode-Stale: true"). GET /v1/forks/{id}?stale=1 skips that for
+// pollers: a fork's state only moves forward, so the answer may be late
+// but is never wrong. POST /v1/volumes and /v1/forks take ?wait=1.
 package api
