@@ -515,6 +515,21 @@ func TestClusterStreamSourceDies(t *testing.T) {
 // fork ends failed, the target host removes the partial volume, the source
 // host releases its snapshot, and the source volume is untouched. Both
 // paths that take a snapshot: a stream to another host, a local copy.
+// backendHas reports whether n's backend lists a volume matching match
+// (true when it cannot list: "not gone yet").
+func backendHas(n *Node, match func(cow.Volume) bool) bool {
+	vols, err := n.Backend().List(context.Background())
+	if err != nil {
+		return true
+	}
+	for _, v := range vols {
+		if match(v) {
+			return true
+		}
+	}
+	return false
+}
+
 func TestClusterCancelFork(t *testing.T) {
 	for _, tt := range []struct {
 		via    fsm.Path
@@ -572,31 +587,10 @@ func testCancelFork(t *testing.T, via fsm.Path, target string) {
 	testutil.Eventually(t, 20*time.Second, "target volume gone from the catalog and from "+target, func() bool {
 		var inCatalog bool
 		nt.View(func(s *fsm.State) { _, inCatalog = s.Volume(fk.TargetVolume) })
-		if inCatalog {
-			return false
-		}
-		vols, err := nt.Backend().List(ctx)
-		if err != nil {
-			return false
-		}
-		for _, v := range vols {
-			if v.ID == fk.TargetVolume {
-				return false
-			}
-		}
-		return true
+		return !inCatalog && !backendHas(nt, func(v cow.Volume) bool { return v.ID == fk.TargetVolume })
 	})
 	testutil.Eventually(t, 20*time.Second, "snapshot released on n1", func() bool {
-		vols, err := n1.Backend().List(ctx)
-		if err != nil {
-			return false
-		}
-		for _, v := range vols {
-			if v.Kind == cow.KindSnapshot {
-				return false
-			}
-		}
-		return true
+		return !backendHas(n1, func(v cow.Volume) bool { return v.Kind == cow.KindSnapshot })
 	})
 	// The executor's own end of the cancelled task must not rewrite the
 	// operator's verdict.

@@ -93,12 +93,7 @@ func forkThrottle(fork, node *transfer.Limiter) func(ctx context.Context, n int)
 	if fork == nil && node == nil {
 		return nil
 	}
-	return func(ctx context.Context, n int) error {
-		if err := fork.WaitN(ctx, n); err != nil {
-			return err
-		}
-		return node.WaitN(ctx, n)
-	}
+	return func(ctx context.Context, n int) error { return transfer.WaitAll(ctx, n, fork, node) }
 }
 
 func (e *executor) streamOptions() transfer.Options {

@@ -527,16 +527,23 @@ func (n *Node) removeServerLocal(name string) error {
 			return fmt.Errorf("%w: node %s is alive; stop it first (it leaves gracefully)", fsm.ErrConflict, name)
 		}
 	}
+	return n.dropServer(name)
+}
+
+// dropServer removes name from the raft configuration; a name that is not
+// there is already gone (removal is idempotent).
+func (n *Node) dropServer(name string) error {
 	cf := n.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return err
 	}
 	for _, s := range cf.Configuration().Servers {
 		if string(s.ID) == name {
+			n.logger.Info("removing raft server", "server", name)
 			return n.raft.RemoveServer(s.ID, 0, 0).Error()
 		}
 	}
-	return nil // already gone: removal is idempotent
+	return nil
 }
 
 // removeLeaver takes a node that asked to leave out of raft at once. Its
@@ -545,17 +552,7 @@ func (n *Node) removeServerLocal(name string) error {
 // reconcile neither re-adds it nor leaves it as a dead voter.
 func (n *Node) removeLeaver(name string) error {
 	n.gossip.noteLeaving(name)
-	cf := n.raft.GetConfiguration()
-	if err := cf.Error(); err != nil {
-		return err
-	}
-	for _, s := range cf.Configuration().Servers {
-		if string(s.ID) == name {
-			n.logger.Info("removing raft server that is leaving", "server", name)
-			return n.raft.RemoveServer(s.ID, 0, 0).Error()
-		}
-	}
-	return nil
+	return n.dropServer(name)
 }
 
 // leaveRaft asks the leader to take this node out of raft, before a

@@ -375,52 +375,46 @@ func findVolume(st *fsm.State, idOrName string) (fsm.Volume, bool) {
 // retried after a barrier, so a follower sees what was just written through
 // it; if the barrier cannot complete the node says so (503) rather than
 // claim the volume does not exist.
-func (s *apiServer) lookupVolume(ctx context.Context, idOrName string) (fsm.Volume, error) {
-	var v fsm.Volume
+func (s *apiServer) lookupVolume(ctx context.Context, idOrName string, synced bool) (fsm.Volume, error) {
+	return lookup(ctx, s.b, "volume", idOrName, synced, func(st *fsm.State) (fsm.Volume, bool) { return findVolume(st, idOrName) })
+}
+
+func (s *apiServer) lookupFork(ctx context.Context, id string, synced bool) (fsm.Fork, error) {
+	return lookup(ctx, s.b, "fork", id, synced, func(st *fsm.State) (fsm.Fork, bool) { return st.Fork(id) })
+}
+
+// lookup finds an object in this node's catalog. A miss is only final once
+// the catalog has caught up with the leader: synced says the caller already
+// took that barrier (freshen), else lookup takes it here.
+func lookup[T any](ctx context.Context, b apiBackend, what, id string, synced bool, find func(*fsm.State) (T, bool)) (T, error) {
+	var v T
 	var ok bool
-	s.b.View(func(st *fsm.State) { v, ok = findVolume(st, idOrName) })
-	if ok {
-		return v, nil
+	b.View(func(st *fsm.State) { v, ok = find(st) })
+	if !ok && !synced {
+		bctx, cancel := context.WithTimeout(ctx, barrierTimeout)
+		defer cancel()
+		if err := b.Barrier(bctx); err != nil {
+			return v, fmt.Errorf("%s %q not in this node's catalog, and it cannot sync with the leader: %w", what, id, err)
+		}
+		b.View(func(st *fsm.State) { v, ok = find(st) })
 	}
-	bctx, cancel := context.WithTimeout(ctx, barrierTimeout)
-	defer cancel()
-	if err := s.b.Barrier(bctx); err != nil {
-		return v, fmt.Errorf("volume %q not in this node's catalog, and it cannot sync with the leader: %w", idOrName, err)
-	}
-	s.b.View(func(st *fsm.State) { v, ok = findVolume(st, idOrName) })
 	if !ok {
-		return v, fmt.Errorf("volume %q: %w", idOrName, fsm.ErrNotFound)
+		return v, fmt.Errorf("%s %q: %w", what, id, fsm.ErrNotFound)
 	}
 	return v, nil
 }
 
-func (s *apiServer) lookupFork(ctx context.Context, id string) (fsm.Fork, error) {
-	var f fsm.Fork
-	var ok bool
-	s.b.View(func(st *fsm.State) { f, ok = st.Fork(id) })
-	if ok {
-		return f, nil
-	}
-	bctx, cancel := context.WithTimeout(ctx, barrierTimeout)
-	defer cancel()
-	if err := s.b.Barrier(bctx); err != nil {
-		return f, fmt.Errorf("fork %q not in this node's catalog, and it cannot sync with the leader: %w", id, err)
-	}
-	s.b.View(func(st *fsm.State) { f, ok = st.Fork(id) })
-	if !ok {
-		return f, fmt.Errorf("fork %q: %w", id, fsm.ErrNotFound)
-	}
-	return f, nil
-}
-
-// freshen is the best-effort barrier of list reads: on failure the list is
-// served from the local catalog and marked stale.
-func (s *apiServer) freshen(w http.ResponseWriter, r *http.Request) {
+// freshen is the best-effort barrier of reads: on failure the answer is
+// served from the local catalog and marked stale. It reports whether the
+// catalog caught up.
+func (s *apiServer) freshen(w http.ResponseWriter, r *http.Request) bool {
 	ctx, cancel := context.WithTimeout(r.Context(), barrierTimeout)
 	defer cancel()
 	if err := s.b.Barrier(ctx); err != nil {
 		w.Header().Set(staleHeader, "true")
+		return false
 	}
+	return true
 }
 
 func asVolume(v any) (fsm.Volume, error) {
@@ -520,10 +514,10 @@ func (s *apiServer) listVolumes(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *apiServer) getVolume(w http.ResponseWriter, r *http.Request) {
-	s.freshen(w, r) // read your writes made through any node
+	synced := s.freshen(w, r) // read your writes made through any node
 	ctx, cancel := s.ctx(r, s.reqTO)
 	defer cancel()
-	v, err := s.lookupVolume(ctx, r.PathValue("id"))
+	v, err := s.lookupVolume(ctx, r.PathValue("id"), synced)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -602,7 +596,7 @@ func (s *apiServer) deleteVolume(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := s.ctx(r, s.reqTO)
 	defer cancel()
-	v, err := s.lookupVolume(ctx, r.PathValue("id"))
+	v, err := s.lookupVolume(ctx, r.PathValue("id"), false)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -648,7 +642,7 @@ func (s *apiServer) detach(w http.ResponseWriter, r *http.Request) { s.attachDet
 func (s *apiServer) attachDetach(w http.ResponseWriter, r *http.Request, attach bool) {
 	ctx, cancel := s.ctx(r, s.reqTO)
 	defer cancel()
-	v, err := s.lookupVolume(ctx, r.PathValue("id"))
+	v, err := s.lookupVolume(ctx, r.PathValue("id"), false)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -776,12 +770,10 @@ func (s *apiServer) getFork(w http.ResponseWriter, r *http.Request) {
 	// after `fork --wait` on another said ready. ?stale=1 is for pollers:
 	// a fork's state only moves forward, so a lagging answer just comes
 	// later, and a poll need not cost the leader a raft write.
-	if !stale {
-		s.freshen(w, r)
-	}
+	synced := !stale && s.freshen(w, r)
 	ctx, cancel := s.ctx(r, s.reqTO)
 	defer cancel()
-	f, err := s.lookupFork(ctx, r.PathValue("id"))
+	f, err := s.lookupFork(ctx, r.PathValue("id"), synced)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -798,7 +790,7 @@ func (s *apiServer) getFork(w http.ResponseWriter, r *http.Request) {
 func (s *apiServer) cancelFork(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := s.ctx(r, s.reqTO)
 	defer cancel()
-	f, err := s.lookupFork(ctx, r.PathValue("id"))
+	f, err := s.lookupFork(ctx, r.PathValue("id"), false)
 	if err != nil {
 		s.fail(w, r, err)
 		return

@@ -69,6 +69,18 @@ func (l *Limiter) Taken() int64 {
 	return l.taken.Load()
 }
 
+// WaitAll takes n bytes from each limiter in turn (nil ones never wait):
+// a transfer's own cap, then the node's shared limiter. Tokens keep
+// accruing in the later ones meanwhile, so the rate is the lowest of them.
+func WaitAll(ctx context.Context, n int, ls ...*Limiter) error {
+	for _, l := range ls {
+		if err := l.WaitN(ctx, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // WaitN takes n bytes from the bucket, sleeping until they are paid for.
 func (l *Limiter) WaitN(ctx context.Context, n int) error {
 	if l == nil || n <= 0 {

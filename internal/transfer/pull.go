@@ -343,8 +343,7 @@ func (p *puller) stream(ctx context.Context, conn net.Conn) error {
 						// carries the slowdown back to the sender. Only
 						// pacing: an error here is the context's, and the
 						// frame is applied anyway.
-						_ = p.limit.WaitN(ctx, int(j.h.Length))
-						_ = p.opts.Limiter.WaitN(ctx, int(j.h.Length))
+						_ = WaitAll(ctx, int(j.h.Length), p.limit, p.opts.Limiter)
 					}
 					if err := p.apply(j); err != nil {
 						var perm permanentError

@@ -380,10 +380,7 @@ func (s *sender) readBlock(p []byte, off int64) error {
 
 // rateWait applies the per-transfer and the shared limiter.
 func (s *sender) rateWait(ctx context.Context, n int) error {
-	if err := s.limit.WaitN(ctx, n); err != nil {
-		return err
-	}
-	return s.opts.Limiter.WaitN(ctx, n)
+	return WaitAll(ctx, n, s.limit, s.opts.Limiter)
 }
 
 // run streams blocks from resume to the end, then the done frame, then
