@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/forknode/forknode/internal/cluster"
 	"github.com/forknode/forknode/internal/cow"
@@ -31,6 +32,15 @@ type agentFlags struct {
 	logJSON, pace                                                            bool
 	paceProbe                                                                string
 	nice                                                                     int
+	forkRetention, sweepInterval                                             time.Duration
+}
+
+// forkRetention maps the flag (0: forever) onto cluster.Config (< 0: forever).
+func forkRetention(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 func runAgent(args []string) error {
@@ -59,6 +69,8 @@ func runAgent(args []string) error {
 	fs.StringVar(&f.paceProbe, "pace-probe", "", "file on the volumes' disk, or an empty block device there (lvm: a small LV of its own), that pacing times small synchronous writes in (default VOLUME_DIR/.forknode-ioprobe; lvm: DATA_DIR/.forknode-ioprobe)")
 	fs.StringVar(&f.keyFile, "key", "", "cluster key file (required; create one with `forknode keygen`)")
 	fs.StringVar(&f.codec, "codec", "auto", "stream compression: zstd, s2 or auto")
+	fs.DurationVar(&f.sweepInterval, "sweep-interval", 30*time.Second, "how often the leader deletes expired volumes and prunes old forks")
+	fs.DurationVar(&f.forkRetention, "fork-retention", cluster.DefaultForkRetention, "how long the catalog keeps finished forks before the leader prunes them (0: forever); volumes go by their own --ttl")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
 	pos, err := parseInterspersed(fs, args)
@@ -81,6 +93,12 @@ func runAgent(args []string) error {
 	}
 	if f.rateLimit < 0 || f.capacity < 0 || f.paceFloor < 0 {
 		return usagef("agent: --rate-limit, --pace-floor and --capacity must not be negative")
+	}
+	if f.sweepInterval < 100*time.Millisecond {
+		return usagef("agent: --sweep-interval %s: want at least 100ms", f.sweepInterval)
+	}
+	if f.forkRetention < 0 {
+		return usagef("agent: --fork-retention %s is negative; 0 keeps finished forks forever", f.forkRetention)
 	}
 	if f.rateLimit > 0 && f.paceFloor > f.rateLimit {
 		return usagef("agent: --pace-floor %d is above --rate-limit %d", f.paceFloor, f.rateLimit)
@@ -115,6 +133,7 @@ func runAgent(args []string) error {
 		Backend: be, Keys: km, Logger: logger,
 		RateLimit: f.rateLimit, StreamCodec: f.codec,
 		Pace: f.pace, PaceProbe: paceProbePath(f), PaceFloor: f.paceFloor,
+		ForkRetention: forkRetention(f.forkRetention), SweepInterval: f.sweepInterval,
 	})
 	if err != nil {
 		return fmt.Errorf("start node: %w", err)

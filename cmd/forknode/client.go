@@ -172,7 +172,7 @@ func runStatus(args []string) error {
 
 func runVolume(args []string) error {
 	if len(args) == 0 {
-		return usagef("volume: want a subcommand: create, ls, show, rm, attach, detach")
+		return usagef("volume: want a subcommand: create, ls, show, rm, attach, detach, expire")
 	}
 	switch args[0] {
 	case "create":
@@ -187,22 +187,26 @@ func runVolume(args []string) error {
 		return volumeOne("attach", args[1:])
 	case "detach":
 		return volumeOne("detach", args[1:])
+	case "expire":
+		return volumeExpire(args[1:])
 	case "-h", "--help", "help":
-		fmt.Println("Usage: forknode volume create NAME --size SIZE [--app A] [--host H] [--region R] [--wait]\n       forknode volume ls|show ID|rm ID|attach ID|detach ID")
+		fmt.Println("Usage: forknode volume create NAME --size SIZE [--app A] [--host H] [--region R] [--ttl DUR] [--wait]\n       forknode volume expire ID-OR-NAME --in DUR | --never\n       forknode volume ls|show ID|rm ID|attach ID|detach ID")
 		return nil
 	}
-	return usagef("volume: unknown subcommand %q: want create, ls, show, rm, attach, detach", args[0])
+	return usagef("volume: unknown subcommand %q: want create, ls, show, rm, attach, detach, expire", args[0])
 }
 
 func volumeCreate(args []string) error {
 	var cf clientFlags
 	var req api.CreateVolumeRequest
-	fs := newFlagSet("volume create", "volume create NAME --size SIZE [--app A] [--host H] [--region R] [--wait]")
+	var ttl time.Duration
+	fs := newFlagSet("volume create", "volume create NAME --size SIZE [--app A] [--host H] [--region R] [--ttl DUR] [--wait]")
 	addClientFlags(fs, &cf, true)
 	sizeVar(fs, &req.Size, "size", 0, "volume size, e.g. 1GiB (required)")
 	fs.StringVar(&req.App, "app", "", "app the volume belongs to")
 	fs.StringVar(&req.Host, "host", "", "host to place it on (default: chosen by the catalog)")
 	fs.StringVar(&req.Region, "region", "", "preferred region when --host is not given")
+	ttlVar(fs, &ttl, "ttl", "delete the volume this long after it is created, e.g. 36h or 7d (default: never)")
 	wait := fs.Bool("wait", false, "wait until the host made the volume ready")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -212,6 +216,7 @@ func volumeCreate(args []string) error {
 		return err
 	}
 	req.Name = pos[0]
+	req.TTLSeconds = int64(ttl / time.Second)
 	if req.Size == 0 {
 		return usagef("volume create: --size is required (e.g. --size 1GiB)")
 	}
@@ -232,7 +237,7 @@ func volumeCreate(args []string) error {
 			return err
 		}
 	} else {
-		fmt.Printf("volume %s (%s) on %s: %s, %s\n", v.Name, v.ID, v.Host, humanSize(v.Size), v.State)
+		fmt.Printf("volume %s (%s) on %s: %s, %s%s\n", v.Name, v.ID, v.Host, humanSize(v.Size), v.State, expiresNote(v.ExpiresAt))
 	}
 	if *wait && v.State != "ready" {
 		return fmt.Errorf("volume %s is %s, not ready", v.ID, v.State)
@@ -269,10 +274,11 @@ func volumeList(args []string) error {
 		return vols[i].ID < vols[j].ID
 	})
 	tw := table(os.Stdout)
-	fmt.Fprintln(tw, "ID\tNAME\tAPP\tHOST\tSIZE\tSTATE\tORIGIN\tCREATED")
+	fmt.Fprintln(tw, "ID\tNAME\tAPP\tHOST\tSIZE\tSTATE\tORIGIN\tCREATED\tEXPIRES")
+	now := time.Now()
 	for _, v := range vols {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, v.Name, dash(v.App), v.Host, humanSize(v.Size),
-			v.State, dash(v.Origin), ago(v.CreatedAt))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, v.Name, dash(v.App), v.Host, humanSize(v.Size),
+			v.State, dash(v.Origin), ago(v.CreatedAt), expiresText(v.ExpiresAt, now))
 	}
 	return tw.Flush()
 }
@@ -311,6 +317,7 @@ func volumeOne(op string, args []string) error {
 			{"id", v.ID}, {"name", v.Name}, {"app", dash(v.App)}, {"host", v.Host},
 			{"size", fmt.Sprintf("%s (%d bytes)", humanSize(v.Size), v.Size)}, {"state", string(v.State)},
 			{"origin", dash(v.Origin)}, {"fork", dash(v.ForkID)}, {"created", ago(v.CreatedAt)},
+			{"expires", expiresAt(v.ExpiresAt)},
 		} {
 			fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 		}
@@ -363,18 +370,68 @@ func volumeOne(op string, args []string) error {
 	return usagef("volume: unknown subcommand %q", op)
 }
 
+// expiresAt renders an expiry for `volume show`: the time and how far off.
+func expiresAt(unixNanos int64) string {
+	if unixNanos == 0 {
+		return "never"
+	}
+	return time.Unix(0, unixNanos).UTC().Format(time.RFC3339) + " (" + expiresText(unixNanos, time.Now()) + ")"
+}
+
+// expiresNote is a one-line summary's tail: "" or ", expires in 36h0m0s".
+func expiresNote(unixNanos int64) string {
+	if unixNanos == 0 {
+		return ""
+	}
+	return ", expires " + expiresText(unixNanos, time.Now())
+}
+
+func volumeExpire(args []string) error {
+	var cf clientFlags
+	var in time.Duration
+	fs := newFlagSet("volume expire", "volume expire ID-OR-NAME --in DUR | --never")
+	addClientFlags(fs, &cf, true)
+	ttlVar(fs, &in, "in", "delete the volume this long from now, e.g. 2h or 3d")
+	never := fs.Bool("never", false, "clear the expiry: the volume stays until deleted by hand")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("volume expire", pos, 1, "ID-OR-NAME"); err != nil {
+		return err
+	}
+	if (in == 0) == !*never {
+		return usagef("volume expire: give exactly one of --in DUR or --never")
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	v, err := c.SetTTL(context.Background(), pos[0], in)
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		return printJSON(v)
+	}
+	fmt.Printf("volume %s (%s): expires %s\n", v.Name, v.ID, expiresAt(v.ExpiresAt))
+	return nil
+}
+
 // ---- forks
 
 func runFork(args []string) error {
 	var cf clientFlags
 	var req api.CreateForkRequest
-	fs := newFlagSet("fork", "fork SOURCE NAME [--host H] [--region R] [--via clone|copy|replica|stream] [--app A] [--rate-limit SIZE] [--checkpoint DSN] [--wait]")
+	var ttl time.Duration
+	fs := newFlagSet("fork", "fork SOURCE NAME [--host H] [--region R] [--via clone|copy|replica|stream] [--app A] [--rate-limit SIZE] [--ttl DUR] [--checkpoint DSN] [--wait]")
 	addClientFlags(fs, &cf, true)
 	fs.StringVar(&req.Host, "host", "", "target host")
 	fs.StringVar(&req.Region, "region", "", "target region")
 	fs.StringVar(&req.Via, "via", "", "force the path: clone, copy, replica or stream")
 	fs.StringVar(&req.App, "app", "", "app of the new volume (default: none, so a fork is never taken for a replica of the source's app)")
 	sizeVar(fs, &req.RateLimit, "rate-limit", 0, "cap this fork's copy or stream at SIZE bytes/s, e.g. 20MiB, below the hosts' own --rate-limit (0: the hosts' limits only)")
+	ttlVar(fs, &ttl, "ttl", "delete the new volume this long after the fork, e.g. 72h or 7d (default: never)")
 	ckpt := fs.String("checkpoint", "", "run CHECKPOINT on this PostgreSQL (postgres://...) just before the fork, for a short crash recovery")
 	wait := fs.Bool("wait", false, "wait for the fork, showing progress; fail if the fork fails")
 	key := fs.String("idempotency-key", "", "retry-safe key: the same key returns the same fork")
@@ -386,6 +443,7 @@ func runFork(args []string) error {
 		return err
 	}
 	req.Source, req.Name = pos[0], pos[1]
+	req.TTLSeconds = int64(ttl / time.Second)
 	c, err := cf.client()
 	if err != nil {
 		return err

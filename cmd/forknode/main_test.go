@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/forknode/forknode/internal/api"
 	"github.com/forknode/forknode/internal/fsm"
@@ -49,6 +51,8 @@ func TestUsageAndExitCodes(t *testing.T) {
 		{args: []string{"agent"}, code: 2, errText: "forknode keygen"},
 		{args: []string{"agent", "--key", "k", "--codec", "lz4"}, code: 2, errText: "--codec"},
 		{args: []string{"agent", "--bogus"}, code: 2, errText: "flag provided but not defined"},
+		{args: []string{"agent", "--key", "k", "--fork-retention", "-1h"}, code: 2, errText: "--fork-retention -1h0m0s is negative"},
+		{args: []string{"agent", "--key", "k", "--sweep-interval", "1ms"}, code: 2, errText: "--sweep-interval 1ms"},
 		{args: []string{"volume"}, code: 2, errText: "want a subcommand"},
 		{args: []string{"volume", "create", "x", "--token", "t"}, code: 2, errText: "--size is required"},
 		{args: []string{"volume", "create", "x", "--size", "1 parsec", "--token", "t"}, code: 2, errText: "unknown unit"},
@@ -144,7 +148,22 @@ func fakeAPI(t *testing.T) *httptest.Server {
 				Members: []api.Member{{Name: "n1", Status: "alive", Voter: true}},
 				Hosts:   []api.HostStatus{{ID: "n1", Backend: "file", Alive: true, Budget: 10 << 30, Used: 3 << 29, Free: 10<<30 - 3<<29}}})
 		case "GET /v1/volumes":
-			json.NewEncoder(w).Encode(api.VolumeList{Volumes: []api.Volume{{ID: "vol_1", Name: "db", Host: "n1", Size: 1 << 30, State: fsm.VolumeReady}}})
+			json.NewEncoder(w).Encode(api.VolumeList{Volumes: []api.Volume{
+				{ID: "vol_1", Name: "db", Host: "n1", Size: 1 << 30, State: fsm.VolumeReady},
+				{ID: "vol_2", Name: "pr-old", Host: "n1", Size: 1 << 30, State: fsm.VolumeReady, CreatedAt: 1, ExpiresAt: 2},
+				{ID: "vol_3", Name: "pr-new", Host: "n1", Size: 1 << 30, State: fsm.VolumeReady, CreatedAt: 3, ExpiresAt: time.Now().Add(49 * time.Hour).UnixNano()},
+			}})
+		case "POST /v1/volumes/db/ttl":
+			var req api.SetTTLRequest
+			if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+				w.WriteHeader(400)
+				return
+			}
+			v := api.Volume{ID: "vol_1", Name: "db", Host: "n1", Size: 1 << 30, State: fsm.VolumeReady}
+			if req.TTLSeconds > 0 {
+				v.ExpiresAt = time.Now().Add(time.Duration(req.TTLSeconds)*time.Second + 500*time.Millisecond).UnixNano()
+			}
+			json.NewEncoder(w).Encode(v)
 		case "GET /v1/forks/fork_1":
 			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_1", Name: "pr", State: fsm.ForkReady, Path: fsm.PathStream,
 				BytesDone: 1 << 30, BytesTotal: 1 << 30, WireBytes: 1 << 28, RateLimit: 64 << 20, CreatedAt: 1e9, FinishedAt: 3e9}))
@@ -173,6 +192,11 @@ func fakeAPI(t *testing.T) *httptest.Server {
 			if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Source != "db" || req.Via != "stream" {
 				w.WriteHeader(400)
 				json.NewEncoder(w).Encode(api.ErrorBody{Error: "bad request body", Code: api.CodeInvalid})
+				return
+			}
+			if req.TTLSeconds != 0 { // the flag's value arrives in seconds
+				w.WriteHeader(201)
+				json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_ttl", Name: fmt.Sprintf("ttl-%d", req.TTLSeconds), State: fsm.ForkPending, Path: fsm.PathStream}))
 				return
 			}
 			if req.RateLimit != 0 { // the flag's value arrives parsed
@@ -207,6 +231,14 @@ func TestClientCommands(t *testing.T) {
 		{args: []string{"forks", "show", "fork_1"}, out: []string{"compression ratio 4.00", "rate:", "512 MiB/s", "rate limit:", "64 MiB/s (this fork's own cap)", "took:"}},
 		{args: []string{"fork", "db", "pr", "--via", "stream", "--rate-limit", "20MiB", "--json"}, out: []string{`"rate_limit": 20971520`}},
 		{args: []string{"fork", "db", "pr", "--rate-limit", "fast"}, code: 2, errText: `size "fast"`},
+		{args: []string{"volume", "ls"}, out: []string{"EXPIRES", "expired", "in 49h0m0s"}},
+		{args: []string{"fork", "db", "pr", "--via", "stream", "--ttl", "3d"}, out: []string{"ttl-259200"}},
+		{args: []string{"fork", "db", "pr", "--ttl", "soon"}, code: 2, errText: `ttl "soon"`},
+		{args: []string{"volume", "expire", "db", "--in", "2h"}, out: []string{"volume db (vol_1): expires 20", "(in 2h0m0s)"}},
+		{args: []string{"volume", "expire", "db", "--never"}, out: []string{"expires never"}},
+		{args: []string{"volume", "expire", "db", "--in", "1d", "--json"}, out: []string{`"expires_at": `}},
+		{args: []string{"volume", "expire", "db"}, code: 2, errText: "exactly one of --in DUR or --never"},
+		{args: []string{"volume", "expire", "db", "--in", "2h", "--never"}, code: 2, errText: "exactly one of"},
 		{args: []string{"volume", "show", "x"}, code: 1, errText: "forknode: volume \"x\": not found"},
 		{args: []string{"fork", "db", "pr", "--via", "stream"}, code: 1, errText: "forknode: no host has room"},
 		{args: []string{"status", "--token", "wrong"}, code: 1, errText: "bearer token"},

@@ -203,6 +203,17 @@ func (c *Client) DeleteVolume(ctx context.Context, idOrName string) (*Volume, er
 	return &v, nil
 }
 
+// SetTTL makes a volume expire ttl from now (rounded down to whole
+// seconds), or never with ttl 0.
+func (c *Client) SetTTL(ctx context.Context, idOrName string, ttl time.Duration) (*Volume, error) {
+	var v Volume
+	req := SetTTLRequest{TTLSeconds: int64(ttl / time.Second)}
+	if err := c.Do(ctx, http.MethodPost, "/v1/volumes/"+esc(idOrName)+"/ttl", req, &v, nil); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
 // RemoveNode removes a dead node from the cluster for good (raft voters and
 // catalog). An alive node is refused: stopping it makes it leave.
 func (c *Client) RemoveNode(ctx context.Context, name string) error {

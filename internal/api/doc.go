@@ -21,4 +21,10 @@
 // "X-Forknode-Stale: true"). GET /v1/forks/{id}?stale=1 skips that for
 // pollers: a fork's state only moves forward, so the answer may be late
 // but is never wrong. POST /v1/volumes and /v1/forks take ?wait=1.
+//
+// Expiry: "ttl_seconds" on POST /v1/volumes and /v1/forks makes the new
+// volume expire that long after the leader commits it (its "expires_at",
+// unix nanoseconds); POST /v1/volumes/{id}/ttl {"ttl_seconds": N} sets it
+// from now, or clears it with 0. The leader deletes expired ready volumes
+// that are neither attached nor read by a fork in flight.
 package api

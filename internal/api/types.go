@@ -17,28 +17,44 @@ type Volume = fsm.Volume
 
 // CreateVolumeRequest is the body of POST /v1/volumes. Size is in bytes (a
 // multiple of 4096). Host pins the volume to a host; Region is a placement
-// hint used when Host is empty.
+// hint used when Host is empty. TTLSeconds, when > 0, makes the volume
+// expire that long after it is created (see SetTTLRequest).
 type CreateVolumeRequest struct {
-	Name   string `json:"name"`
-	App    string `json:"app,omitempty"`
-	Size   int64  `json:"size"`
-	Host   string `json:"host,omitempty"`
-	Region string `json:"region,omitempty"`
+	Name       string `json:"name"`
+	App        string `json:"app,omitempty"`
+	Size       int64  `json:"size"`
+	Host       string `json:"host,omitempty"`
+	Region     string `json:"region,omitempty"`
+	TTLSeconds int64  `json:"ttl_seconds,omitempty"`
 }
+
+// SetTTLRequest is the body of POST /v1/volumes/{id}/ttl: the volume
+// expires TTLSeconds from now, or never with 0. Once a volume's expires_at
+// has passed, the leader deletes it, unless it is attached (then it waits
+// for the detach) or a fork is reading it (then it waits for the fork).
+type SetTTLRequest struct {
+	TTLSeconds int64 `json:"ttl_seconds"`
+}
+
+// MaxTTLSeconds is the longest TTL accepted (about 100 years).
+const MaxTTLSeconds = fsm.MaxTTL / 1e9
 
 // CreateForkRequest is the body of POST /v1/forks. Source is a volume name
 // or id, an app name, or "app:vol_id". Via forces a path: clone, copy,
 // replica or stream. RateLimit caps this fork's copy or stream in bytes/s
 // of volume data (0: only the hosts' own --rate-limit; else at least
-// MinForkRateLimit).
+// MinForkRateLimit). TTLSeconds, when > 0, makes the new volume expire
+// that long after the fork is created: the lifetime of a review or test
+// environment.
 type CreateForkRequest struct {
-	Source    string `json:"source"`
-	Name      string `json:"name"`
-	Host      string `json:"host,omitempty"`
-	Region    string `json:"region,omitempty"`
-	Via       string `json:"via,omitempty"`
-	App       string `json:"app,omitempty"`
-	RateLimit int64  `json:"rate_limit,omitempty"`
+	Source     string `json:"source"`
+	Name       string `json:"name"`
+	Host       string `json:"host,omitempty"`
+	Region     string `json:"region,omitempty"`
+	Via        string `json:"via,omitempty"`
+	App        string `json:"app,omitempty"`
+	RateLimit  int64  `json:"rate_limit,omitempty"`
+	TTLSeconds int64  `json:"ttl_seconds,omitempty"`
 }
 
 // MinForkRateLimit is the lowest per-fork rate accepted: a 1 MiB chunk then

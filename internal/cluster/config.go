@@ -60,7 +60,17 @@ type Config struct {
 	Fast bool
 	// DeadHostTimeout: forks touching a host dead this long are failed.
 	DeadHostTimeout time.Duration
+	// ForkRetention is how long the catalog keeps a finished fork before the
+	// leader prunes it (0: DefaultForkRetention; < 0: forever). Volumes are
+	// not affected: they go by their own expiry.
+	ForkRetention time.Duration
+	// SweepInterval is how often the leader deletes expired volumes and
+	// prunes old forks (0: 30 s, or 200 ms with Fast).
+	SweepInterval time.Duration
 }
+
+// DefaultForkRetention keeps a week of fork history.
+const DefaultForkRetention = 7 * 24 * time.Hour
 
 // MemberInfo is one gossip member.
 type MemberInfo struct {

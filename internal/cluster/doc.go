@@ -15,6 +15,9 @@
 //   - leader.go: the leader loop. Barrier first, then reconcile gossip into
 //     raft voters (idempotently) and catalog hosts, and fail forks stuck on a
 //     host that has been dead too long.
+//   - janitor.go: the leader's sweep every SweepInterval: delete volumes
+//     whose expiry passed (not while attached or read by a fork), and
+//     prune forks finished longer ago than ForkRetention.
 //   - forward.go: Apply, the one way to write. Followers forward to the
 //     leader; the leader stamps the time; request ids make retries safe.
 //     Also Barrier (reads catch up with the leader) and the leave request.

@@ -91,6 +91,7 @@ func (s *apiServer) handler() http.Handler {
 	mux.HandleFunc("/v1/volumes/{id}", s.methods(map[string]http.HandlerFunc{"GET": s.getVolume, "DELETE": s.deleteVolume}))
 	mux.HandleFunc("/v1/volumes/{id}/attach", s.methods(map[string]http.HandlerFunc{"POST": s.attach}))
 	mux.HandleFunc("/v1/volumes/{id}/detach", s.methods(map[string]http.HandlerFunc{"POST": s.detach}))
+	mux.HandleFunc("/v1/volumes/{id}/ttl", s.methods(map[string]http.HandlerFunc{"POST": s.setTTL}))
 	mux.HandleFunc("/v1/forks", s.methods(map[string]http.HandlerFunc{"GET": s.listForks, "POST": s.createFork}))
 	mux.HandleFunc("/v1/forks/{id}", s.methods(map[string]http.HandlerFunc{"GET": s.getFork}))
 	mux.HandleFunc("/v1/forks/{id}/cancel", s.methods(map[string]http.HandlerFunc{"POST": s.cancelFork}))
@@ -539,8 +540,23 @@ func validateCreateVolume(req *api.CreateVolumeRequest) error {
 	if err := validateOptionalName("host", req.Host); err != nil {
 		return err
 	}
-	return validateOptionalName("region", req.Region)
+	if err := validateOptionalName("region", req.Region); err != nil {
+		return err
+	}
+	return validateTTL(req.TTLSeconds)
 }
+
+// validateTTL checks a ttl_seconds field: 0 (no expiry) or 1 s to about
+// 100 years.
+func validateTTL(secs int64) error {
+	if secs < 0 || secs > api.MaxTTLSeconds {
+		return badRequest("ttl_seconds: %d is out of range; want 0 (never expires) to %d (about 100 years)", secs, api.MaxTTLSeconds)
+	}
+	return nil
+}
+
+// ttlNanos is a validated ttl_seconds in the catalog's nanoseconds.
+func ttlNanos(secs int64) int64 { return secs * int64(time.Second) }
 
 func (s *apiServer) createVolume(w http.ResponseWriter, r *http.Request) {
 	var req api.CreateVolumeRequest
@@ -567,6 +583,7 @@ func (s *apiServer) createVolume(w http.ResponseWriter, r *http.Request) {
 		Volume: fsm.Volume{ID: s.newID("vol_"), Name: req.Name, App: req.App, Host: req.Host,
 			Size: req.Size, State: fsm.VolumeCreating},
 		Region: req.Region,
+		TTL:    ttlNanos(req.TTLSeconds),
 	}
 	res, err := s.apply(ctx, fsm.CmdCreateVolume, cmd)
 	if err != nil {
@@ -601,22 +618,9 @@ func (s *apiServer) deleteVolume(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	// An attached volume may be mounted and in use: refuse, naming the
-	// device. A host that does not answer cannot have it in use by anyone
-	// who can reach it; its executor removes the volume when it is back.
-	if _, err := s.b.VolumeOp(ctx, v.Host, VolumeCheckRemove, v.ID); err != nil && !errors.Is(err, ErrHostUnreachable) {
+	if v, err = startDelete(ctx, s.b, v, s.applyTO); err != nil {
 		s.fail(w, r, err)
 		return
-	}
-	res, err := s.apply(ctx, fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: v.ID, State: fsm.VolumeDeleting})
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	if nv, err := asVolume(res); err == nil {
-		v = nv
-	} else {
-		v.State = fsm.VolumeDeleting
 	}
 	if wait {
 		// Waits until the owning host removed the data and purged the record.
@@ -632,6 +636,64 @@ func (s *apiServer) deleteVolume(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusAccepted, v)
+}
+
+// volumeDeleter is what startDelete needs: the API's backend and the
+// leader's janitor both have it.
+type volumeDeleter interface {
+	Apply(ctx context.Context, t fsm.CommandType, cmd any) (any, error)
+	VolumeOp(ctx context.Context, host, op, id string) (string, error)
+}
+
+// startDelete marks v deleting; its host's executor then removes the data
+// and purges the record. An attached volume may be mounted and in use, so
+// it is refused (cow.ErrBusy, naming the device). A host that does not
+// answer cannot have it in use by anyone who can reach it: its executor
+// removes the volume when it is back. applyTO bounds the catalog write.
+func startDelete(ctx context.Context, b volumeDeleter, v fsm.Volume, applyTO time.Duration) (fsm.Volume, error) {
+	if _, err := b.VolumeOp(ctx, v.Host, VolumeCheckRemove, v.ID); err != nil && !errors.Is(err, ErrHostUnreachable) {
+		return v, err
+	}
+	actx, cancel := context.WithTimeout(ctx, applyTO)
+	defer cancel()
+	res, err := b.Apply(actx, fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: v.ID, State: fsm.VolumeDeleting})
+	if err != nil {
+		return v, err
+	}
+	if nv, err := asVolume(res); err == nil {
+		return nv, nil
+	}
+	v.State = fsm.VolumeDeleting
+	return v, nil
+}
+
+func (s *apiServer) setTTL(w http.ResponseWriter, r *http.Request) {
+	var req api.SetTTLRequest
+	if err := decode(w, r, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if err := validateTTL(req.TTLSeconds); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	ctx, cancel := s.ctx(r, s.reqTO)
+	defer cancel()
+	v, err := s.lookupVolume(ctx, r.PathValue("id"), false)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	res, err := s.apply(ctx, fsm.CmdSetVolumeTTL, &fsm.SetVolumeTTLCmd{ID: v.ID, TTL: ttlNanos(req.TTLSeconds)})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if v, err = asVolume(res); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
 }
 
 func (s *apiServer) attach(w http.ResponseWriter, r *http.Request) { s.attachDetach(w, r, true) }
@@ -699,7 +761,7 @@ func validateCreateFork(req *api.CreateForkRequest) error {
 	if req.RateLimit != 0 && req.RateLimit < api.MinForkRateLimit {
 		return badRequest("rate_limit: %d bytes/s is below the minimum of %d (256 KiB/s); 0 leaves only the hosts' limits", req.RateLimit, api.MinForkRateLimit)
 	}
-	return nil
+	return validateTTL(req.TTLSeconds)
 }
 
 func (s *apiServer) createFork(w http.ResponseWriter, r *http.Request) {
@@ -727,7 +789,8 @@ func (s *apiServer) createFork(w http.ResponseWriter, r *http.Request) {
 		ForkID:         s.newID("fork_"),
 		TargetVolumeID: s.newID("vol_"),
 		Request: fsm.ForkRequest{Source: req.Source, Name: req.Name, Host: req.Host,
-			Region: req.Region, Via: fsm.Path(req.Via), App: req.App, RateLimit: req.RateLimit},
+			Region: req.Region, Via: fsm.Path(req.Via), App: req.App, RateLimit: req.RateLimit,
+			TTL: ttlNanos(req.TTLSeconds)},
 	}
 	res, err := s.apply(ctx, fsm.CmdCreateFork, cmd)
 	if err != nil {

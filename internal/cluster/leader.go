@@ -13,7 +13,8 @@ import (
 // leaderLoop runs the leader's duties while this node leads: Barrier first
 // (so the catalog is current), then reconcile gossip membership into raft
 // servers and catalog hosts, on every gossip event and on a timer (a dropped
-// event is covered by the next tick).
+// event is covered by the next tick), and the janitor's sweep (janitor.go)
+// every SweepInterval.
 func (n *Node) leaderLoop() {
 	for {
 		select {
@@ -38,6 +39,7 @@ func (n *Node) lead() {
 	defer tick.Stop()
 	barrierDone := false
 	deadSince := map[string]time.Time{}
+	jan := newJanitor()
 	for n.raft.State() == raft.Leader {
 		if !barrierDone {
 			if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
@@ -48,6 +50,9 @@ func (n *Node) lead() {
 		}
 		if barrierDone {
 			n.reconcile(deadSince)
+			if jan.due(time.Now(), n.cfg.SweepInterval) {
+				n.sweep(jan)
+			}
 		}
 		select {
 		case <-n.ctx.Done():

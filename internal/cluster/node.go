@@ -59,6 +59,15 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Region == "" {
 		cfg.Region = "default"
 	}
+	if cfg.ForkRetention == 0 {
+		cfg.ForkRetention = DefaultForkRetention
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = 30 * time.Second
+		if cfg.Fast {
+			cfg.SweepInterval = 200 * time.Millisecond
+		}
+	}
 	if cfg.DeadHostTimeout == 0 {
 		cfg.DeadHostTimeout = 15 * time.Second
 		if cfg.Fast {

@@ -51,6 +51,10 @@ func (s *State) dispatch(cmd commander) (any, error) {
 		return s.finishFork(c)
 	case *NoopCmd:
 		return nil, nil
+	case *SetVolumeTTLCmd:
+		return s.setVolumeTTL(c)
+	case *PruneForksCmd:
+		return s.pruneForks(c)
 	}
 	return nil, fmt.Errorf("%w: %w %T", ErrInvalid, ErrUnknownCommand, cmd)
 }
@@ -154,8 +158,14 @@ func (s *State) createVolume(c *CreateVolumeCmd) (any, error) {
 			return nil, fmt.Errorf("%w: volume %s: host %s has %s free, need %s", ErrNoRoom, v.Name, h.ID, FormatBytes(free), FormatBytes(v.Size))
 		}
 	}
+	if err := validateTTL(c.TTL); err != nil {
+		return nil, fmt.Errorf("volume %s: %w", v.Name, err)
+	}
 	if v.CreatedAt == 0 {
 		v.CreatedAt = c.Time
+	}
+	if c.TTL > 0 {
+		v.ExpiresAt = expiry(c.Time, c.TTL)
 	}
 	s.addVolume(&v)
 	return volumeCopy(&v), nil
@@ -221,6 +231,14 @@ func (s *State) setVolumeStateCmd(c *SetVolumeStateCmd) (any, error) {
 	if !validVolumeState(c.State) {
 		return nil, fmt.Errorf("%w: volume state %q", ErrInvalid, c.State)
 	}
+	// A fork in flight reads or writes it: the caller must wait for the fork
+	// or cancel it. Checked here, in the log's order, so a delete can never
+	// slip in between a caller's check and a fork starting on the volume.
+	if c.State == VolumeDeleting && v.State != VolumeDeleting {
+		if busy := s.activeForkOn(v.ID); busy != nil {
+			return nil, fmt.Errorf("%w: volume %s is used by %s fork %s; wait for it or cancel it (forknode forks cancel %s)", ErrConflict, v.ID, busy.State, busy.ID, busy.ID)
+		}
+	}
 	// Leaving failed re-reserves the space: refuse if it is gone meanwhile.
 	if !countsAgainstBudget(v.State) && countsAgainstBudget(c.State) {
 		if free := s.Free(v.Host); free < v.Size {
@@ -230,6 +248,18 @@ func (s *State) setVolumeStateCmd(c *SetVolumeStateCmd) (any, error) {
 	return volumeCopy(s.setVolumeState(v, c.State)), nil
 }
 
+// activeForkOn returns the active fork (smallest id, for a deterministic
+// message) that reads or writes volume id, or nil.
+func (s *State) activeForkOn(id string) *Fork {
+	var busy *Fork
+	for _, f := range s.active {
+		if (f.SourceVolume == id || f.TargetVolume == id) && (busy == nil || f.ID < busy.ID) {
+			busy = f
+		}
+	}
+	return busy
+}
+
 // deleteVolume purges the record. A volume an active fork reads from or
 // writes to is refused: finish or fail the fork first.
 func (s *State) deleteVolume(c *DeleteVolumeCmd) (any, error) {
@@ -237,17 +267,44 @@ func (s *State) deleteVolume(c *DeleteVolumeCmd) (any, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: volume %q", ErrNotFound, c.ID)
 	}
-	var busy *Fork
-	for _, f := range s.active {
-		if (f.SourceVolume == v.ID || f.TargetVolume == v.ID) && (busy == nil || f.ID < busy.ID) {
-			busy = f
-		}
-	}
-	if busy != nil {
+	if busy := s.activeForkOn(v.ID); busy != nil {
 		return nil, fmt.Errorf("%w: volume %s is used by %s fork %s", ErrConflict, v.ID, busy.State, busy.ID)
 	}
 	s.removeVolume(v)
 	return volumeCopy(v), nil
+}
+
+// setVolumeTTL sets or clears a volume's expiry. A volume already being
+// deleted is refused: its expiry no longer means anything.
+func (s *State) setVolumeTTL(c *SetVolumeTTLCmd) (any, error) {
+	v, ok := s.volumes[c.ID]
+	if !ok {
+		return nil, fmt.Errorf("%w: volume %q", ErrNotFound, c.ID)
+	}
+	if err := validateTTL(c.TTL); err != nil {
+		return nil, fmt.Errorf("volume %s: %w", v.ID, err)
+	}
+	if v.State == VolumeDeleting {
+		return nil, fmt.Errorf("%w: volume %s is being deleted", ErrConflict, v.ID)
+	}
+	nv := *v
+	nv.ExpiresAt = expiry(c.Time, c.TTL)
+	s.replaceVolume(v, &nv)
+	return volumeCopy(&nv), nil
+}
+
+// pruneForks drops finished forks that finished before c.Before. Active
+// forks stay whatever their age.
+func (s *State) pruneForks(c *PruneForksCmd) (any, error) {
+	if c.Before <= 0 {
+		return nil, fmt.Errorf("%w: prune forks: before %d must be > 0", ErrInvalid, c.Before)
+	}
+	for id, f := range s.forks {
+		if finished(f) && f.FinishedAt > 0 && f.FinishedAt < c.Before {
+			delete(s.forks, id)
+		}
+	}
+	return nil, nil
 }
 
 func (s *State) createFork(c *CreateForkCmd) (any, error) {
@@ -265,6 +322,9 @@ func (s *State) createFork(c *CreateForkCmd) (any, error) {
 	}
 	if c.Request.RateLimit < 0 {
 		return nil, fmt.Errorf("%w: rate limit %d is negative", ErrInvalid, c.Request.RateLimit)
+	}
+	if err := validateTTL(c.Request.TTL); err != nil {
+		return nil, err
 	}
 	plan, err := PlanFork(s, c.Request)
 	if err != nil {
@@ -300,6 +360,7 @@ func (s *State) createFork(c *CreateForkCmd) (any, error) {
 		Origin:    plan.SourceVolume,
 		ForkID:    c.ForkID,
 		CreatedAt: c.Time,
+		ExpiresAt: expiry(c.Time, c.Request.TTL),
 	}
 	s.addVolume(v)
 	s.putFork(f)

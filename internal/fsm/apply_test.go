@@ -308,8 +308,12 @@ func TestForkLifecycle(t *testing.T) {
 	if len(active) != 2 {
 		t.Fatalf("active %d", len(active))
 	}
-	// A volume in use by an active fork cannot be purged.
+	// A volume in use by an active fork cannot be purged, nor marked for
+	// deletion (source or target), so no delete slips in under a fork.
 	wantErr(t, apply(t, f, CmdDeleteVolume, DeleteVolumeCmd{Header: hdr(), ID: "vol_a"}).Err, ErrConflict, "fork_")
+	for _, id := range []string{"vol_a", okFork.TargetVolume} {
+		wantErr(t, apply(t, f, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: id, State: VolumeDeleting}).Err, ErrConflict, "forks cancel")
+	}
 
 	wantErr(t, apply(t, f, CmdFinishFork, FinishForkCmd{Header: hdr(), ForkID: "fork_nope", OK: true}).Err, ErrNotFound)
 	res = mustApply(t, f, CmdFinishFork, FinishForkCmd{Header: Header{RequestID: "fin1", Time: 60}, ForkID: okFork.ID, OK: true})

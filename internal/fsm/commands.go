@@ -18,6 +18,10 @@ const (
 	CmdFinishFork     CommandType = 8
 	CmdSetHostAlive   CommandType = 9
 	CmdNoop           CommandType = 10
+	CmdSetVolumeTTL   CommandType = 11
+	// CmdPruneForks only drops history: send it with IgnoreUnknownFlag, so
+	// an older replica skips it and merely keeps more finished forks.
+	CmdPruneForks CommandType = 12
 
 	IgnoreUnknownFlag CommandType = 0x80
 )
@@ -61,6 +65,25 @@ type CreateVolumeCmd struct {
 	Header
 	Volume Volume `json:"volume"`
 	Region string `json:"region,omitempty"` // placement hint when Host is empty
+	// TTL, when > 0, sets Volume.ExpiresAt to Time + TTL (nanoseconds).
+	TTL int64 `json:"ttl,omitempty"`
+}
+
+// SetVolumeTTLCmd sets a volume's expiry to Time + TTL, or clears it
+// (TTL 0: the volume never expires). The leader deletes a ready volume
+// once its expiry has passed.
+type SetVolumeTTLCmd struct {
+	Header
+	ID  string `json:"id"`
+	TTL int64  `json:"ttl"` // nanoseconds
+}
+
+// PruneForksCmd drops finished forks (ready or failed) that finished
+// before Before (unix nanos): the catalog keeps fork history for a
+// retention period, not forever. Their volumes are not touched.
+type PruneForksCmd struct {
+	Header
+	Before int64 `json:"before"`
 }
 
 type SetVolumeStateCmd struct {

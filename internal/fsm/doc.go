@@ -18,6 +18,11 @@
 // the last free bytes of a host are serialized by the log and the budget is
 // never exceeded.
 //
+// Time only enters through the leader's stamp: a TTL (on CreateVolume,
+// CreateFork or SetVolumeTTL) becomes ExpiresAt = Time + TTL in Apply, and
+// PruneForks names its cutoff. Deciding that something has expired is the
+// leader's janitor's job (internal/cluster), never the FSM's.
+//
 // PlanFork is a pure function of the State. It resolves the source (volume
 // id, name, "app:vol_id" or app) and picks the first possible path among
 // clone, copy, replica and stream, obeying the operator's --via, --host and

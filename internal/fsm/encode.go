@@ -38,6 +38,10 @@ func newCommand(t CommandType) commander {
 		return &SetHostAliveCmd{}
 	case CmdNoop:
 		return &NoopCmd{}
+	case CmdSetVolumeTTL:
+		return &SetVolumeTTLCmd{}
+	case CmdPruneForks:
+		return &PruneForksCmd{}
 	}
 	return nil
 }
@@ -48,7 +52,7 @@ func (t CommandType) String() string {
 		CmdUpsertHost: "UpsertHost", CmdRemoveHost: "RemoveHost", CmdCreateVolume: "CreateVolume",
 		CmdSetVolumeState: "SetVolumeState", CmdDeleteVolume: "DeleteVolume", CmdCreateFork: "CreateFork",
 		CmdForkProgress: "ForkProgress", CmdFinishFork: "FinishFork", CmdSetHostAlive: "SetHostAlive",
-		CmdNoop: "Noop",
+		CmdNoop: "Noop", CmdSetVolumeTTL: "SetVolumeTTL", CmdPruneForks: "PruneForks",
 	}
 	flag := ""
 	if t&IgnoreUnknownFlag != 0 {

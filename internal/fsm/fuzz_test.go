@@ -77,6 +77,8 @@ func fuzzSeeds(t testing.TB) [][]byte {
 		entry(t, CmdForkProgress, ForkProgressCmd{Header: Header{RequestID: "s9"}, ForkID: "fork_1", BytesDone: 4096}),
 		entry(t, CmdFinishFork, FinishForkCmd{Header: Header{RequestID: "s10"}, ForkID: "fork_1", OK: true}),
 		entry(t, CmdFinishFork|IgnoreUnknownFlag, FinishForkCmd{ForkID: "fork_1", Error: "x"}),
+		entry(t, CmdSetVolumeTTL, SetVolumeTTLCmd{Header: Header{RequestID: "s11", Time: 5}, ID: "vol_a", TTL: 3600e9}),
+		entry(t, CmdPruneForks|IgnoreUnknownFlag, PruneForksCmd{Header: Header{Time: 6}, Before: 1 << 60}),
 		{0x7f, '{', '}'},
 		{0xfe, 0x00},
 		{byte(CmdCreateFork), '{', '"', 'r'},

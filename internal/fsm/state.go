@@ -179,14 +179,19 @@ func (s *State) removeVolume(v *Volume) {
 	}
 }
 
+// replaceVolume swaps the stored record v for nv (same id, name, app, host).
+func (s *State) replaceVolume(v, nv *Volume) {
+	s.removeVolume(v)
+	s.addVolume(nv)
+}
+
 // setVolumeState replaces v by a copy in the new state and returns it.
 // Records are never changed in place: a snapshot taken earlier shares them
 // and may be encoding them right now.
 func (s *State) setVolumeState(v *Volume, st VolumeState) *Volume {
 	nv := *v
 	nv.State = st
-	s.removeVolume(v)
-	s.addVolume(&nv)
+	s.replaceVolume(v, &nv)
 	return &nv
 }
 

@@ -60,7 +60,10 @@ type Volume struct {
 	Origin    string      `json:"origin,omitempty"` // source volume id, for forks
 	ForkID    string      `json:"fork_id,omitempty"`
 	CreatedAt int64       `json:"created_at"`
-	ExpiresAt int64       `json:"expires_at,omitempty"`
+	// ExpiresAt (unix nanos; 0: never) is when the leader deletes the
+	// volume. It is set from a TTL, relative to the leader-stamped time of
+	// the command, never from a client's clock.
+	ExpiresAt int64 `json:"expires_at,omitempty"`
 }
 
 // Fork is one fork in flight or finished.
@@ -96,6 +99,9 @@ type ForkRequest struct {
 	App    string `json:"app,omitempty"` // app of the new volume; default the source's
 	// RateLimit is the fork's own cap in bytes/s (0: the hosts' limits only).
 	RateLimit int64 `json:"rate_limit,omitempty"`
+	// TTL, when > 0, makes the new volume expire TTL nanoseconds after the
+	// fork is created: the leader deletes it once it is past (see Volume.ExpiresAt).
+	TTL int64 `json:"ttl,omitempty"`
 }
 
 // Plan is the planner's answer.

@@ -82,6 +82,28 @@ func validateID(what, prefix, id string) error {
 	return nil
 }
 
+// MaxTTL bounds a volume's time to live: long enough for any real use,
+// short enough that Time + TTL cannot overflow.
+const MaxTTL = 100 * 365 * 24 * 3600 * int64(1e9)
+
+func validateTTL(ttl int64) error {
+	if ttl < 0 {
+		return fmt.Errorf("%w: ttl %d is negative", ErrInvalid, ttl)
+	}
+	if ttl > MaxTTL {
+		return fmt.Errorf("%w: ttl %d ns is over 100 years", ErrInvalid, ttl)
+	}
+	return nil
+}
+
+// expiry is the ExpiresAt a TTL gives at the leader-stamped time now.
+func expiry(now, ttl int64) int64 {
+	if ttl == 0 {
+		return 0
+	}
+	return now + ttl
+}
+
 func validateSize(size int64) error {
 	if size <= 0 {
 		return fmt.Errorf("%w: size %d must be > 0", ErrInvalid, size)

@@ -70,7 +70,7 @@ func (c *testCluster) agentArgs(i int, join []int) []string {
 		"--name", c.name(i), "--data-dir", filepath.Join(c.dir, c.name(i)),
 		"--gossip-addr", h.IP + ":7946", "--cluster-addr", h.IP + ":7947", "--api-addr", h.IP + ":7948",
 		"--bootstrap-expect", "3", "--region", "r1", "--capacity", capacity,
-		"--key", c.key, "--log-level", "debug",
+		"--key", c.key, "--log-level", "debug", "--sweep-interval", "500ms",
 	}
 	var j []string
 	for _, o := range join {
@@ -303,6 +303,45 @@ func TestClusterNetns(t *testing.T) {
 			if out, err := c.cli(cctx, 2, args...); err != nil {
 				t.Fatalf("forknode %v: %v: %s", args, err, out)
 			}
+		}
+	})
+	if !ok {
+		return
+	}
+
+	ok = t.Run("a fork with a ttl is deleted when it expires", func(t *testing.T) {
+		cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		out, err := c.cli(cctx, 1, "fork", "pg", "pg-ttl", "--host", "n1", "--ttl", "4s", "--wait")
+		if err != nil || !strings.Contains(out, "ready") {
+			t.Fatalf("fork --ttl: %v: %s", err, out)
+		}
+		v, err := c.client(1, 1).Volume(cctx, "pg-ttl")
+		if err != nil || v.ExpiresAt == 0 {
+			t.Fatalf("ttl fork volume: %v %+v", err, v)
+		}
+		if out, err := c.cli(cctx, 1, "volume", "ls"); err != nil || !strings.Contains(out, "EXPIRES") || !strings.Contains(out, "in ") {
+			t.Fatalf("volume ls shows no expiry: %v: %s", err, out)
+		}
+		img := filepath.Join(c.dir, "n1", "volumes", v.ID+".img")
+		if _, err := os.Stat(img); err != nil {
+			t.Fatalf("fork image: %v", err)
+		}
+		// A second volume gets its expiry later, through another node.
+		if _, err := c.cli(cctx, 2, "volume", "create", "scratch", "--size", "4MiB", "--host", "n2", "--wait"); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := c.cli(cctx, 0, "volume", "expire", "scratch", "--in", "2s"); err != nil || !strings.Contains(out, "expires 20") {
+			t.Fatalf("volume expire: %v: %s", err, out)
+		}
+		testutil.Eventually(t, 30*time.Second, "expired volumes deleted, records and data", func() bool {
+			_, err1 := c.client(0, 0).Volume(cctx, "pg-ttl")
+			_, err2 := c.client(0, 0).Volume(cctx, "scratch")
+			_, statErr := os.Stat(img)
+			return api.IsCode(err1, api.CodeNotFound) && api.IsCode(err2, api.CodeNotFound) && errors.Is(statErr, os.ErrNotExist)
+		})
+		if v, err := c.client(0, 0).Volume(cctx, "pg"); err != nil || v.State != "ready" {
+			t.Fatalf("the source survived? %v %+v", err, v)
 		}
 	})
 	if !ok {
