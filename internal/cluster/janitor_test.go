@@ -98,33 +98,31 @@ func TestExpiredVolumes(t *testing.T) {
 	later = e.cat.now + int64(time.Hour)
 	e.cat.mu.Unlock()
 
-	ids := func(now int64, limit int) string {
+	ids := func(now int64) string {
 		var out []string
 		e.cat.f.View(func(s *fsm.State) {
-			for _, v := range expiredVolumes(s, now, limit) {
+			for _, v := range expiredVolumes(s, now) {
 				out = append(out, v.ID)
 			}
 		})
 		return strings.Join(out, ",")
 	}
 	for _, tc := range []struct {
-		name  string
-		now   int64
-		limit int
-		want  string
+		name string
+		now  int64
+		want string
 	}{
-		{"nothing due yet", 1, 100, ""},
-		{"due ones, sorted", later, 100, "vol_old,vol_old2"},
-		{"bounded per sweep", later, 1, "vol_old"},
+		{"nothing due yet", 1, ""},
+		{"due ones, sorted", later, "vol_old,vol_old2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := ids(tc.now, tc.limit); got != tc.want {
+			if got := ids(tc.now); got != tc.want {
 				t.Fatalf("expired %q, want %q", got, tc.want)
 			}
 		})
 	}
 	e.mustApply(fsm.CmdFinishFork, &fsm.FinishForkCmd{ForkID: fk.ID, OK: true})
-	if got := ids(later, 100); got != "vol_old,vol_old2,vol_src,vol_tx" {
+	if got := ids(later); got != "vol_old,vol_old2,vol_src,vol_tx" {
 		t.Fatalf("after the fork: %q", got)
 	}
 }

@@ -50,9 +50,7 @@ func (n *Node) lead() {
 		}
 		if barrierDone {
 			n.reconcile(deadSince)
-			if jan.due(time.Now(), n.cfg.SweepInterval) {
-				n.sweep(jan)
-			}
+			n.maybeSweep(jan)
 		}
 		select {
 		case <-n.ctx.Done():
