@@ -9,10 +9,11 @@ import (
 
 // The sender compresses with klauspost/compress's pure-Go encoder at its
 // fastest level (close to `zstd -1`), without zstd's own checksum (each
-// frame carries a CRC32C). libzstd through cgo (DataDog/zstd) was measured
-// 1.5-2x faster at compressing, but it was not adopted: klauspost/compress
-// is the project's chosen codec, and a pure-Go build stays static and
-// cross-compiles (the qemu guest and Vagrant VMs run the same binary).
+// frame carries a CRC32C). libzstd through cgo (DataDog/zstd, level 1)
+// measured about 1.25x faster on the benchmark image's blocks, both ways
+// (BENCHMARKS.md), which is not worth leaving klauspost/compress, the
+// project's chosen codec: a pure-Go build stays static and cross-compiles
+// (the qemu guest and Vagrant VMs run the same binary).
 const zstdEncoderName = "klauspost"
 
 // Encoders are expensive to build and hold history buffers, so they are

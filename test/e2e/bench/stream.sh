@@ -33,6 +33,8 @@
 #   host_busy_s        CPU seconds the whole machine was busy during the run, both sides and
 #                      kernel work (loop driver, softirqs, writeback) included (median)
 #   cmp                every result compared byte for byte with the source (imgcmp: cmp(1) that skips common holes)
+# RUN lines also carry start= and end= (epoch seconds of the timed span), to line
+# them up with a sampler running beside the script.
 #
 # Needs root, iproute2 (netns, veth), socat, zstd, GNU time (/usr/bin/time).
 set -euo pipefail
@@ -140,7 +142,7 @@ record() {
 	"$IC" "$path" "$OUT" >&2 || ok=DIFF # cmp(1), faster on sparse images
 	local alloc
 	alloc=$(du --block-size=1 "$OUT" | cut -f1)
-	echo "RUN kind=$kind codec=$codec src=$src round=$round seconds=$secs send_cpu_s=$scpu recv_cpu_s=$rcpu send_rss_kb=$srss recv_rss_kb=$rrss host_busy_s=$hbusy host_idle_s=$hidle wire_bytes=$((rx1 - rx0)) out_allocated=$alloc cmp=$ok" | tee -a "$WORK/runs"
+	echo "RUN kind=$kind codec=$codec src=$src round=$round seconds=$secs send_cpu_s=$scpu recv_cpu_s=$rcpu send_rss_kb=$srss recv_rss_kb=$rrss host_busy_s=$hbusy host_idle_s=$hidle wire_bytes=$((rx1 - rx0)) out_allocated=$alloc cmp=$ok start=$t0 end=$t1" | tee -a "$WORK/runs"
 	rm -f "$OUT"
 	[ "$ok" = ok ] || { echo "stream.sh: $kind $codec $src round $round: result differs from source ($ok)" >&2; return 1; }
 }
