@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/signal"
@@ -66,7 +67,7 @@ func runAgent(args []string) error {
 	sizeVar(fs, &f.rateLimit, "rate-limit", defaultRateLimit, "fork I/O bytes/s of this node (streams sent and received, local copies), e.g. 100MiB (0: unlimited, no pacing)")
 	fs.BoolVar(&f.pace, "pace", true, "run forks below --rate-limit while this host's CPUs are saturated or its disk queues (see README, Pacing)")
 	sizeVar(fs, &f.paceFloor, "pace-floor", 0, "the slowest pacing may run forks, e.g. 20MiB (0: an eighth of --rate-limit)")
-	fs.StringVar(&f.paceProbe, "pace-probe", "", "file on the volumes' disk, or an empty block device there (lvm: a small LV of its own), that pacing times small synchronous writes in (default VOLUME_DIR/.forknode-ioprobe; lvm: DATA_DIR/.forknode-ioprobe)")
+	fs.StringVar(&f.paceProbe, "pace-probe", "", "file on the volumes' disk, or an empty block device there, that pacing times small synchronous writes in (default VOLUME_DIR/.forknode-ioprobe; lvm: the LV VG/forknode-ioprobe, made at first start)")
 	fs.StringVar(&f.keyFile, "key", "", "cluster key file (required; create one with `forknode keygen`)")
 	fs.StringVar(&f.codec, "codec", "auto", "stream compression: zstd, s2 or auto")
 	fs.DurationVar(&f.sweepInterval, "sweep-interval", 30*time.Second, "how often the leader deletes expired volumes and prunes old forks")
@@ -132,7 +133,7 @@ func runAgent(args []string) error {
 		Join: join, BootstrapExpect: f.bootstrapExpect,
 		Backend: be, Keys: km, Logger: logger,
 		RateLimit: f.rateLimit, StreamCodec: f.codec,
-		Pace: f.pace, PaceProbe: paceProbePath(f), PaceFloor: f.paceFloor,
+		Pace: f.pace, PaceProbe: paceProbe(f, be, logger), PaceFloor: f.paceFloor,
 		ForkRetention: forkRetention(f.forkRetention), SweepInterval: f.sweepInterval,
 	})
 	if err != nil {
@@ -151,6 +152,31 @@ func runAgent(args []string) error {
 		os.Exit(1)
 	}()
 	return node.Close()
+}
+
+// probeLVer is the LVM backend's side of the pacing probe.
+type probeLVer interface {
+	EnsureProbeLV(ctx context.Context) (string, error)
+}
+
+// paceProbe picks the probe: --pace-probe when given; on LVM, an LV of its
+// own in the VG (made on first start), since the PVs carry no file system;
+// else paceProbePath's file.
+func paceProbe(f agentFlags, be cow.Backend, logger hclog.Logger) string {
+	pl, ok := be.(probeLVer)
+	if f.paceProbe != "" || !f.pace || f.rateLimit == 0 || !ok {
+		return paceProbePath(f)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	path, err := pl.EnsureProbeLV(ctx)
+	if err != nil {
+		fallback := paceProbePath(f)
+		logger.Warn("no probe LV for pacing: timing writes to DATA_DIR's disk instead, which may not be the VG's; give --pace-probe",
+			"error", err, "probe", fallback)
+		return fallback
+	}
+	return path
 }
 
 // paceProbePath is where the I/O probe lives: beside the volumes, so it

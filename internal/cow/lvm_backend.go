@@ -751,3 +751,45 @@ func (d *blockDevice) Zero(off, n int64) error {
 	}
 	return fmt.Errorf("BLKZEROOUT [%d,%d): %w", start, end, errno)
 }
+
+// ProbeLVName is the LV the agent's pacing probe writes to on an LVM host:
+// a file on DATA_DIR may sit on another disk than the VG's PVs, which carry
+// no file system at all.
+const ProbeLVName = "forknode-ioprobe"
+
+// probeLVSize is enough for the probe's small synchronous writes.
+const probeLVSize = 4 << 20
+
+// EnsureProbeLV returns the path of the VG's probe LV, creating it (thick,
+// 4 MiB, untagged so it is never taken for a volume) when it is missing.
+// An LV of that name made by hand is reused as it is: the probe itself
+// refuses a device that holds anything but zeros or its own writes.
+func (b *LVMBackend) EnsureProbeLV(ctx context.Context) (string, error) {
+	l, err := b.c.LV(ctx, b.vg, ProbeLVName)
+	if err == nil {
+		if l.HasTag(lvm.TagOwned) {
+			return "", fmt.Errorf("%w: %s/%s carries forknode's volume tag", ErrInvalid, b.vg, ProbeLVName)
+		}
+		return probePath(b.vg, l), nil
+	}
+	if !errors.Is(err, lvm.ErrNotFound) {
+		return "", fmt.Errorf("look for the probe LV %s/%s: %w", b.vg, ProbeLVName, mapLVMErr(err))
+	}
+	// lvcreate wipes signatures and zeroes the first 4 KiB (-W y -Z y), so
+	// the probe finds the empty device it accepts.
+	if err := b.c.CreateLinear(ctx, b.vg, ProbeLVName, probeLVSize, nil); err != nil {
+		return "", fmt.Errorf("create the probe LV %s/%s: %w", b.vg, ProbeLVName, mapLVMErr(err))
+	}
+	b.log.Info("created the pacing probe LV", "lv", ProbeLVName, "size", probeLVSize)
+	if l, err = b.c.LV(ctx, b.vg, ProbeLVName); err != nil {
+		return "", fmt.Errorf("probe LV %s/%s after creating it: %w", b.vg, ProbeLVName, mapLVMErr(err))
+	}
+	return probePath(b.vg, l), nil
+}
+
+func probePath(vg string, l lvm.LV) string {
+	if l.Path != "" {
+		return l.Path
+	}
+	return "/dev/" + vg + "/" + l.Name
+}

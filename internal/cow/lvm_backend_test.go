@@ -113,6 +113,108 @@ func TestLVMBackendRefusesBadIDs(t *testing.T) {
 	}
 }
 
+// probeFake is an lvmFake whose VG gains the probe LV once lvcreate ran.
+type probeFake struct {
+	lvmFake
+	existing string // lv_tags of a probe LV there from the start ("-": none)
+	created  bool
+}
+
+func (f *probeFake) Run(ctx context.Context, args ...string) ([]byte, error) {
+	out, err := f.lvmFake.Run(ctx, args...)
+	switch {
+	case args[0] == "lvcreate":
+		f.created = true
+	case args[0] == "lvs" && (f.created || f.existing != "-"):
+		tags := f.existing
+		if f.created {
+			tags = ""
+		}
+		return []byte(`{"report":[{"lv":[{"lv_name":"forknode-ioprobe","vg_name":"vg0","lv_size":"4194304","lv_attr":"-wi-a-----","segtype":"linear","lv_path":"/dev/vg0/forknode-ioprobe","lv_tags":"` + tags + `"}]}]}`), nil
+	}
+	return out, err
+}
+
+func TestLVMBackendEnsureProbeLV(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		existing string
+		creates  bool
+		wantErr  error
+	}{
+		{name: "missing: created", existing: "-", creates: true},
+		{name: "made by hand: reused", existing: ""},
+		{name: "a volume by that name: refused", existing: "forknode,forknode-id:forknode-ioprobe", wantErr: ErrInvalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &probeFake{lvmFake: lvmFake{lvsJSON: `{"report":[{"lv":[]}]}`}, existing: tc.existing}
+			b, err := NewLVMBackend("vg0", LVMOptions{Runner: f})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.calls = nil
+			path, err := b.EnsureProbeLV(context.Background())
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("err %v, want %v", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || path != "/dev/vg0/forknode-ioprobe" {
+				t.Fatalf("path %q, err %v", path, err)
+			}
+			var creates []string
+			for _, c := range f.calls {
+				if strings.HasPrefix(c, "lvcreate") {
+					creates = append(creates, c)
+				}
+			}
+			if !tc.creates {
+				if len(creates) != 0 {
+					t.Fatalf("an existing probe LV was created again: %q", creates)
+				}
+				return
+			}
+			if len(creates) != 1 || !strings.Contains(creates[0], "-n forknode-ioprobe") || !strings.Contains(creates[0], "-L 4194304b") ||
+				strings.Contains(creates[0], "--addtag") || !strings.HasSuffix(creates[0], " vg0") {
+				t.Fatalf("lvcreate calls %q", creates)
+			}
+		})
+	}
+}
+
+// On real LVM: the first call creates an untagged thick LV that is a
+// block device and not a volume; the second reuses it.
+func TestLVMProbeLV(t *testing.T) {
+	b := realLVMBackend(t, "FORKNODE_LVM_VG", LVMOptions{})
+	ctx := context.Background()
+	t.Cleanup(func() {
+		if err := b.c.Remove(context.Background(), b.VG(), ProbeLVName); err != nil && !errors.Is(err, lvm.ErrNotFound) {
+			t.Errorf("cleanup: remove the probe LV: %v", err)
+		}
+	})
+	path, err := b.EnsureProbeLV(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !isBlockDev(path) {
+		t.Fatalf("probe LV %s is not a block device", path)
+	}
+	again, err := b.EnsureProbeLV(ctx)
+	if err != nil || again != path {
+		t.Fatalf("second call: %q %v, want %q", again, err, path)
+	}
+	vols, err := b.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vols {
+		if v.ID == ProbeLVName || v.Path == path {
+			t.Fatalf("the probe LV is listed as a volume: %+v", v)
+		}
+	}
+}
+
 // TestBlockDeviceZero checks Zero on a real block device (a loop device,
 // so BLKZEROOUT runs for real) and on a plain file (the write fallback),
 // with ranges that are not sector-aligned.

@@ -43,10 +43,8 @@ forknode token --key /etc/forknode/cluster.key >/etc/forknode/token 2>/dev/null 
 
 pool_flag=""
 [ -n "$pool" ] && pool_flag="--thin-pool $pool"
-# Pacing times commit-like writes on the VG's disk: an LV of its own (not
-# tagged, so not a volume), made once.
-lvm lvs "$FORKNODE_VG/forknode-ioprobe" >/dev/null 2>&1 ||
-	lvm lvcreate -q -y -L 4M -n forknode-ioprobe "$FORKNODE_VG"
+# Pacing times commit-like writes on the VG's disk: the agent makes an LV
+# of its own for that (forknode-ioprobe, untagged, so not a volume).
 cat >/etc/systemd/system/forknode.service <<UNIT
 [Unit]
 Description=forknode agent
@@ -57,7 +55,7 @@ Wants=network-online.target
 ExecStart=/usr/local/bin/forknode agent --name $FORKNODE_NAME --data-dir /var/lib/forknode \\
   --gossip-addr $FORKNODE_IP:7946 --cluster-addr $FORKNODE_IP:7947 --api-addr 0.0.0.0:7948 \\
   --join $FORKNODE_JOIN --bootstrap-expect 3 --region $FORKNODE_REGION \\
-  --backend lvm --vg $FORKNODE_VG $pool_flag --pace-probe /dev/$FORKNODE_VG/forknode-ioprobe \\
+  --backend lvm --vg $FORKNODE_VG $pool_flag \\
   --key /etc/forknode/cluster.key
 Restart=on-failure
 

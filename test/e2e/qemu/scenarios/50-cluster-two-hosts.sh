@@ -28,9 +28,17 @@ fail() {
 		tail -n 40 "$d/$h.log"
 	done
 	stop_agents
-	lvm lvremove -q -y "$FORKNODE_LVM_VG/forknode-ioprobe" >/dev/null 2>&1
+	remove_probes
 	exit 1
 }
+# The agents make their pacing probe LVs; nothing else removes them.
+remove_probes() {
+	for vg in "$FORKNODE_LVM_VG" "$FORKNODE_LVM_THIN_VG"; do
+		lvm lvs "$vg/forknode-ioprobe" >/dev/null 2>&1 && lvm lvremove -q -y "$vg/forknode-ioprobe" >/dev/null
+	done
+	return 0
+}
+remove_probes # none may be there yet: the agent's first start makes it
 
 forknode keygen -o "$d/key" >/dev/null || fail "keygen"
 FORKNODE_TOKEN=$(forknode token --key "$d/key") || fail "token"
@@ -44,12 +52,9 @@ agent() { # name ip vg join [more flags]
 		--key "$d/key" --log-level info "$@" >"$d/$n.log" 2>&1 &
 	pids="$pids $!"
 }
-# The thick host's pacing probe is an LV of its own, as the README says for
-# LVM (PVs carry no file system for a probe file). Untagged: not a volume.
-lvm lvcreate -q -y -L 4M -n forknode-ioprobe "$FORKNODE_LVM_VG" >/dev/null || fail "lvcreate probe LV"
-probe=$(lvm lvs --noheadings -o lv_path "$FORKNODE_LVM_VG/forknode-ioprobe" | tr -d ' ')
-[ -b "$probe" ] || fail "no probe LV device ($probe)"
-agent thick 127.0.0.1 "$FORKNODE_LVM_VG" 127.0.0.2:7946 --pace-probe "$probe"
+# No --pace-probe: on LVM the agent makes its pacing probe an LV of its own
+# (PVs carry no file system for a probe file), untagged, so not a volume.
+agent thick 127.0.0.1 "$FORKNODE_LVM_VG" 127.0.0.2:7946
 agent thin 127.0.0.2 "$FORKNODE_LVM_THIN_VG" 127.0.0.1:7946
 
 # Ready = a leader is elected and both hosts are registered in the
@@ -62,16 +67,24 @@ ready() {
 i=0
 until ready; do
 	i=$((i + 1))
-	[ $i -lt 120 ] || fail "cluster did not form in 60 s: $(cat "$d/status"
-echo "cluster formed after ${i} polls")"
+	[ $i -lt 120 ] || fail "cluster did not form in 60 s: $(cat "$d/status")"
 	sleep 0.5
 done
 cat "$d/status"
 echo "cluster formed after ${i} polls"
-# The probe claimed its LV: each write starts with its magic.
-grep -q "no I/O probe" "$d/thick.log" && fail "probe LV refused: $(grep 'no I/O probe' "$d/thick.log")"
-[ "$(head -c 16 "$probe")" = "forknode-ioprobe" ] || fail "probe LV not written by the probe"
-echo "pacing probe on LV $probe"
+# The thick host made its probe LV and the probe claimed it: each write
+# starts with its magic.
+grep -q "no probe LV\|no I/O probe" "$d/thick.log" && fail "probe LV: $(grep 'no probe LV\|no I/O probe' "$d/thick.log")"
+probe=$(lvm lvs --noheadings -o lv_path "$FORKNODE_LVM_VG/forknode-ioprobe" | tr -d ' ')
+[ -b "$probe" ] || fail "the agent made no probe LV ($probe)"
+[ -z "$(lvm lvs --noheadings -o lv_tags "$FORKNODE_LVM_VG/forknode-ioprobe" | tr -d ' ')" ] || fail "the probe LV is tagged"
+i=0
+until [ "$(head -c 16 "$probe")" = "forknode-ioprobe" ]; do
+	i=$((i + 1))
+	[ $i -lt 40 ] || fail "probe LV not written by the probe"
+	sleep 0.5
+done
+echo "pacing probe on LV $probe, made by the agent"
 
 t0=$(date +%s)
 fn() {
@@ -117,4 +130,5 @@ while [ -n "$(lvm lvs --noheadings -o lv_name --select tags=forknode "$FORKNODE_
 done
 stop_agents
 lvm lvremove -q -y "$FORKNODE_LVM_VG/forknode-ioprobe" >/dev/null || fail "lvremove probe LV"
+remove_probes
 echo "two-host cluster on real LVM: copy, stream and clone forks verified"
