@@ -30,7 +30,7 @@ type agentFlags struct {
 	overprovision                                                            float64
 	capacity, rateLimit, paceFloor                                           int64
 	keyFile, codec, logLevel                                                 string
-	logJSON, pace                                                            bool
+	logJSON, pace, apiTLS                                                    bool
 	paceProbe                                                                string
 	nice                                                                     int
 	forkRetention, sweepInterval                                             time.Duration
@@ -55,6 +55,7 @@ func runAgent(args []string) error {
 	fs.IntVar(&f.nice, "nice", 10, "CPU niceness of the agent (0 keeps it): fork work yields to the databases on this host")
 	fs.StringVar(&f.advertise, "advertise", "", "IP peers use to reach this node when an address binds all interfaces (default: the host's private IP)")
 	fs.StringVar(&f.apiAddr, "api-addr", "127.0.0.1:7948", "HTTP API address")
+	fs.BoolVar(&f.apiTLS, "api-tls", false, "serve the API over TLS with this node's certificate from the cluster CA (clients: https:// and --ca)")
 	fs.StringVar(&f.join, "join", "", "comma-separated gossip addresses of existing members")
 	fs.IntVar(&f.bootstrapExpect, "bootstrap-expect", 1, "servers to wait for before bootstrapping a new cluster")
 	fs.StringVar(&f.region, "region", "default", "region of this host")
@@ -129,7 +130,7 @@ func runAgent(args []string) error {
 	}
 	node, err := cluster.New(cluster.Config{
 		Name: f.name, DataDir: f.dataDir, Region: f.region,
-		GossipAddr: f.gossipAddr, ClusterAddr: f.clusterAddr, APIAddr: f.apiAddr, AdvertiseIP: f.advertise,
+		GossipAddr: f.gossipAddr, ClusterAddr: f.clusterAddr, APIAddr: f.apiAddr, AdvertiseIP: f.advertise, APITLS: f.apiTLS,
 		Join: join, BootstrapExpect: f.bootstrapExpect,
 		Backend: be, Keys: km, Logger: logger,
 		RateLimit: f.rateLimit, StreamCodec: f.codec,

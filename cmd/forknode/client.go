@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
@@ -21,15 +23,16 @@ const defaultAddr = "http://127.0.0.1:7400"
 
 // clientFlags are shared by every client command.
 type clientFlags struct {
-	addr, token, tokenFile string
-	json                   bool
-	timeout                time.Duration
+	addr, token, tokenFile, ca string
+	json                       bool
+	timeout                    time.Duration
 }
 
 func addClientFlags(fs *flag.FlagSet, cf *clientFlags, read bool) {
 	fs.StringVar(&cf.addr, "addr", "", "node API address (default $FORKNODE_ADDR, else "+defaultAddr+")")
 	fs.StringVar(&cf.token, "token", "", "API token (default $FORKNODE_TOKEN)")
 	fs.StringVar(&cf.tokenFile, "token-file", "", "file holding the API token, or the cluster key file itself")
+	fs.StringVar(&cf.ca, "ca", "", "for an https:// address of an agent run with --api-tls: the cluster CA (`forknode ca`) or the cluster key file (default $FORKNODE_CA, else the --token-file key, else the system's CAs)")
 	fs.DurationVar(&cf.timeout, "timeout", 30*time.Second, "bound on each API request")
 	if read {
 		fs.BoolVar(&cf.json, "json", false, "print JSON instead of a table")
@@ -61,8 +64,60 @@ func (cf *clientFlags) client() (*api.Client, error) {
 	if err != nil {
 		return nil, usagef("%v", err)
 	}
+	if strings.HasPrefix(addr, "https://") {
+		tlsCfg, err := cf.apiTLS()
+		if err != nil {
+			return nil, err
+		}
+		if tlsCfg != nil {
+			tr := http.DefaultTransport.(*http.Transport).Clone()
+			tr.TLSClientConfig = tlsCfg
+			c.SetTransport(tr)
+		}
+	}
 	c.Timeout = cf.timeout
 	return c, nil
+}
+
+// apiTLS is how an https:// API is verified: against the cluster CA from
+// --ca / $FORKNODE_CA (a CA PEM or the key file), else from a --token-file
+// that is the key file; nil leaves the system's CAs (a node behind a proxy
+// with a public certificate).
+func (cf *clientFlags) apiTLS() (*tls.Config, error) {
+	path := cf.ca
+	if path == "" {
+		path = os.Getenv("FORKNODE_CA")
+	}
+	if path == "" && cf.tokenFile != "" && isKeyFile(cf.tokenFile) {
+		path = cf.tokenFile
+	}
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("ca file: %w", err)
+	}
+	if isKeyJSON(b) {
+		m, err := keys.Load(path)
+		if err != nil {
+			return nil, err
+		}
+		b = m.CAPEM()
+	}
+	cfg, err := keys.APIClientTLS(b)
+	if err != nil {
+		return nil, fmt.Errorf("ca file %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// isKeyJSON tells a cluster key file (JSON) from a token or a PEM file.
+func isKeyJSON(b []byte) bool { return strings.HasPrefix(strings.TrimSpace(string(b)), "{") }
+
+func isKeyFile(path string) bool {
+	b, err := os.ReadFile(path)
+	return err == nil && isKeyJSON(b)
 }
 
 // readTokenFile accepts a file holding the token, or the cluster key file
@@ -72,7 +127,7 @@ func readTokenFile(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("token file: %w", err)
 	}
-	if strings.HasPrefix(strings.TrimSpace(string(b)), "{") {
+	if isKeyJSON(b) {
 		m, err := keys.Load(path)
 		if err != nil {
 			return "", err

@@ -57,6 +57,32 @@ func runToken(args []string) error {
 	return nil
 }
 
+func runCA(args []string) error {
+	fs := newFlagSet("ca", "ca --key FILE [-o ca.pem]")
+	keyFile := fs.String("key", "", "cluster key file (required)")
+	out := fs.String("o", "", "write the PEM here instead of stdout")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("ca", pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	if *keyFile == "" {
+		return usagef("ca: --key FILE is required")
+	}
+	m, err := loadKey(*keyFile)
+	if err != nil {
+		return err
+	}
+	if *out == "" {
+		_, err = os.Stdout.Write(m.CAPEM())
+		return err
+	}
+	// The CA certificate is public: it lets a client verify nodes, nothing more.
+	return os.WriteFile(*out, m.CAPEM(), 0o644)
+}
+
 func loadKey(path string) (*keys.Material, error) {
 	m, err := keys.Load(path)
 	if errors.Is(err, fs.ErrNotExist) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,6 +34,7 @@ func commands() []command {
 		{"dev", "run a 3-node local cluster in this process (--demo: fork through every path)", runDev},
 		{"keygen", "create a cluster key file", runKeygen},
 		{"token", "print the API token of a cluster key (for FORKNODE_TOKEN)", runToken},
+		{"ca", "print the cluster CA certificate, to verify agents run with --api-tls (for FORKNODE_CA)", runCA},
 		{"status", "show the cluster: members, leader, per-host capacity", runStatus},
 		{"volume", "manage volumes: create, ls, show, rm, attach, detach", runVolume},
 		{"fork", "fork a volume: fork SOURCE NAME [--via clone|copy|replica|stream] [--wait]", runFork},
@@ -83,6 +85,10 @@ func run(args []string) int {
 			return 0
 		}
 		fmt.Fprintf(os.Stderr, "forknode: %s\n", strings.TrimPrefix(err.Error(), "forknode: "))
+		var ce *tls.CertificateVerificationError
+		if errors.As(err, &ce) {
+			fmt.Fprintln(os.Stderr, "forknode: an agent run with --api-tls is verified with the cluster CA: pass --ca FILE (from `forknode ca --key cluster.key`), set FORKNODE_CA, or use --token-file with the key file")
+		}
 		var ue *usageError
 		if errors.As(err, &ue) {
 			return 2

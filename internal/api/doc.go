@@ -22,6 +22,10 @@
 // pollers: a fork's state only moves forward, so the answer may be late
 // but is never wrong. POST /v1/volumes and /v1/forks take ?wait=1.
 //
+// A node run with --api-tls serves the API over TLS with its certificate
+// from the cluster CA; clients verify it with the CA (keys.APIClientTLS) and
+// still send the token.
+//
 // Expiry: "ttl_seconds" on POST /v1/volumes and /v1/forks makes the new
 // volume expire that long after the leader commits it (its "expires_at",
 // unix nanoseconds); POST /v1/volumes/{id}/ttl {"ttl_seconds": N} sets it

@@ -31,6 +31,10 @@ type Config struct {
 	GossipAddr  string // memberlist bind (TCP and UDP)
 	ClusterAddr string // mTLS port multiplexing raft, forwarding and transfer
 	APIAddr     string // HTTP API
+	// APITLS serves the API over TLS with the node's certificate (signed by
+	// the cluster CA, name keys.ServerName); clients verify it with the CA
+	// (`forknode ca`) and still present the token.
+	APITLS bool
 	// AdvertiseIP replaces an unspecified bind host (":7947") in the
 	// addresses given to peers; empty means the host's private IP.
 	AdvertiseIP string

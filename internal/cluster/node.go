@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -108,6 +109,13 @@ func New(cfg Config) (*Node, error) {
 	n.apiAddr, err = advertisable(n.apiLn.Addr().String(), cfg.AdvertiseIP)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.APITLS {
+		apiTLS, err := cfg.Keys.APIServerTLS(cfg.Name)
+		if err != nil {
+			return nil, fmt.Errorf("api tls: %w", err)
+		}
+		n.apiLn = tls.NewListener(n.apiLn, apiTLS)
 	}
 
 	n.fsm = fsm.New(n.logger.Named("fsm"))

@@ -233,6 +233,33 @@ func (m *Material) TLS(name string) (server, client *tls.Config, err error) {
 	return server, client, nil
 }
 
+// APIServerTLS is the HTTP API's TLS config (agent --api-tls): the node's
+// certificate, TLS 1.2 or later for ordinary clients, and no client
+// certificate, since API clients authenticate with the token.
+func (m *Material) APIServerTLS(name string) (*tls.Config, error) {
+	cert, err := m.NodeCertificate(name)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}, nil
+}
+
+// CAPEM is the cluster CA certificate, PEM-encoded: what an API client
+// needs to verify a node's --api-tls certificate (`forknode ca`).
+func (m *Material) CAPEM() []byte { return []byte(m.raw.CACert) }
+
+// APIClientTLS verifies an --api-tls node against the CA certificates in
+// caPEM. The name checked is ServerName, which every node certificate
+// carries, so the CA signature, not the address dialled, proves that the
+// server is a node of the cluster.
+func APIClientTLS(caPEM []byte) (*tls.Config, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%w: no PEM certificate in the CA file", ErrBadKey)
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: ServerName}, nil
+}
+
 // PeerName returns the verified CommonName of a TLS peer, or "".
 func PeerName(cs tls.ConnectionState) string {
 	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -135,6 +136,61 @@ func TestMutualTLS(t *testing.T) {
 			}
 			if got := <-peer; got != tc.wantPeer {
 				t.Fatalf("server saw peer %q, want %q", got, tc.wantPeer)
+			}
+		})
+	}
+}
+
+// The API's TLS: a client holding the cluster's CA verifies any node
+// without a certificate of its own; another cluster's CA, or none, fails.
+func TestAPITLS(t *testing.T) {
+	a, _ := Generate()
+	b, _ := Generate()
+	srv, err := a.APIServerTLS("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	for _, tc := range []struct {
+		name  string
+		ca    []byte
+		ok    bool
+		setup string // "" or the error APIClientTLS must give
+	}{
+		{name: "the cluster's CA", ca: a.CAPEM(), ok: true},
+		{name: "another cluster's CA", ca: b.CAPEM()},
+		{name: "not PEM", ca: []byte("hello"), setup: "no PEM certificate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := APIClientTLS(tc.ca)
+			if tc.setup != "" {
+				if err == nil || !errors.Is(err, ErrBadKey) || !strings.Contains(err.Error(), tc.setup) {
+					t.Fatalf("APIClientTLS: %v, want %q", err, tc.setup)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
+			if tc.ok != (err == nil) {
+				t.Fatalf("dial: %v, want ok=%v", err, tc.ok)
+			}
+			if err == nil {
+				c.Close()
 			}
 		})
 	}

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/forknode/forknode/internal/api"
 	"github.com/forknode/forknode/internal/fsm"
+	"github.com/forknode/forknode/internal/keys"
 	"github.com/forknode/forknode/internal/testutil"
 )
 
@@ -40,6 +42,8 @@ type faultCluster struct {
 	n      int
 	args   [][]string
 	agents []*agentProc
+	// apiTLS verifies agents started with --api-tls (nil: plain HTTP).
+	apiTLS *tls.Config
 }
 
 // faultOpts configures startFaultCluster.
@@ -47,6 +51,7 @@ type faultOpts struct {
 	nodes      int                  // agents (bootstrap-expect = nodes)
 	namespaces int                  // namespaces (≥ nodes); extras stay empty
 	extra      func(i int) []string // per-node extra agent flags
+	apiTLS     bool                 // agents serve the API with --api-tls
 }
 
 func startFaultCluster(t *testing.T, o faultOpts) *faultCluster {
@@ -68,6 +73,15 @@ func startFaultCluster(t *testing.T, o faultOpts) *faultCluster {
 		t.Fatalf("token: %v: %s", err, tok)
 	}
 	c.token = strings.TrimSpace(tok)
+	if o.apiTLS {
+		m, err := keys.Load(c.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.apiTLS, err = keys.APIClientTLS(m.CAPEM()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for i := 0; i < o.nodes; i++ {
 		h := c.env.hosts[i]
 		args := []string{
@@ -91,6 +105,9 @@ func startFaultCluster(t *testing.T, o faultOpts) *faultCluster {
 		if o.extra != nil {
 			args = append(args, o.extra(i)...)
 		}
+		if o.apiTLS {
+			args = append(args, "--api-tls")
+		}
 		c.args = append(c.args, args)
 		c.agents = append(c.agents, h.StartAgent(c.bin, c.logs, args...))
 	}
@@ -101,7 +118,12 @@ func startFaultCluster(t *testing.T, o faultOpts) *faultCluster {
 
 func (c *faultCluster) name(i int) string        { return fmt.Sprintf("n%d", i) }
 func (c *faultCluster) ip(i int) string          { return c.env.hosts[i].IP }
-func (c *faultCluster) apiAddr(i int) string     { return "http://" + c.ip(i) + ":7948" }
+func (c *faultCluster) apiAddr(i int) string {
+	if c.apiTLS != nil {
+		return "https://" + c.ip(i) + ":7948"
+	}
+	return "http://" + c.ip(i) + ":7948"
+}
 func (c *faultCluster) gossipAddr(i int) string  { return c.ip(i) + ":7946" }
 func (c *faultCluster) clusterAddr(i int) string { return c.ip(i) + ":7947" }
 func (c *faultCluster) dataDir(i int) string     { return filepath.Join(c.dir, c.name(i)) }
@@ -112,7 +134,13 @@ func (c *faultCluster) imgPath(i int, id string) string {
 
 // client talks to node i from inside its own namespace.
 func (c *faultCluster) client(i int) *api.Client {
-	return c.env.hosts[i].APIClient(c.t, c.apiAddr(i), c.token)
+	cl := c.env.hosts[i].APIClient(c.t, c.apiAddr(i), c.token)
+	if c.apiTLS != nil {
+		tr := c.env.hosts[i].Transport()
+		tr.TLSClientConfig = c.apiTLS
+		cl.SetTransport(tr)
+	}
+	return cl
 }
 
 // waitUp waits for an agreed leader and all nodes alive in the catalog.

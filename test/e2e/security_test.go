@@ -179,6 +179,7 @@ func TestSecurityAPIRequiresToken(t *testing.T) {
 		{"GET", "/v1/forks", ""},
 		{"POST", "/v1/forks", `{"source":"tok-secret-vol","name":"y"}`},
 		{"GET", "/v1/forks/" + f.ID, ""},
+		{"POST", "/v1/volumes/" + v.Name + "/ttl", `{"ttl_seconds":60}`},
 		{"GET", "/v1/nope", ""},
 		{"GET", "/", ""},
 		{"PUT", "/v1/status", ""},
@@ -574,4 +575,66 @@ func ftFindNeedles(data []byte, needles map[string]bool) []string {
 		run = 0
 	}
 	return found
+}
+
+// TestSecurityAPITLS: an agent run with --api-tls answers only TLS, with a
+// certificate that the cluster CA verifies. The CLI finds the CA in the key
+// file or in `forknode ca`'s PEM; without it the connection is refused
+// before the token is sent, and a plain-HTTP request gets no API answer.
+func TestSecurityAPITLS(t *testing.T) {
+	c := startFaultCluster(t, faultOpts{nodes: 1, apiTLS: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	addr := c.apiAddr(0)
+	if !strings.HasPrefix(addr, "https://") {
+		t.Fatalf("api address %s", addr)
+	}
+	ca := filepath.Join(c.dir, "ca.pem")
+	if out, err := runRoot(c.bin, "ca", "--key", c.key, "-o", ca); err != nil {
+		t.Fatalf("forknode ca: %v: %s", err, out)
+	}
+	pem, err := os.ReadFile(ca)
+	if err != nil || !bytes.HasPrefix(pem, []byte("-----BEGIN CERTIFICATE-----")) {
+		t.Fatalf("ca.pem: %v %q", err, pem)
+	}
+	h := c.env.hosts[0]
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		errText string
+	}{
+		{"CA from the key file", []string{"--token-file", c.key}, ""},
+		{"CA from forknode ca", []string{"--token", c.token, "--ca", ca}, ""},
+		{"no CA", []string{"--token", c.token}, "pass --ca FILE"},
+		{"CA but a wrong token", []string{"--token", "nope", "--ca", ca}, "bearer token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"status", "--addr", addr}, tc.args...)
+			out, err := h.Exec(ctx, c.bin, args...)
+			if tc.errText == "" {
+				if err != nil || !strings.Contains(out, "leader n0") {
+					t.Fatalf("forknode %v: %v: %s", args, err, out)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(out, tc.errText) {
+				t.Fatalf("forknode %v: want an error about %q, got %v: %s", args, tc.errText, err, out)
+			}
+		})
+	}
+	// Plain HTTP to the TLS port: no API answer, whatever the token.
+	resp, err := h.HTTPClient(10*time.Second).Get("http://" + c.ip(0) + ":7948/v1/status")
+	if err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || bytes.Contains(body, []byte("leader")) {
+			t.Fatalf("plain HTTP on a TLS API: %d %s", resp.StatusCode, body)
+		}
+	}
+	// The typed client with the CA: a write and a read.
+	cl := c.client(0)
+	v, err := cl.CreateVolume(ctx, api.CreateVolumeRequest{Name: "tls-vol", Size: 4 * mib}, true)
+	if err != nil || v.State != fsm.VolumeReady {
+		t.Fatalf("create over TLS: %v %+v", err, v)
+	}
 }
