@@ -53,7 +53,7 @@ Wants=network-online.target
 
 [Service]
 ExecStart=/usr/local/bin/forknode agent --name $FORKNODE_NAME --data-dir /var/lib/forknode \\
-  --gossip-addr $FORKNODE_IP:7946 --cluster-addr $FORKNODE_IP:7947 --api-addr 0.0.0.0:7948 \\
+  --gossip-addr $FORKNODE_IP:7946 --cluster-addr $FORKNODE_IP:7947 --api-addr 0.0.0.0:7948 --api-tls \\
   --join $FORKNODE_JOIN --bootstrap-expect 3 --region $FORKNODE_REGION \\
   --backend lvm --vg $FORKNODE_VG $pool_flag \\
   --key /etc/forknode/cluster.key
