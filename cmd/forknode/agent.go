@@ -69,7 +69,7 @@ func runAgent(args []string) error {
 	fs.BoolVar(&f.pace, "pace", true, "run forks below --rate-limit while this host's CPUs are saturated or its disk queues (see README, Pacing)")
 	sizeVar(fs, &f.paceFloor, "pace-floor", 0, "the slowest pacing may run forks, e.g. 20MiB (0: an eighth of --rate-limit)")
 	fs.StringVar(&f.paceProbe, "pace-probe", "", "file on the volumes' disk, or an empty block device there, that pacing times small synchronous writes in (default VOLUME_DIR/.forknode-ioprobe; lvm: the LV VG/forknode-ioprobe, made at first start)")
-	fs.StringVar(&f.keyFile, "key", "", "cluster key file (required; create one with `forknode keygen`)")
+	fs.StringVar(&f.keyFile, "key", "", "cluster key file (required; create one with: forknode keygen)")
 	fs.StringVar(&f.codec, "codec", "auto", "stream compression: zstd, s2 or auto")
 	fs.DurationVar(&f.sweepInterval, "sweep-interval", 30*time.Second, "how often the leader deletes expired volumes and prunes old forks")
 	fs.DurationVar(&f.forkRetention, "fork-retention", cluster.DefaultForkRetention, "how long the catalog keeps finished forks before the leader prunes them (0: forever); volumes go by their own --ttl")
