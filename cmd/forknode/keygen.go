@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io/fs"
 	"os"
@@ -38,18 +39,7 @@ func runKeygen(args []string) error {
 
 func runToken(args []string) error {
 	fs := newFlagSet("token", "token --key FILE")
-	keyFile := fs.String("key", "", "cluster key file (required)")
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs("token", pos, 0, "no arguments"); err != nil {
-		return err
-	}
-	if *keyFile == "" {
-		return usagef("token: --key FILE is required")
-	}
-	m, err := loadKey(*keyFile)
+	m, err := keyCommand("token", fs, args)
 	if err != nil {
 		return err
 	}
@@ -59,19 +49,8 @@ func runToken(args []string) error {
 
 func runCA(args []string) error {
 	fs := newFlagSet("ca", "ca --key FILE [-o ca.pem]")
-	keyFile := fs.String("key", "", "cluster key file (required)")
 	out := fs.String("o", "", "write the PEM here instead of stdout")
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	if err := wantArgs("ca", pos, 0, "no arguments"); err != nil {
-		return err
-	}
-	if *keyFile == "" {
-		return usagef("ca: --key FILE is required")
-	}
-	m, err := loadKey(*keyFile)
+	m, err := keyCommand("ca", fs, args)
 	if err != nil {
 		return err
 	}
@@ -81,6 +60,23 @@ func runCA(args []string) error {
 	}
 	// The CA certificate is public: it lets a client verify nodes, nothing more.
 	return os.WriteFile(*out, m.CAPEM(), 0o644)
+}
+
+// keyCommand parses a command that reads the cluster key (--key, required,
+// no arguments) and loads it; fs may carry more flags.
+func keyCommand(name string, fs *flag.FlagSet, args []string) (*keys.Material, error) {
+	keyFile := fs.String("key", "", "cluster key file (required)")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	if err := wantArgs(name, pos, 0, "no arguments"); err != nil {
+		return nil, err
+	}
+	if *keyFile == "" {
+		return nil, usagef("%s: --key FILE is required", name)
+	}
+	return loadKey(*keyFile)
 }
 
 func loadKey(path string) (*keys.Material, error) {
