@@ -75,11 +75,6 @@ type Fork struct {
 	ETASeconds float64 `json:"eta_seconds,omitempty"`
 }
 
-// Finished reports whether the fork reached a final state.
-func (f Fork) Finished() bool {
-	return f.State == fsm.ForkReady || f.State == fsm.ForkFailed
-}
-
 // VolumeList is the body of GET /v1/volumes.
 type VolumeList struct {
 	Volumes []Volume `json:"volumes"`

@@ -178,8 +178,6 @@ func (e *executor) cancel(key string) {
 	}
 }
 
-func finished(f fsm.Fork) bool { return f.State == fsm.ForkReady || f.State == fsm.ForkFailed }
-
 func isLocal(f fsm.Fork) bool { return f.SourceHost == f.TargetHost }
 
 // pass looks at the catalog once and starts what is missing. Listing the
@@ -233,7 +231,7 @@ func (e *executor) pass(full bool) {
 		case fsm.VolumeDeleting:
 			e.start("delete:"+v.ID, func(ctx context.Context) { e.deleteVolume(ctx, v) })
 		case fsm.VolumeFailed:
-			if f, ok := forkByTarget[v.ID]; ok && !finished(f) {
+			if f, ok := forkByTarget[v.ID]; ok && !f.Finished() {
 				continue
 			}
 			e.start("delete:"+v.ID, func(ctx context.Context) { e.deleteVolume(ctx, v) })
@@ -242,7 +240,7 @@ func (e *executor) pass(full bool) {
 	for _, f := range forks {
 		f := f
 		key := "fork:" + f.ID
-		if finished(f) {
+		if f.Finished() {
 			e.mu.Lock()
 			delete(e.done, f.ID) // the local view caught up
 			e.mu.Unlock()
@@ -290,7 +288,7 @@ func (e *executor) reconcileBackend(vols []fsm.Volume, forkByTarget, forkByID ma
 			// A stream source's snapshot of an in-flight fork is kept so the
 			// target can resume; any other one is redone or not needed.
 			f, ok := forkByTarget[strings.TrimPrefix(hv.ID, "snap_")]
-			if ok && !finished(f) && !isLocal(f) {
+			if ok && !f.Finished() && !isLocal(f) {
 				continue
 			}
 			e.logger.Info("releasing leftover snapshot after restart", "snapshot", hv.ID)
@@ -314,7 +312,7 @@ func (e *executor) reconcileBackend(vols []fsm.Volume, forkByTarget, forkByID ma
 			}
 			continue
 		}
-		if f, ok := forkByTarget[cv.ID]; ok && !finished(f) && cv.State == fsm.VolumeCreating {
+		if f, ok := forkByTarget[cv.ID]; ok && !f.Finished() && cv.State == fsm.VolumeCreating {
 			// A half-made fork target: start it over.
 			e.logger.Info("removing half-made fork target after restart", "volume", cv.ID, "fork", f.ID)
 			e.removeBackendVolume(ctx, hv.ID)
@@ -349,7 +347,7 @@ func (e *executor) releaseOrphanSnapshots(forkByTarget map[string]fsm.Fork) {
 		target := strings.TrimPrefix(hv.ID, "snap_")
 		f, ok := forkByTarget[target]
 		key := "fork:" + f.ID
-		if ok && !finished(f) && (!isLocal(f) || e.isRunning(key)) {
+		if ok && !f.Finished() && (!isLocal(f) || e.isRunning(key)) {
 			continue // in use: a local fork at work, or a stream source
 		}
 		e.logger.Info("releasing leftover snapshot", "snapshot", hv.ID)
@@ -637,7 +635,7 @@ func (e *executor) openStream(ctx context.Context, forkID, peer string) (transfe
 		return nil, nil, nil, fmt.Errorf("%w: fork %s is not streamed from %s", transfer.ErrUnauthorized, forkID, e.n.cfg.Name)
 	case peer != f.TargetHost:
 		return nil, nil, nil, fmt.Errorf("%w: fork %s may only be pulled by %s, not %q", transfer.ErrUnauthorized, forkID, f.TargetHost, peer)
-	case finished(f):
+	case f.Finished():
 		return nil, nil, nil, fmt.Errorf("%w: fork %s is %s", transfer.ErrUnauthorized, forkID, f.State)
 	}
 	b := e.n.cfg.Backend

@@ -807,7 +807,7 @@ func (s *apiServer) createFork(w http.ResponseWriter, r *http.Request) {
 		if ok {
 			f = cur
 		}
-		return ok && (cur.State == fsm.ForkReady || cur.State == fsm.ForkFailed)
+		return ok && cur.Finished()
 	})
 	writeJSON(w, status, api.Derive(f))
 }

@@ -114,7 +114,7 @@ func (n *Node) pruneForks(ctx context.Context, now time.Time) {
 	count := 0
 	n.fsm.View(func(s *fsm.State) {
 		for _, f := range s.Forks() {
-			if finished(f) && f.FinishedAt > 0 && f.FinishedAt < before {
+			if f.FinishedBefore(before) {
 				count++
 			}
 		}

@@ -172,7 +172,7 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 	var stuck []fsm.Fork
 	n.fsm.View(func(s *fsm.State) {
 		for _, f := range s.Forks() {
-			if f.State == fsm.ForkReady || f.State == fsm.ForkFailed {
+			if f.Finished() {
 				continue
 			}
 			for _, h := range []string{f.SourceHost, f.TargetHost} {

@@ -300,7 +300,7 @@ func (s *State) pruneForks(c *PruneForksCmd) (any, error) {
 		return nil, fmt.Errorf("%w: prune forks: before %d must be > 0", ErrInvalid, c.Before)
 	}
 	for id, f := range s.forks {
-		if finished(f) && f.FinishedAt > 0 && f.FinishedAt < c.Before {
+		if f.FinishedBefore(c.Before) {
 			delete(s.forks, id)
 		}
 	}
@@ -367,8 +367,6 @@ func (s *State) createFork(c *CreateForkCmd) (any, error) {
 	return forkCopy(f), nil
 }
 
-func finished(f *Fork) bool { return f.State == ForkReady || f.State == ForkFailed }
-
 // forkProgress marks the fork running. Progress for a finished fork is late
 // news from the executor and is ignored.
 func (s *State) forkProgress(c *ForkProgressCmd) (any, error) {
@@ -379,7 +377,7 @@ func (s *State) forkProgress(c *ForkProgressCmd) (any, error) {
 	if c.BytesDone < 0 || c.BytesTotal < 0 || c.WireBytes < 0 {
 		return nil, fmt.Errorf("%w: fork %s: negative progress figures", ErrInvalid, c.ForkID)
 	}
-	if finished(f) {
+	if f.Finished() {
 		return forkCopy(f), nil
 	}
 	f = forkCopy(f)
@@ -401,7 +399,7 @@ func (s *State) finishFork(c *FinishForkCmd) (any, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: fork %q", ErrNotFound, c.ForkID)
 	}
-	if finished(f) {
+	if f.Finished() {
 		return forkCopy(f), nil
 	}
 	f = forkCopy(f)

@@ -89,6 +89,15 @@ type Fork struct {
 	FinishedAt int64  `json:"finished_at,omitempty"`
 }
 
+// Finished reports whether the fork reached a final state (ready or failed).
+func (f Fork) Finished() bool { return f.State == ForkReady || f.State == ForkFailed }
+
+// FinishedBefore reports whether the fork finished before t (unix nanos):
+// what PruneForks drops.
+func (f Fork) FinishedBefore(t int64) bool {
+	return f.Finished() && f.FinishedAt > 0 && f.FinishedAt < t
+}
+
 // ForkRequest is what an operator asks for.
 type ForkRequest struct {
 	Source string `json:"source"` // "app", "app:vol_id", a volume name or id

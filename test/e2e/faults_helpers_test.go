@@ -116,8 +116,8 @@ func startFaultCluster(t *testing.T, o faultOpts) *faultCluster {
 	return c
 }
 
-func (c *faultCluster) name(i int) string        { return fmt.Sprintf("n%d", i) }
-func (c *faultCluster) ip(i int) string          { return c.env.hosts[i].IP }
+func (c *faultCluster) name(i int) string { return fmt.Sprintf("n%d", i) }
+func (c *faultCluster) ip(i int) string   { return c.env.hosts[i].IP }
 func (c *faultCluster) apiAddr(i int) string {
 	if c.apiTLS != nil {
 		return "https://" + c.ip(i) + ":7948"

@@ -623,7 +623,7 @@ func TestSecurityAPITLS(t *testing.T) {
 		})
 	}
 	// Plain HTTP to the TLS port: no API answer, whatever the token.
-	resp, err := h.HTTPClient(10*time.Second).Get("http://" + c.ip(0) + ":7948/v1/status")
+	resp, err := h.HTTPClient(10 * time.Second).Get("http://" + c.ip(0) + ":7948/v1/status")
 	if err == nil {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
