@@ -213,7 +213,7 @@ func openBackend(f agentFlags, logger hclog.Logger) (cow.Backend, error) {
 		if f.vg == "" {
 			return nil, usagef("agent: --backend lvm needs --vg")
 		}
-		b, err := cow.NewLVMBackend(f.vg, cow.LVMOptions{ThinPool: f.thinPool, Overprovision: f.overprovision, Logger: logger.Named("lvm")})
+		b, err := cow.NewLVMBackend(f.vg, cow.LVMOptions{ThinPool: f.thinPool, Overprovision: f.overprovision, StateDir: f.dataDir, Logger: logger.Named("lvm")})
 		if err != nil {
 			return nil, fmt.Errorf("lvm backend on VG %s: %w", f.vg, err)
 		}

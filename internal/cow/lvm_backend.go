@@ -73,6 +73,10 @@ type LVMOptions struct {
 	DirectIO bool
 	// Runner replaces the lvm runner (tests record argument lists with it).
 	Runner lvm.Runner
+	// StateDir keeps a marker while a thin pool's metadata snapshot is held
+	// (see Extents), so that a restart releases one a crash left behind.
+	// The agent passes its data dir; empty keeps none.
+	StateDir string
 }
 
 // LVMBackend implements Backend on one LVM volume group.
@@ -85,6 +89,8 @@ type LVMBackend struct {
 	features Features
 	// mu serialises creates so two cannot both pass the budget check.
 	mu sync.Mutex
+	// metaMu serialises thin maps: a pool holds one metadata snapshot.
+	metaMu sync.Mutex
 }
 
 var _ Backend = (*LVMBackend)(nil)
@@ -148,6 +154,9 @@ func NewLVMBackend(vg string, opts LVMOptions) (*LVMBackend, error) {
 		b.features = Features{Backend: "lvm-thin", Clone: true}
 	} else {
 		b.features = Features{Backend: "lvm"}
+	}
+	if b.pool != "" {
+		b.recoverMetaSnaps(ctx)
 	}
 	log.Info("lvm backend ready", "mode", b.features.Backend, "thin_pool", b.pool)
 	return b, nil
@@ -559,16 +568,6 @@ type fdBlockDevice struct{ *blockDevice }
 
 // Fd is the open device's descriptor.
 func (d fdBlockDevice) Fd() uintptr { return d.f.Fd() }
-
-// Extents of a block device is the whole device: SEEK_DATA does not work
-// on block devices, and Copy skips all-zero chunks itself.
-func (b *LVMBackend) Extents(ctx context.Context, id string) ([]Extent, error) {
-	v, err := b.Get(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	return []Extent{{Offset: 0, Length: v.Size}}, nil
-}
 
 // Attach activates the LV and returns its block device: an LV already is
 // one, no loop device is needed.

@@ -1,6 +1,7 @@
 package lvm
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"strings"
@@ -18,13 +19,20 @@ var (
 	// ErrSnapshotOverflow: a classic snapshot's copy-on-write area is (nearly)
 	// full, so reading through it can no longer be trusted.
 	ErrSnapshotOverflow = errors.New("lvm: snapshot copy-on-write space nearly exhausted")
+	// ErrUnsupported: the thin map of an LV cannot be read here (not a thin
+	// LV, an external origin, no dmsetup or thin_dump); read the whole LV.
+	ErrUnsupported = errors.New("lvm: not supported")
+	// ErrMetadataSnapHeld: the pool already holds a metadata snapshot, and
+	// a pool has room for one only.
+	ErrMetadataSnapHeld = errors.New("lvm: thin pool already holds a metadata snapshot")
 )
 
 // LVMError is a failed lvm command. Code is its exit status (ExitCode()),
 // Stderr its trimmed error output, kept in the message.
 type LVMError struct {
-	Op     string   // the lvm subcommand, e.g. "lvcreate"
-	Args   []string // the full argument list after "lvm"
+	Tool   string   // "" for lvm, else the tool that failed: "dmsetup", "thin_dump"
+	Op     string   // the subcommand, e.g. "lvcreate"
+	Args   []string // the full argument list after the tool's name
 	Code   int
 	Stderr string
 }
@@ -33,7 +41,7 @@ type LVMError struct {
 func (e *LVMError) ExitCode() int { return e.Code }
 
 func (e *LVMError) Error() string {
-	return fmt.Sprintf("lvm %s: exit status %d: %s", e.Op, e.Code, e.Stderr)
+	return fmt.Sprintf("%s %s: exit status %d: %s", cmp.Or(e.Tool, "lvm"), e.Op, e.Code, e.Stderr)
 }
 
 // stderr fragments per sentinel. lvm exits 5 (ECMD_FAILED) for all of these,

@@ -27,7 +27,7 @@ import (
 var qemuGuestTests = []string{
 	"TestRealVGCapacity", "TestRealCreateListRemove", "TestRealSnapshotWatch", "TestRealThin",
 	"TestLVMThickCreateListCapacity", "TestLVMThickForkLocal", "TestLVMThinClone1GiB",
-	"TestLVMStaleDataThickFork", "TestLVMSnapshotOverflow",
+	"TestLVMStaleDataThickFork", "TestLVMSnapshotOverflow", "TestLVMProbeLV", "TestLVMThinMap",
 }
 
 func repoRoot(t *testing.T) string {
@@ -75,6 +75,11 @@ func TestLVMClusterInQemu(t *testing.T) {
 	if !bytes.Contains(console, []byte("copy, stream and clone forks verified")) ||
 		!bytes.Contains(console, []byte("=== SCENARIO 50-cluster-two-hosts END rc=0")) {
 		t.Error("the two-host cluster scenario did not pass")
+	}
+	// test.sh installs thin-provisioning-tools, so the guest has thin_dump
+	// and the thin-to-thick stream must have used the thin map.
+	if !bytes.Contains(console, []byte("thin map: the stream read 4 MiB of 32")) {
+		t.Error("the thin-to-thick stream did not read through the thin map")
 	}
 }
 
