@@ -396,9 +396,14 @@ func TestClusterRemoveDeadMember(t *testing.T) {
 		cf := via.raft.GetConfiguration()
 		return !ok && cf.Error() == nil && len(cf.Configuration().Servers) == 2
 	})
-	// Idempotent.
-	if err := via.RemoveMember(context.Background(), name); err != nil {
+	// A second removal finds nothing left to remove, or only the gossip
+	// record of the dead node: either way not a failure to retry.
+	if err := via.RemoveMember(context.Background(), name); err != nil && !errors.Is(err, fsm.ErrNotFound) {
 		t.Fatalf("second removal: %v", err)
+	}
+	// A name no node ever had (a typo) is not found, not "removed".
+	if err := other.RemoveMember(context.Background(), "no-such-node"); !errors.Is(err, fsm.ErrNotFound) {
+		t.Fatalf("removing an unknown node: %v", err)
 	}
 }
 
@@ -854,4 +859,28 @@ func TestClusterGracefulLeaveRemovesServer(t *testing.T) {
 		}
 		return len(cf.Configuration().Servers) == 2
 	})
+}
+
+// A second node on a running node's data dir fails at once with a clear
+// error (bolt's own lock would block it for ever); once the first stops,
+// the dir is free again.
+func TestDataDirLocked(t *testing.T) {
+	tc := newTestCluster(t, []int64{100 * MiB}, nil)
+	cfg := tc.cfgs[0]
+	cfg.GossipAddr, cfg.ClusterAddr, cfg.APIAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	start := time.Now()
+	_, err := New(cfg)
+	if !errors.Is(err, ErrDataDirInUse) || !strings.Contains(err.Error(), fmt.Sprintf("by pid %d", os.Getpid())) {
+		t.Fatalf("second node on the same dir: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("refusal took %v", d) // not a speed goal: it must not wait on bolt's lock
+	}
+	tc.nodes[0].shutdown(false)
+	tc.nodes[0] = nil
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatalf("restart on the freed dir: %v", err)
+	}
+	n.shutdown(false)
 }

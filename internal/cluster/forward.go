@@ -481,6 +481,9 @@ func (n *Node) RemoveMember(ctx context.Context, name string) error {
 	if name == n.cfg.Name {
 		return fmt.Errorf("%w: a node cannot remove itself; stop it to leave the cluster", fsm.ErrInvalid)
 	}
+	if !n.knows(name) {
+		return fmt.Errorf("%w: no node named %q (not a raft server, a catalog host or a gossip member; `forknode status` lists them)", fsm.ErrNotFound, name)
+	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 	for {
@@ -517,6 +520,30 @@ func (n *Node) RemoveMember(ctx context.Context, name string) error {
 		err = nil
 	}
 	return err
+}
+
+// knows reports whether name is anywhere a removal acts on: the raft
+// configuration, the catalog's hosts or the gossip membership. Each is
+// replicated or gossiped to every node, so a follower answers too.
+func (n *Node) knows(name string) bool {
+	if cf := n.raft.GetConfiguration(); cf.Error() == nil {
+		for _, s := range cf.Configuration().Servers {
+			if string(s.ID) == name {
+				return true
+			}
+		}
+	}
+	found := false
+	n.View(func(s *fsm.State) { _, found = s.Host(name) })
+	if found {
+		return true
+	}
+	for _, m := range n.gossip.snapshot() {
+		if m.name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // removeServerLocal runs on the leader, whose gossip view decides whether

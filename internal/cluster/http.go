@@ -6,7 +6,9 @@ package cluster
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -349,6 +351,22 @@ func requestID(r *http.Request, kind string) (string, error) {
 	return kind + ":" + k, nil
 }
 
+// requestDigest fingerprints a request body under an idempotency key, so
+// the catalog can tell a retry from a reused key (see fsm.Header.Digest).
+// The body is the decoded and validated request, re-encoded: the same
+// request spelled differently (field order, spaces) has the same digest.
+func requestDigest(rid string, req any) string {
+	if rid == "" {
+		return ""
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return "" // cannot happen for the API's plain structs; no check then
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
+
 func validateOptionalName(field, v string) error {
 	if v == "" {
 		return nil
@@ -579,7 +597,7 @@ func (s *apiServer) createVolume(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := s.ctx(r, s.reqTO)
 	defer cancel()
 	cmd := &fsm.CreateVolumeCmd{
-		Header: fsm.Header{RequestID: rid},
+		Header: fsm.Header{RequestID: rid, Digest: requestDigest(rid, req)},
 		Volume: fsm.Volume{ID: s.newID("vol_"), Name: req.Name, App: req.App, Host: req.Host,
 			Size: req.Size, State: fsm.VolumeCreating},
 		Region: req.Region,
@@ -785,7 +803,7 @@ func (s *apiServer) createFork(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := s.ctx(r, s.reqTO)
 	defer cancel()
 	cmd := &fsm.CreateForkCmd{
-		Header:         fsm.Header{RequestID: rid},
+		Header:         fsm.Header{RequestID: rid, Digest: requestDigest(rid, req)},
 		ForkID:         s.newID("fork_"),
 		TargetVolumeID: s.newID("vol_"),
 		Request: fsm.ForkRequest{Source: req.Source, Name: req.Name, Host: req.Host,

@@ -556,6 +556,19 @@ func TestHTTPVolumes(t *testing.T) {
 	if r1.status != 201 || r2.status != 201 || !bytes.Equal(r1.body, r2.body) {
 		t.Fatalf("idempotent create: %d %s / %d %s", r1.status, r1.body, r2.status, r2.body)
 	}
+	// The same request spelled differently is still a retry; another
+	// request under the same key is refused, not answered with the first.
+	r3 := do(t, e.srv1, "POST", "/v1/volumes", testToken, strings.NewReader(`{ "size": 4096, "name": "idem" }`), h...)
+	if r3.status != 201 || !bytes.Equal(r1.body, r3.body) {
+		t.Fatalf("retry spelled differently: %d %s", r3.status, r3.body)
+	}
+	r4 := do(t, e.srv1, "POST", "/v1/volumes", testToken, strings.NewReader(`{"name":"idem-2","size":4096}`), h...)
+	if r4.status != 409 || !strings.Contains(string(r4.body), `idempotency key \"k1\" was already used for a different request`) {
+		t.Fatalf("reused key: %d %s", r4.status, r4.body)
+	}
+	if _, err := c.Volume(ctx, "idem-2"); !api.IsCode(err, api.CodeNotFound) {
+		t.Fatalf("reused key created a volume: %v", err)
+	}
 
 	del, err := c.DeleteVolume(ctx, "orders")
 	if err != nil || del.State != fsm.VolumeDeleting {
@@ -637,6 +650,9 @@ func TestHTTPForks(t *testing.T) {
 	f2, err := c.CreateFork(ctx, api.CreateForkRequest{Source: "db", Name: "pr-2", Via: "stream", Host: "h2"}, "retry-me")
 	if err != nil || f2.ID != f1.ID || f1.Path != fsm.PathStream || f1.TargetHost != "h2" {
 		t.Fatalf("idempotent fork: %v %+v %+v", err, f1, f2)
+	}
+	if _, err := c.CreateFork(ctx, api.CreateForkRequest{Source: "db", Name: "pr-3", Via: "stream", Host: "h2"}, "retry-me"); !api.IsCode(err, api.CodeConflict) {
+		t.Fatalf("a key reused for another fork: %v, want a conflict", err)
 	}
 	forks, err := c.Forks(ctx)
 	if err != nil || len(forks) != 2 {

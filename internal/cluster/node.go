@@ -27,6 +27,7 @@ type Node struct {
 	cfg    Config
 	logger hclog.Logger
 
+	lock    *dataDirLock
 	fsm     *fsm.FSM
 	raft    *raft.Raft
 	store   *raftboltdb.BoltStore
@@ -78,7 +79,11 @@ func New(cfg Config) (*Node, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	n := &Node{cfg: cfg, logger: cfg.Logger.With("node", cfg.Name)}
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, logger: cfg.Logger.With("node", cfg.Name), lock: lock}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
@@ -391,6 +396,7 @@ func (n *Node) shutdown(graceful bool) error {
 			errs = append(errs, err)
 		}
 	}
+	n.lock.release() // last: the raft log is closed
 	return errors.Join(errs...)
 }
 

@@ -347,7 +347,8 @@ func ForkLocal(ctx context.Context, b Backend, srcID string, spec CreateSpec, op
 	}
 	defer func() {
 		if err != nil {
-			if rerr := b.Remove(bg, spec.ID); rerr != nil {
+			// Not found: a cancel's cleanup removed it first, as it should.
+			if rerr := b.Remove(bg, spec.ID); rerr != nil && !errors.Is(rerr, ErrNotFound) {
 				log.Error("remove partial fork target", "id", spec.ID, "error", rerr)
 			}
 		}

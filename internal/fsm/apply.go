@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"strings"
 )
 
 // apply runs one decoded command against s. It returns the result and
@@ -10,6 +11,11 @@ func (s *State) apply(t CommandType, cmd commander) (ApplyResult, bool) {
 	h := cmd.header()
 	if h.RequestID != "" {
 		if r, ok := s.results[h.RequestID]; ok {
+			if h.Digest != "" && r.Digest != "" && h.Digest != r.Digest {
+				_, key, _ := strings.Cut(h.RequestID, ":") // the API scopes keys as "kind:key"
+				return ApplyResult{Err: fmt.Errorf("%w: idempotency key %q was already used for a different request; use a new key",
+					ErrConflict, key)}, false
+			}
 			return r.result(), false
 		}
 	}
@@ -23,6 +29,7 @@ func (s *State) apply(t CommandType, cmd commander) (ApplyResult, bool) {
 		return ApplyResult{Value: val}, changed
 	}
 	rec := newRecord(h.RequestID, t, val, err)
+	rec.Digest = h.Digest
 	s.remember(rec)
 	// Return the recorded form, so the first answer and any retry's answer
 	// are the same on every replica.

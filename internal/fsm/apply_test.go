@@ -603,3 +603,42 @@ func TestDeterministicReplicas(t *testing.T) {
 	}
 	testSnapshotRestore(t, a)
 }
+
+// A request id carries the request's digest: a retry with the same digest
+// (or none, from an older client) gets the first result; another request
+// under the same id is refused and changes nothing, also after a restore.
+func TestIdempotencyDigest(t *testing.T) {
+	f := NewWithOptions(nil, 10)
+	up := func(digest string, budget int64) ApplyResult {
+		return apply(t, f, CmdUpsertHost, UpsertHostCmd{Header: Header{RequestID: "host:k", Digest: digest}, Host: mkHost("h1", "us", true, budget)})
+	}
+	first := up("d1", 1)
+	if first.Err != nil {
+		t.Fatal(first.Err)
+	}
+	tests := []struct {
+		name   string
+		f      *FSM
+		digest string
+		budget int64
+		err    error
+	}{
+		{"same digest", f, "d1", 2, nil},
+		{"no digest", f, "", 3, nil},
+		{"other digest", f, "d2", 4, ErrConflict},
+		{"other digest after restore", testSnapshotRestore(t, f), "d2", 5, ErrConflict},
+	}
+	for _, tc := range tests {
+		r := apply(t, tc.f, CmdUpsertHost, UpsertHostCmd{Header: Header{RequestID: "host:k", Digest: tc.digest}, Host: mkHost("h1", "us", true, tc.budget)})
+		if tc.err != nil {
+			wantErr(t, r.Err, tc.err, `idempotency key "k" was already used for a different request`)
+		} else if !reflect.DeepEqual(r, first) {
+			t.Errorf("%s: %+v, want the first result %+v", tc.name, r, first)
+		}
+		tc.f.View(func(s *State) {
+			if h, _ := s.Host("h1"); h.Budget != 1 {
+				t.Errorf("%s: budget %d: the retry was applied", tc.name, h.Budget)
+			}
+		})
+	}
+}

@@ -38,9 +38,14 @@ var (
 // Header is embedded in every command. The leader stamps Time (unix nanos)
 // and ids; the FSM never reads a clock. RequestID makes retries idempotent:
 // a command whose RequestID was already applied returns the first result.
+//
+// Digest, when set, fingerprints the client's request under that RequestID:
+// a retry must carry the same one, so a key reused for another request is
+// refused (ErrConflict) instead of answered with the first request's result.
 type Header struct {
 	RequestID string `json:"request_id"`
 	Time      int64  `json:"time"`
+	Digest    string `json:"digest,omitempty"`
 }
 
 type UpsertHostCmd struct {

@@ -318,7 +318,7 @@ func (p *planner) stream(v *Volume, prefix string) (Plan, error) {
 	if best != nil {
 		return p.plan(v, best.ID, PathStream), nil
 	}
-	return Plan{}, p.noRoom(prefix, v.Size)
+	return Plan{}, p.noRoom(prefix, v.Size, v.Host)
 }
 
 func betterTarget(t *Host, free int64, b *Host, bfree int64, src *Host) bool {
@@ -334,13 +334,15 @@ func betterTarget(t *Host, free int64, b *Host, bfree int64, src *Host) bool {
 	return t.ID < b.ID
 }
 
-// noRoom names the need and the best free figure among the alive hosts the
-// location allows.
-func (p *planner) noRoom(prefix string, need int64) error {
+// noRoom explains a stream with no target: the need and the best free
+// figure among the alive hosts the location allows, other than src (the
+// source's host cannot be a stream's target, so its free space is no
+// answer).
+func (p *planner) noRoom(prefix string, need int64, src string) error {
 	var best *Host
 	var bestFree int64
 	for _, h := range p.s.hosts {
-		if !h.Alive || !p.loc.allows(h) {
+		if !h.Alive || !p.loc.allows(h) || h.ID == src {
 			continue
 		}
 		free := p.s.Free(h.ID)
@@ -350,9 +352,15 @@ func (p *planner) noRoom(prefix string, need int64) error {
 	}
 	where := p.loc.where()
 	if best == nil {
-		return fmt.Errorf("%w: %sneed %s, no alive host%s", ErrNoRoom, prefix, FormatBytes(need), where)
+		if h := p.s.hosts[src]; h != nil && h.Alive && p.loc.host == src {
+			// --host names the source's host, which is full: its free
+			// space is the answer after all.
+			return fmt.Errorf("%w: %sneed %s, most free is %s on %s%s", ErrNoRoom, prefix, FormatBytes(need), FormatBytes(p.s.Free(src)), src, where)
+		}
+		return fmt.Errorf("%w: %sneed %s, no alive host%s other than the source's (%s)", ErrNoRoom, prefix, FormatBytes(need), where, src)
 	}
-	return fmt.Errorf("%w: %sneed %s, most free is %s on %s%s", ErrNoRoom, prefix, FormatBytes(need), FormatBytes(bestFree), best.ID, where)
+	return fmt.Errorf("%w: %sneed %s, most free is %s on %s%s (the source's host %s does not count: a stream goes to another host)",
+		ErrNoRoom, prefix, FormatBytes(need), FormatBytes(bestFree), best.ID, where, src)
 }
 
 // maxStreamTries bounds the work for an app whose every volume fails to

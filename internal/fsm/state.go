@@ -242,6 +242,7 @@ type resultRecord struct {
 	Fork      *Fork       `json:"fork,omitempty"`
 	ErrKind   string      `json:"err_kind,omitempty"`
 	ErrMsg    string      `json:"err_msg,omitempty"`
+	Digest    string      `json:"digest,omitempty"` // the request's Header.Digest
 }
 
 var errKinds = []struct {
