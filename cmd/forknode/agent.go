@@ -118,8 +118,15 @@ func runAgent(args []string) error {
 	if err != nil {
 		return err
 	}
+	// Lock the data dir before the backend opens: the LVM backend's start-up
+	// recovery acts on markers that a running agent on this dir owns.
+	lock, err := cluster.LockDataDir(f.dataDir)
+	if err != nil {
+		return err
+	}
 	be, err := openBackend(f, logger)
 	if err != nil {
+		lock.Release()
 		return err
 	}
 	var join []string
@@ -129,7 +136,7 @@ func runAgent(args []string) error {
 		}
 	}
 	node, err := cluster.New(cluster.Config{
-		Name: f.name, DataDir: f.dataDir, Region: f.region,
+		Name: f.name, DataDir: f.dataDir, DataDirLock: lock, Region: f.region,
 		GossipAddr: f.gossipAddr, ClusterAddr: f.clusterAddr, APIAddr: f.apiAddr, AdvertiseIP: f.advertise, APITLS: f.apiTLS,
 		Join: join, BootstrapExpect: f.bootstrapExpect,
 		Backend: be, Keys: km, Logger: logger,

@@ -878,9 +878,24 @@ func TestDataDirLocked(t *testing.T) {
 	}
 	tc.nodes[0].shutdown(false)
 	tc.nodes[0] = nil
+	// The agent's way: lock first, hand the lock to New, which releases it
+	// at shutdown.
+	lock, err := LockDataDir(cfg.DataDir)
+	if err != nil {
+		t.Fatalf("lock the freed dir: %v", err)
+	}
+	if _, err := LockDataDir(cfg.DataDir); !errors.Is(err, ErrDataDirInUse) {
+		t.Fatalf("second lock: %v", err)
+	}
+	cfg.DataDirLock = lock
 	n, err := New(cfg)
 	if err != nil {
 		t.Fatalf("restart on the freed dir: %v", err)
 	}
 	n.shutdown(false)
+	lock, err = LockDataDir(cfg.DataDir)
+	if err != nil {
+		t.Fatalf("lock after shutdown: %v", err)
+	}
+	lock.Release()
 }

@@ -26,6 +26,10 @@ var (
 type Config struct {
 	Name    string
 	DataDir string
+	// DataDirLock, when set, is DataDir's lock taken by the caller
+	// (LockDataDir); New then owns it and releases it when the node shuts
+	// down or New fails. Unset, New locks DataDir itself.
+	DataDirLock *DataDirLock
 	Region  string
 
 	GossipAddr  string // memberlist bind (TCP and UDP)

@@ -14,13 +14,22 @@ import (
 // ErrDataDirInUse: another process runs a node on the same data dir.
 var ErrDataDirInUse = errors.New("data dir in use")
 
-// dataDirLock holds an exclusive flock on DATA_DIR/LOCK for the node's
+// DataDirLock is an exclusive flock on DATA_DIR/LOCK, held for the node's
 // life. Without it a second process on the same dir blocks for ever inside
 // bolt's own lock on the raft log, with no word of why. The kernel drops
 // the lock when the process dies, so a crash leaves nothing to clean.
-type dataDirLock struct{ f *os.File }
+//
+// New takes it itself unless Config.DataDirLock hands one over: the agent
+// locks before it opens its backend, since the LVM backend's start-up
+// recovery acts on markers in the data dir that a running agent owns.
+type DataDirLock struct{ f *os.File }
 
-func lockDataDir(dir string) (*dataDirLock, error) {
+// LockDataDir creates dir if needed and locks it, or fails at once with
+// ErrDataDirInUse.
+func LockDataDir(dir string) (*DataDirLock, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
 	path := filepath.Join(dir, "LOCK")
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o640)
 	if err != nil {
@@ -43,10 +52,11 @@ func lockDataDir(dir string) (*dataDirLock, error) {
 	if err := f.Truncate(0); err == nil {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
-	return &dataDirLock{f: f}, nil
+	return &DataDirLock{f: f}, nil
 }
 
-func (l *dataDirLock) release() {
+// Release drops the lock; New's node does so when it shuts down.
+func (l *DataDirLock) Release() {
 	if l != nil && l.f != nil {
 		l.f.Close() // closing the last descriptor drops the flock
 		l.f = nil

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -27,7 +26,7 @@ type Node struct {
 	cfg    Config
 	logger hclog.Logger
 
-	lock    *dataDirLock
+	lock    *DataDirLock
 	fsm     *fsm.FSM
 	raft    *raft.Raft
 	store   *raftboltdb.BoltStore
@@ -53,6 +52,7 @@ type Node struct {
 // bootstrapping continue in the background.
 func New(cfg Config) (*Node, error) {
 	if cfg.Name == "" || cfg.DataDir == "" || cfg.Backend == nil || cfg.Keys == nil {
+		cfg.DataDirLock.Release()
 		return nil, fmt.Errorf("cluster: name, data dir, backend and key are required")
 	}
 	if cfg.Logger == nil {
@@ -76,12 +76,12 @@ func New(cfg Config) (*Node, error) {
 			cfg.DeadHostTimeout = 3 * time.Second
 		}
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	lock, err := lockDataDir(cfg.DataDir)
-	if err != nil {
-		return nil, err
+	lock := cfg.DataDirLock
+	if lock == nil {
+		var err error
+		if lock, err = LockDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
 	}
 	n := &Node{cfg: cfg, logger: cfg.Logger.With("node", cfg.Name), lock: lock}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
@@ -396,7 +396,7 @@ func (n *Node) shutdown(graceful bool) error {
 			errs = append(errs, err)
 		}
 	}
-	n.lock.release() // last: the raft log is closed
+	n.lock.Release() // last: the raft log is closed
 	return errors.Join(errs...)
 }
 
