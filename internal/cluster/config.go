@@ -30,7 +30,7 @@ type Config struct {
 	// (LockDataDir); New then owns it and releases it when the node shuts
 	// down or New fails. Unset, New locks DataDir itself.
 	DataDirLock *DataDirLock
-	Region  string
+	Region      string
 
 	GossipAddr  string // memberlist bind (TCP and UDP)
 	ClusterAddr string // mTLS port multiplexing raft, forwarding and transfer
