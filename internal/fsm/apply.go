@@ -180,7 +180,13 @@ func (s *State) createVolume(c *CreateVolumeCmd) (any, error) {
 
 // placeVolume picks an alive host with room: the hinted region first, then
 // the most free, then the smaller id.
+//
+// A region no host has is refused, like a fork's --region: it is a typo
+// far more often than a wish to place anywhere.
 func (s *State) placeVolume(size int64, region string) (string, error) {
+	if region != "" && !s.hasRegion(region) {
+		return "", fmt.Errorf("%w: no host in region %q", ErrNotFound, region)
+	}
 	var best *Host
 	var bestFree int64
 	var most *Host

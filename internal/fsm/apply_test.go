@@ -144,6 +144,9 @@ func TestCreateVolume(t *testing.T) {
 	}
 	_, err := place("p6", "", 50*GiB)
 	wantErr(t, err, ErrNoRoom, "need 50 GiB, most free is 8.0 GiB on a1")
+	// A region no host has is a typo, not a wish to place anywhere.
+	_, err = place("p7", "mars", GiB)
+	wantErr(t, err, ErrNotFound, `no host in region "mars"`)
 
 	bad := []struct {
 		name string

@@ -92,14 +92,7 @@ func (s *State) location(req ForkRequest) (location, error) {
 		}
 	}
 	if req.Region != "" && req.Host == "" {
-		found := false
-		for _, h := range s.hosts {
-			if h.Region == req.Region {
-				found = true
-				break
-			}
-		}
-		if !found {
+		if !s.hasRegion(req.Region) {
 			return loc, fmt.Errorf("%w: no host in region %q", ErrNotFound, req.Region)
 		}
 	}
@@ -465,4 +458,14 @@ func (p *planner) planApp(app string) (Plan, error) {
 		return Plan{}, fmt.Errorf("via stream: %w", firstErr)
 	}
 	return Plan{}, firstErr
+}
+
+// hasRegion reports whether any host, alive or not, is in region.
+func (s *State) hasRegion(region string) bool {
+	for _, h := range s.hosts {
+		if h.Region == region {
+			return true
+		}
+	}
+	return false
 }
