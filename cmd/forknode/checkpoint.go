@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -18,11 +19,38 @@ func checkpoint(ctx context.Context, dsn string) (time.Duration, error) {
 	start := time.Now()
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return 0, fmt.Errorf("checkpoint: connect: %w", err)
+		return 0, fmt.Errorf("checkpoint: connect: %w", onceError{err})
 	}
 	defer conn.Close(context.Background())
 	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
 		return 0, fmt.Errorf("checkpoint: %w (CHECKPOINT needs a superuser or the pg_checkpoint role)", err)
 	}
 	return time.Since(start), nil
+}
+
+// onceError says each line of an error once. With the default
+// sslmode=prefer pgx dials every address twice (TLS, then plain), and an
+// unreachable server fails both the same way.
+type onceError struct{ err error }
+
+func (e onceError) Error() string { return uniqueLines(e.err.Error()) }
+func (e onceError) Unwrap() error { return e.err }
+
+// uniqueLines drops repeated lines; a single detail line left goes back
+// on the line it explains ("...: detail").
+func uniqueLines(s string) string {
+	seen := map[string]bool{}
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		k := strings.TrimSpace(l)
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		out = append(out, l)
+	}
+	if len(out) == 2 && strings.HasSuffix(out[0], ":") {
+		return out[0] + " " + strings.TrimSpace(out[1])
+	}
+	return strings.Join(out, "\n")
 }

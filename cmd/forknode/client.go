@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/forknode/forknode/internal/api"
+	"github.com/forknode/forknode/internal/fsm"
 	"github.com/forknode/forknode/internal/keys"
 )
 
@@ -147,6 +148,14 @@ func printJSON(v any) error {
 	return enc.Encode(v)
 }
 
+// flagSet reports whether the flag name was given on the command line, to
+// tell "missing" from an explicit zero.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
 func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0) }
 
 func dash(s string) string {
@@ -261,7 +270,7 @@ func volumeCreate(args []string) error {
 	fs.StringVar(&req.App, "app", "", "app the volume belongs to")
 	fs.StringVar(&req.Host, "host", "", "host to place it on (default: chosen by the catalog)")
 	fs.StringVar(&req.Region, "region", "", "preferred region when --host is not given")
-	ttlVar(fs, &ttl, "ttl", "delete the volume this long after it is created, e.g. 36h or 7d (default: never)")
+	ttlVar(fs, &ttl, "ttl", "delete the volume this long after it is created, e.g. 36h, 7d or 1d12h (default: never)")
 	wait := fs.Bool("wait", false, "wait until the host made the volume ready")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -272,8 +281,11 @@ func volumeCreate(args []string) error {
 	}
 	req.Name = pos[0]
 	req.TTLSeconds = int64(ttl / time.Second)
-	if req.Size == 0 {
+	if !flagSet(fs, "size") {
 		return usagef("volume create: --size is required (e.g. --size 1GiB)")
+	}
+	if req.Size <= 0 {
+		return usagef("volume create: --size must be positive, got %d (e.g. --size 1GiB)", req.Size)
 	}
 	c, err := cf.client()
 	if err != nil {
@@ -389,10 +401,11 @@ func volumeOne(op string, args []string) error {
 		if err := c.Do(ctx, "DELETE", path, nil, &v, nil); err != nil {
 			return err
 		}
-		state := string(v.State)
 		if wait {
 			if _, err := c.Volume(ctx, v.ID); api.IsCode(err, api.CodeNotFound) {
-				state = "deleted"
+				// The server answered with the volume as it was while
+				// deleting; both outputs report how the wait ended.
+				v.State = api.VolumeDeleted
 			} else if err == nil {
 				return fmt.Errorf("volume %s is still %s on %s after the wait", v.ID, v.State, v.Host)
 			}
@@ -400,7 +413,7 @@ func volumeOne(op string, args []string) error {
 		if cf.json {
 			return printJSON(v)
 		}
-		fmt.Printf("volume %s (%s) on %s: %s\n", v.Name, v.ID, v.Host, state)
+		fmt.Printf("volume %s (%s) on %s: %s\n", v.Name, v.ID, v.Host, v.State)
 		return nil
 	case "attach", "detach":
 		var r *api.AttachResponse
@@ -486,7 +499,7 @@ func runFork(args []string) error {
 	fs.StringVar(&req.Via, "via", "", "force the path: clone, copy, replica or stream")
 	fs.StringVar(&req.App, "app", "", "app of the new volume (default: none, so a fork is never taken for a replica of the source's app)")
 	sizeVar(fs, &req.RateLimit, "rate-limit", 0, "cap this fork's copy or stream at SIZE bytes/s, e.g. 20MiB, below the hosts' own --rate-limit (0: the hosts' limits only)")
-	ttlVar(fs, &ttl, "ttl", "delete the new volume this long after the fork, e.g. 72h or 7d (default: never)")
+	ttlVar(fs, &ttl, "ttl", "delete the new volume this long after the fork, e.g. 72h, 7d or 1d12h (default: never)")
 	ckpt := fs.String("checkpoint", "", "run CHECKPOINT on this PostgreSQL (postgres://...) just before the fork, for a short crash recovery")
 	wait := fs.Bool("wait", false, "wait for the fork, showing progress; fail if the fork fails")
 	key := fs.String("idempotency-key", "", "retry-safe key: the same key returns the same fork")
@@ -655,7 +668,11 @@ func forkShow(args []string) error {
 		{"bytes", fmt.Sprintf("%s of %s (%.1f%%)", humanSize(f.BytesDone), humanSize(f.BytesTotal), f.Percent)},
 	}
 	if f.WireBytes > 0 {
-		rows = append(rows, [2]string{"wire", fmt.Sprintf("%s (compression ratio %.2f)", humanSize(f.WireBytes), f.CompressionRatio)})
+		wire := humanSize(f.WireBytes)
+		if f.CompressionRatio > 0 { // derived only once it means something
+			wire += fmt.Sprintf(" (compression ratio %.2f)", f.CompressionRatio)
+		}
+		rows = append(rows, [2]string{"wire", wire})
 	}
 	if f.RateBytesPerSec > 0 {
 		rows = append(rows, [2]string{"rate", humanSize(int64(f.RateBytesPerSec)) + "/s"})
@@ -666,7 +683,11 @@ func forkShow(args []string) error {
 	if f.ETASeconds > 0 {
 		rows = append(rows, [2]string{"eta", (time.Duration(f.ETASeconds * float64(time.Second))).Round(time.Second).String()})
 	}
-	rows = append(rows, [2]string{"created", ago(f.CreatedAt)}, [2]string{"took", forkDuration(*f)})
+	took := "took"
+	if !f.Finished() {
+		took = "running for"
+	}
+	rows = append(rows, [2]string{"created", ago(f.CreatedAt)}, [2]string{took, forkDuration(*f)})
 	if f.Error != "" {
 		rows = append(rows, [2]string{"error", f.Error})
 	}
@@ -698,14 +719,29 @@ func forkCancel(args []string) error {
 		return err
 	}
 	ctx := context.Background()
-	f, err := c.CancelFork(ctx, pos[0])
+	// The server's cancel returns a failed fork unchanged; look first, so
+	// a second cancel says so instead of claiming to cancel it again.
+	f, err := c.Fork(ctx, pos[0])
 	if err != nil {
 		return err
 	}
+	already := f.State == fsm.ForkFailed
+	if !already {
+		// A ready fork is refused by the server with a hint to remove
+		// its volume instead.
+		if f, err = c.CancelFork(ctx, pos[0]); err != nil {
+			return err
+		}
+	}
 	if !cf.json {
-		if f.Error == api.ForkCancelledError {
+		switch {
+		case already && f.Error == api.ForkCancelledError:
+			fmt.Printf("fork %s already cancelled\n", f.ID)
+		case already:
+			fmt.Printf("fork %s already failed: %s\n", f.ID, f.Error)
+		case f.Error == api.ForkCancelledError:
 			fmt.Printf("fork %s cancelled (target volume %s is being removed)\n", f.ID, f.Name)
-		} else {
+		default: // it failed on its own between the look and the cancel
 			fmt.Printf("fork %s had already failed (%s); target volume %s is being removed\n", f.ID, f.Error, f.Name)
 		}
 	}

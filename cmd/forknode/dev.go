@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -56,27 +58,31 @@ func runDev(args []string) error {
 		return usagef("dev: --log-level %q: want trace, debug, info, warn or error", *logLevel)
 	}
 	tempDir := false
-	if *dir == "" {
-		if *demo {
-			d, err := os.MkdirTemp("", "forknode-demo-")
-			if err != nil {
-				return err
-			}
-			*dir, tempDir = d, true
-		} else {
+	var undo func()
+	if *dir == "" && *demo {
+		d, err := os.MkdirTemp("", "forknode-demo-")
+		if err != nil {
+			return err
+		}
+		*dir, tempDir = d, true
+		undo = func() { os.RemoveAll(d) }
+	} else {
+		if *dir == "" {
 			*dir = "forknode-dev"
 		}
-	}
-	if err := os.MkdirAll(*dir, 0o750); err != nil {
-		return err
+		if undo, err = makeDevDir(*dir); err != nil {
+			return err
+		}
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "dev", Level: level, Output: os.Stderr})
 	km, err := devKey(filepath.Join(*dir, "cluster.key"))
 	if err != nil {
+		undo()
 		return err
 	}
 	nodes, err := startDev(*dir, *base, km, logger)
 	if err != nil {
+		undo()
 		return err
 	}
 	closeAll := func() {
@@ -116,6 +122,51 @@ func runDev(args []string) error {
 	return nil
 }
 
+// makeDevDir creates dir if needed and returns what undoes a failed start
+// in it: a dir this start created goes (with any parents it created), an
+// empty one is emptied again, and one that held anything is left alone,
+// since what was there is someone's cluster.
+func makeDevDir(dir string) (undo func(), err error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	// The topmost directory that does not exist yet: MkdirAll creates it
+	// and everything under it.
+	created := ""
+	for p := abs; ; p = filepath.Dir(p) {
+		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		created = p
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	wasEmpty := false
+	if created == "" {
+		entries, err := os.ReadDir(abs)
+		if err != nil {
+			return nil, fmt.Errorf("dev dir: %w", err)
+		}
+		wasEmpty = len(entries) == 0
+	}
+	if err := os.MkdirAll(abs, 0o750); err != nil {
+		return nil, err
+	}
+	return func() {
+		switch {
+		case created != "":
+			os.RemoveAll(created)
+		case wasEmpty:
+			entries, _ := os.ReadDir(abs)
+			for _, e := range entries {
+				os.RemoveAll(filepath.Join(abs, e.Name()))
+			}
+		}
+	}, nil
+}
+
 func devKey(path string) (*keys.Material, error) {
 	m, err := keys.Load(path)
 	if err == nil {
@@ -130,15 +181,23 @@ func devKey(path string) (*keys.Material, error) {
 	return m, m.Write(path)
 }
 
-func startDev(dir string, base int, km *keys.Material, logger hclog.Logger) ([]*cluster.Node, error) {
-	var nodes []*cluster.Node
+// startDev starts the three nodes; on an error it closes those it started.
+func startDev(dir string, base int, km *keys.Material, logger hclog.Logger) (nodes []*cluster.Node, err error) {
+	defer func() {
+		if err != nil {
+			for i := len(nodes) - 1; i >= 0; i-- {
+				nodes[i].Close()
+			}
+			nodes = nil
+		}
+	}()
 	_, firstGossip, _ := devAddrs(base, 0)
 	for i := 0; i < 3; i++ {
 		name := fmt.Sprintf("dev%d", i+1)
 		apiAddr, gossipAddr, clusterAddr := devAddrs(base, i)
 		volDir := filepath.Join(dir, name, "volumes")
 		if err := os.MkdirAll(volDir, 0o750); err != nil {
-			return nodes, err
+			return nodes, fmt.Errorf("%s: %w", name, err)
 		}
 		be, err := cow.NewFileBackend(volDir, devCapacity[i], logger.Named(name))
 		if err != nil {
@@ -155,10 +214,7 @@ func startDev(dir string, base int, km *keys.Material, logger hclog.Logger) ([]*
 		}
 		n, err := cluster.New(cfg)
 		if err != nil {
-			for _, o := range nodes {
-				o.Close()
-			}
-			return nil, fmt.Errorf("start %s (ports %s, %s, %s; is another dev cluster running? try --base-port): %w",
+			return nodes, fmt.Errorf("start %s (ports %s, %s, %s; is another dev cluster running? try --base-port): %w",
 				name, apiAddr, gossipAddr, clusterAddr, err)
 		}
 		nodes = append(nodes, n)
@@ -223,6 +279,9 @@ func runDemo(nodes []*cluster.Node, token string) error {
 	fmt.Println("waiting for the cluster: leader and 3 live hosts in the catalog...")
 	if err := waitCluster(ctx, c); err != nil {
 		return err
+	}
+	if err := clearDemo(ctx, c); err != nil {
+		return fmt.Errorf("remove the volumes of an earlier demo in this dir: %w", err)
 	}
 
 	src, err := c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "demo-src", App: "demo", Size: demoSize, Host: "dev1"}, true)
@@ -302,6 +361,57 @@ func runDemo(nodes []*cluster.Node, token string) error {
 	fork("demo-stream3", "stream", api.CreateForkRequest{Source: "demo-src", Region: devRegion, Host: "dev3"})
 
 	return printDemo(rows)
+}
+
+// demoVolumes are the volumes runDemo makes, in the order it makes them.
+var demoVolumes = []string{"demo-src", "demo-clone", "demo-copy", "demo-stream", "demo-filler", "demo-replica", "demo-stream3"}
+
+// clearDemo removes what an earlier demo left in a --dir it is run on
+// again: the names would clash, and the filler leaves dev1 full. Only the
+// demo's own volume names are touched.
+func clearDemo(ctx context.Context, c *api.Client) error {
+	vols, err := c.Volumes(ctx)
+	if err != nil {
+		return err
+	}
+	var old []api.Volume
+	for i := len(demoVolumes) - 1; i >= 0; i-- { // forks before their sources
+		for _, v := range vols {
+			if v.Name == demoVolumes[i] {
+				old = append(old, v)
+			}
+		}
+	}
+	if len(old) == 0 {
+		return nil
+	}
+	// A fork an interrupted run left in flight holds its volumes.
+	forks, err := c.Forks(ctx)
+	if err != nil {
+		return err
+	}
+	for _, f := range forks {
+		if !f.Finished() && slices.Contains(demoVolumes, f.Name) {
+			if _, err := c.CancelFork(ctx, f.ID); err != nil && !api.IsCode(err, api.CodeConflict) {
+				return fmt.Errorf("cancel fork %s: %w", f.ID, err)
+			}
+		}
+	}
+	var names []string
+	for _, v := range old {
+		if _, err := c.DeleteVolume(ctx, v.ID); err != nil && !api.IsCode(err, api.CodeNotFound) {
+			return fmt.Errorf("volume %s (%s): %w", v.Name, v.ID, err)
+		}
+		names = append(names, v.Name)
+	}
+	for _, v := range old {
+		if err := waitVolumeGone(ctx, c, v.ID, time.Minute); err != nil {
+			return err
+		}
+	}
+	slices.Reverse(names)
+	fmt.Printf("removed the volumes of an earlier demo in this dir: %s\n", strings.Join(names, ", "))
+	return nil
 }
 
 func waitCluster(ctx context.Context, c *api.Client) error {

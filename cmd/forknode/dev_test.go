@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -41,17 +43,63 @@ func TestDevDemo(t *testing.T) {
 		t.Skip("starts a 3-node cluster")
 	}
 	base := freeBase(t)
-	code, out, errOut := capture(t, "dev", "--demo", "--dir", t.TempDir(), "--base-port", fmt.Sprint(base))
-	if code != 0 {
-		t.Fatalf("dev --demo exited %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
-	}
-	for _, want := range []string{"export FORKNODE_ADDR=", "demo-copy", "demo-stream", "demo-replica", "all forks verified"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("output lacks %q:\n%s", want, out)
+	dir := t.TempDir()
+	// A second run on the same dir starts over from the first one's state.
+	for run := 1; run <= 2; run++ {
+		code, out, errOut := capture(t, "dev", "--demo", "--dir", dir, "--base-port", fmt.Sprint(base))
+		if code != 0 {
+			t.Fatalf("run %d: dev --demo exited %d\nstdout:\n%s\nstderr:\n%s", run, code, out, errOut)
+		}
+		for _, want := range []string{"export FORKNODE_ADDR=", "demo-copy", "demo-stream", "demo-replica", "all forks verified"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("run %d: output lacks %q:\n%s", run, want, out)
+			}
+		}
+		if strings.Count(out, "ok: verified byte for byte") < 4 {
+			t.Errorf("run %d: fewer than 4 verified forks:\n%s", run, out)
+		}
+		if removed := strings.Contains(out, "removed the volumes of an earlier demo"); removed != (run == 2) {
+			t.Errorf("run %d: removal of an earlier demo's volumes reported: %v\n%s", run, removed, out)
 		}
 	}
-	if strings.Count(out, "ok: verified byte for byte") < 4 {
-		t.Errorf("fewer than 4 verified forks:\n%s", out)
+}
+
+// A start that fails (a port taken) takes back what it created in the dir,
+// and only that.
+func TestDevFailedStartCleansUp(t *testing.T) {
+	base := freeBase(t)
+	apiAddr, _, _ := devAddrs(base, 0)
+	l, err := net.Listen("tcp", apiAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	root := t.TempDir()
+	fresh := filepath.Join(root, "a", "b")
+	empty := filepath.Join(root, "empty")
+	used := filepath.Join(root, "used")
+	for _, d := range []string{empty, used} {
+		if err := os.Mkdir(d, 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(used, "keep"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{fresh, empty, used} {
+		code, _, errOut := capture(t, "dev", "--dir", dir, "--base-port", fmt.Sprint(base))
+		if code != 1 || !strings.Contains(errOut, "try --base-port") {
+			t.Fatalf("dev --dir %s with its port taken: %d %s", dir, code, errOut)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "a")); !os.IsNotExist(err) {
+		t.Errorf("a dir the failed start created is still there: %v", err)
+	}
+	if entries, _ := os.ReadDir(empty); len(entries) != 0 {
+		t.Errorf("an empty dir kept %d entries", len(entries))
+	}
+	if _, err := os.Stat(filepath.Join(used, "keep")); err != nil {
+		t.Errorf("a file that was there before went: %v", err)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"github.com/forknode/forknode/internal/keys"
 )
@@ -23,6 +24,15 @@ func runKeygen(args []string) error {
 	}
 	if _, err := os.Stat(*out); err == nil && !*force {
 		return fmt.Errorf("%s already exists; a new key locks its cluster's nodes out. Use --force to overwrite it", *out)
+	}
+	// The key is written through a temp file beside it, so a missing
+	// directory would otherwise be reported under the temp file's name.
+	if dir := filepath.Dir(*out); dir != "" {
+		if st, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("directory %s does not exist; create it first (mkdir -p %s)", dir, dir)
+		} else if err == nil && !st.IsDir() {
+			return fmt.Errorf("%s is not a directory", dir)
+		}
 	}
 	m, err := keys.Generate()
 	if err != nil {

@@ -7,11 +7,66 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strings"
 )
 
-// version is set at build time: -ldflags "-X main.version=v1.2.3".
-var version = "dev"
+// version is set at build time: -ldflags "-X main.version=v1.2.3". Left
+// empty, versionString describes the build from its build info instead.
+var version = ""
+
+// versionString is what `forknode version` prints: the stamped version, or
+// the module version, VCS revision and Go version the binary was built
+// from, e.g. "forknode (devel) rev aa50995+dirty go1.26.8".
+func versionString() string {
+	if version != "" {
+		return "forknode " + version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "forknode (devel) " + runtime.Version()
+	}
+	return buildVersion(bi)
+}
+
+func buildVersion(bi *debug.BuildInfo) string {
+	v := bi.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
+	var rev string
+	dirty := false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	// An untagged module's pseudo-version (v0.0.0-20261124154532-aa50995abcde
+	// +dirty) only repeats the revision, which reads better on its own.
+	if len(rev) >= 12 && strings.HasPrefix(v, "v0.0.0-") && strings.Contains(v, rev[:12]) {
+		v = "(devel)"
+	}
+	out := "forknode " + v
+	if len(rev) > 7 {
+		rev = rev[:7]
+	}
+	// A tag-based pseudo-version already names the revision.
+	if rev != "" && !strings.Contains(v, rev) {
+		out += " rev " + rev
+		if dirty {
+			out += "+dirty"
+		}
+	}
+	goVer := bi.GoVersion
+	if goVer == "" {
+		goVer = runtime.Version()
+	}
+	return out + " " + goVer
+}
 
 // usageError marks a command-line mistake (exit code 2).
 type usageError struct{ msg string }
@@ -36,16 +91,16 @@ func commands() []command {
 		{"token", "print the API token of a cluster key (for FORKNODE_TOKEN)", runToken},
 		{"ca", "print the cluster CA certificate, to verify agents run with --api-tls (for FORKNODE_CA)", runCA},
 		{"status", "show the cluster: members, leader, per-host capacity", runStatus},
-		{"volume", "manage volumes: create, ls, show, rm, attach, detach", runVolume},
+		{"volume", "manage volumes: create, ls, show, rm, attach, detach, expire", runVolume},
 		{"fork", "fork a volume: fork SOURCE NAME [--via clone|copy|replica|stream] [--wait]", runFork},
 		{"forks", "list, show or cancel forks: forks ls | forks show ID | forks cancel ID", runForks},
 		{"node", "remove a dead node for good: node rm NAME", runNode},
-		{"version", "print the version", func([]string) error { fmt.Println("forknode", version); return nil }},
+		{"version", "print the version", func([]string) error { fmt.Println(versionString()); return nil }},
 	}
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintf(w, "forknode %s: block-level forks of database volumes\n\nUsage: forknode COMMAND [flags]\n\nCommands:\n", version)
+	fmt.Fprint(w, "forknode: block-level forks of database volumes\n\nUsage: forknode COMMAND [flags]\n\nCommands:\n")
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}

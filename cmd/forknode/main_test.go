@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -55,11 +56,14 @@ func TestUsageAndExitCodes(t *testing.T) {
 		{args: []string{"agent", "--key", "k", "--sweep-interval", "1ms"}, code: 2, errText: "--sweep-interval 1ms"},
 		{args: []string{"volume"}, code: 2, errText: "want a subcommand"},
 		{args: []string{"volume", "create", "x", "--token", "t"}, code: 2, errText: "--size is required"},
+		{args: []string{"volume", "create", "x", "--size", "0", "--token", "t"}, code: 2, errText: "--size must be positive"},
+		{args: []string{"volume", "create", "x", "--size", "0GiB", "--token", "t"}, code: 2, errText: "--size must be positive"},
 		{args: []string{"volume", "create", "x", "--size", "1 parsec", "--token", "t"}, code: 2, errText: "unknown unit"},
 		{args: []string{"fork", "only-source", "--token", "t"}, code: 2, errText: "want SOURCE NAME"},
 		{args: []string{"forks", "explode"}, code: 2, errText: "unknown subcommand"},
 		{args: []string{"forks", "help"}, code: 0, out: "forknode forks cancel ID [--json] [--wait]"},
 		{args: []string{"help"}, code: 0, out: "forks cancel ID"},
+		{args: []string{"help"}, code: 0, out: "rm, attach, detach, expire\n"},
 		{args: []string{"token"}, code: 2, errText: "--key FILE is required"},
 		{args: []string{"token", "--key", "/nonexistent/k"}, code: 1, errText: "forknode keygen"},
 	} {
@@ -99,6 +103,15 @@ func TestKeygenToken(t *testing.T) {
 	}
 	if code, _, _ := capture(t, "keygen", "-o", k, "--force"); code != 0 {
 		t.Fatal("--force failed")
+	}
+	// A missing directory is named, not the temp file the key goes through.
+	missing := filepath.Join(dir, "sub", "dir")
+	if code, _, errOut := capture(t, "keygen", "-o", filepath.Join(missing, "k.key")); code != 1 ||
+		!strings.Contains(errOut, "directory "+missing+" does not exist") || strings.Contains(errOut, ".key-") {
+		t.Fatalf("keygen into a missing dir: %d %s", code, errOut)
+	}
+	if code, _, errOut := capture(t, "keygen", "-o", filepath.Join(k, "k.key")); code != 1 || !strings.Contains(errOut, k+" is not a directory") {
+		t.Fatalf("keygen under a file: %d %s", code, errOut)
 	}
 	m, err := keys.Load(k)
 	if err != nil {
@@ -167,18 +180,33 @@ func fakeAPI(t *testing.T) *httptest.Server {
 		case "GET /v1/forks/fork_1":
 			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_1", Name: "pr", State: fsm.ForkReady, Path: fsm.PathStream,
 				BytesDone: 1 << 30, BytesTotal: 1 << 30, WireBytes: 1 << 28, RateLimit: 64 << 20, CreatedAt: 1e9, FinishedAt: 3e9}))
+		case "GET /v1/forks/fork_run", "GET /v1/forks/fork_race":
+			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: r.URL.Path[len("/v1/forks/"):], Name: "pr-run", State: fsm.ForkRunning, Path: fsm.PathStream,
+				TargetVolume: "vol_t", TargetHost: "n2", BytesTotal: 1 << 30, WireBytes: 40 << 10, CreatedAt: 1e9, UpdatedAt: 3e9}))
+		case "POST /v1/forks/fork_race/cancel": // failed on its own since the GET
+			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_race", Name: "pr-run", State: fsm.ForkFailed,
+				TargetVolume: "vol_t", TargetHost: "n2", Error: "source host died"}))
+		case "GET /v1/forks/fork_dead":
+			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_dead", Name: "pr-dead", State: fsm.ForkFailed,
+				TargetVolume: "vol_d", TargetHost: "n2", Error: "source host died"}))
+		case "GET /v1/forks/fork_cxl":
+			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_cxl", Name: "pr-cxl", State: fsm.ForkFailed,
+				TargetVolume: "vol_c", TargetHost: "n2", Error: api.ForkCancelledError}))
+		case "POST /v1/forks/fork_dead/cancel", "POST /v1/forks/fork_cxl/cancel":
+			// A finished fork is reported by the CLI, not cancelled again.
+			w.WriteHeader(500)
+			json.NewEncoder(w).Encode(api.ErrorBody{Error: "cancel of a finished fork was sent", Code: api.CodeInternal})
+		case "GET /v1/forks/fork_nope":
+			w.WriteHeader(404)
+			json.NewEncoder(w).Encode(api.ErrorBody{Error: `fork "fork_nope": not found`, Code: api.CodeNotFound})
+		case "DELETE /v1/volumes/db":
+			json.NewEncoder(w).Encode(api.Volume{ID: "vol_1", Name: "db", Host: "n1", Size: 1 << 30, State: fsm.VolumeDeleting})
 		case "POST /v1/forks/fork_run/cancel":
 			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_run", Name: "pr-run", State: fsm.ForkFailed, Path: fsm.PathStream,
 				TargetVolume: "vol_t", TargetHost: "n2", Error: api.ForkCancelledError, BytesDone: 1 << 28, BytesTotal: 1 << 30}))
-		case "POST /v1/forks/fork_dead/cancel":
-			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_dead", Name: "pr-dead", State: fsm.ForkFailed,
-				TargetVolume: "vol_d", TargetHost: "n2", Error: "source host died"}))
 		case "POST /v1/forks/fork_1/cancel":
 			w.WriteHeader(409)
 			json.NewEncoder(w).Encode(api.ErrorBody{Error: "conflict: fork fork_1 is already ready; remove its volume with `forknode volume rm pr` instead", Code: api.CodeConflict})
-		case "POST /v1/forks/fork_nope/cancel":
-			w.WriteHeader(404)
-			json.NewEncoder(w).Encode(api.ErrorBody{Error: `fork "fork_nope": not found`, Code: api.CodeNotFound})
 		case "GET /v1/volumes/vol_t":
 			// The target's host removes it a moment after the cancel.
 			if targetPolls.Add(1) < 3 {
@@ -223,17 +251,26 @@ func TestClientCommands(t *testing.T) {
 		args    []string
 		code    int
 		out     []string
+		notOut  []string
 		errText string
 	}{
 		{args: []string{"status"}, out: []string{"leader n1", "HOST", "10 GiB", "1.5 GiB", "8.5 GiB"}},
 		{args: []string{"status", "--json"}, out: []string{`"leader": "n1"`, `"budget": 10737418240`}},
 		{args: []string{"volume", "ls"}, out: []string{"ID", "vol_1", "db", "1 GiB", "ready"}},
 		{args: []string{"forks", "show", "fork_1"}, out: []string{"compression ratio 4.00", "rate:", "512 MiB/s", "rate limit:", "64 MiB/s (this fork's own cap)", "took:"}},
+		{args: []string{"forks", "show", "fork_run"}, out: []string{"running for:  2s", "wire:         40 KiB\n"}, notOut: []string{"took:", "ratio"}},
+		{args: []string{"forks", "show", "fork_run", "--json"}, notOut: []string{"compression_ratio"}},
+		{args: []string{"volume", "rm", "db", "--wait"}, out: []string{"volume db (vol_1) on n1: deleted"}},
+		{args: []string{"volume", "rm", "db", "--wait", "--json"}, out: []string{`"state": "deleted"`}},
+		{args: []string{"volume", "rm", "db", "--json"}, out: []string{`"state": "deleting"`}},
 		{args: []string{"fork", "db", "pr", "--via", "stream", "--rate-limit", "20MiB", "--json"}, out: []string{`"rate_limit": 20971520`}},
 		{args: []string{"fork", "db", "pr", "--rate-limit", "fast"}, code: 2, errText: `size "fast"`},
 		{args: []string{"volume", "ls"}, out: []string{"EXPIRES", "expired", "in 49h0m0s"}},
 		{args: []string{"fork", "db", "pr", "--via", "stream", "--ttl", "3d"}, out: []string{"ttl-259200"}},
 		{args: []string{"fork", "db", "pr", "--ttl", "soon"}, code: 2, errText: `ttl "soon"`},
+		{args: []string{"fork", "db", "pr", "--via", "stream", "--ttl", "1d12h"}, out: []string{"ttl-129600"}},
+		{args: []string{"fork", "db", "pr", "--ttl", "-3d"}, code: 2, errText: `ttl "-3d": want a positive duration of at least 1s`},
+		{args: []string{"volume", "create", "x", "--size", "1GiB", "--ttl", "-1h"}, code: 2, errText: `ttl "-1h": want a positive duration of at least 1s`},
 		{args: []string{"volume", "expire", "db", "--in", "2h"}, out: []string{"volume db (vol_1): expires 20", "(in 2h0m0s)"}},
 		{args: []string{"volume", "expire", "db", "--never"}, out: []string{"expires never"}},
 		{args: []string{"volume", "expire", "db", "--in", "1d", "--json"}, out: []string{`"expires_at": `}},
@@ -245,7 +282,10 @@ func TestClientCommands(t *testing.T) {
 		{args: []string{"forks", "cancel", "fork_run"}, out: []string{"fork fork_run cancelled (target volume pr-run is being removed)"}},
 		{args: []string{"forks", "cancel", "fork_run", "--json"}, out: []string{`"state": "failed"`, `"error": "cancelled by the operator"`}},
 		{args: []string{"forks", "cancel", "fork_run", "--wait"}, out: []string{"fork fork_run cancelled", "target volume pr-run (vol_t) removed from n2"}},
-		{args: []string{"forks", "cancel", "fork_dead"}, out: []string{"fork fork_dead had already failed (source host died)"}},
+		{args: []string{"forks", "cancel", "fork_dead"}, out: []string{"fork fork_dead already failed: source host died\n"}, notOut: []string{"cancelled"}},
+		{args: []string{"forks", "cancel", "fork_cxl"}, out: []string{"fork fork_cxl already cancelled\n"}, notOut: []string{"being removed"}},
+		{args: []string{"forks", "cancel", "fork_cxl", "--json"}, out: []string{`"id": "fork_cxl"`, `"error": "cancelled by the operator"`}},
+		{args: []string{"forks", "cancel", "fork_race"}, out: []string{"fork fork_race had already failed (source host died); target volume pr-run is being removed"}},
 		{args: []string{"forks", "cancel", "fork_1"}, code: 1, errText: "forknode: conflict: fork fork_1 is already ready; remove its volume with `forknode volume rm pr` instead"},
 		{args: []string{"forks", "cancel", "fork_nope"}, code: 1, errText: `forknode: fork "fork_nope": not found`},
 		{args: []string{"forks", "cancel"}, code: 2, errText: "want ID"},
@@ -260,5 +300,47 @@ func TestClientCommands(t *testing.T) {
 				t.Errorf("forknode %v: stdout lacks %q:\n%s", tc.args, want, out)
 			}
 		}
+		for _, bad := range tc.notOut {
+			if strings.Contains(out, bad) {
+				t.Errorf("forknode %v: stdout has %q:\n%s", tc.args, bad, out)
+			}
+		}
+	}
+}
+
+func TestBuildVersion(t *testing.T) {
+	vcs := func(rev, modified string) []debug.BuildSetting {
+		return []debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: rev}, {Key: "vcs.modified", Value: modified}}
+	}
+	const rev = "3081599de5b00caaecfd3b44ad3fe43a893f1d0c"
+	for _, tc := range []struct {
+		name string
+		bi   debug.BuildInfo
+		want string
+	}{
+		{"no vcs", debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}}, "forknode (devel) go1.26.8"},
+		{"empty version", debug.BuildInfo{GoVersion: "go1.26.8"}, "forknode (devel) go1.26.8"},
+		{"vcs, clean", debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}, Settings: vcs(rev, "false")},
+			"forknode (devel) rev 3081599 go1.26.8"},
+		{"untagged pseudo-version, dirty", debug.BuildInfo{GoVersion: "go1.26.8",
+			Main: debug.Module{Version: "v0.0.0-20261124154532-3081599de5b0+dirty"}, Settings: vcs(rev, "true")},
+			"forknode (devel) rev 3081599+dirty go1.26.8"},
+		{"tag-based pseudo-version", debug.BuildInfo{GoVersion: "go1.26.8",
+			Main: debug.Module{Version: "v1.2.4-0.20261124154532-3081599de5b0"}, Settings: vcs(rev, "false")},
+			"forknode v1.2.4-0.20261124154532-3081599de5b0 go1.26.8"},
+		{"go install of a tag", debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v1.2.3"}}, "forknode v1.2.3 go1.26.8"},
+	} {
+		if got := buildVersion(&tc.bi); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	// A stamped version wins; the help does not start with a version.
+	defer func(v string) { version = v }(version)
+	version = "v9.9.9"
+	if code, out, _ := capture(t, "version"); code != 0 || out != "forknode v9.9.9\n" {
+		t.Errorf("stamped version: %d %q", code, out)
+	}
+	if _, out, _ := capture(t, "-h"); !strings.HasPrefix(out, "forknode: block-level forks") || strings.Contains(out, "v9.9.9") {
+		t.Errorf("help: %q", out)
 	}
 }

@@ -1,15 +1,21 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
 
 func TestParseTTL(t *testing.T) {
+	const (
+		format   = "want a duration such as"
+		positive = "want a positive duration of at least 1s"
+		tooLong  = "at most about 100 years"
+	)
 	for _, tc := range []struct {
 		in   string
 		want time.Duration
-		bad  bool
+		err  string // a fragment of the error; "" for none
 	}{
 		{in: "90m", want: 90 * time.Minute},
 		{in: "36h", want: 36 * time.Hour},
@@ -17,25 +23,41 @@ func TestParseTTL(t *testing.T) {
 		{in: "7d", want: 7 * 24 * time.Hour},
 		{in: "1.5d", want: 36 * time.Hour},
 		{in: " 2d ", want: 48 * time.Hour},
+		{in: "1d12h", want: 36 * time.Hour},
+		{in: "2d30m15s", want: 48*time.Hour + 30*time.Minute + 15*time.Second},
+		{in: "+1d", want: 24 * time.Hour},
 		{in: "1500ms", want: time.Second},
 		{in: "1s", want: time.Second},
-		{in: "", bad: true},
-		{in: "d", bad: true},
-		{in: "0", bad: true},
-		{in: "0s", bad: true},
-		{in: "500ms", bad: true},
-		{in: "-1h", bad: true},
-		{in: "-2d", bad: true},
-		{in: "forever", bad: true},
-		{in: "3 weeks", bad: true},
-		{in: "1hd", bad: true},
-		{in: "99999999d", bad: true},
-		{in: "NaNd", bad: true},
+		{in: "36500d", want: 36500 * 24 * time.Hour},
+		{in: "", err: format},
+		{in: "d", err: format},
+		{in: "-", err: format},
+		{in: "0", err: positive},
+		{in: "0s", err: positive},
+		{in: "0d", err: positive},
+		{in: "500ms", err: positive},
+		// Negative values get the same answer whatever their form.
+		{in: "-1h", err: positive},
+		{in: "-2d", err: positive},
+		{in: "-3d", err: positive},
+		{in: "-1d12h", err: positive},
+		{in: "-99999999d", err: positive},
+		{in: "1d-2h", err: format},
+		{in: "1d12", err: format},
+		{in: "12h1d", err: format},
+		{in: "forever", err: format},
+		{in: "5days", err: format},
+		{in: "3 weeks", err: format},
+		{in: "1hd", err: format},
+		{in: "1e3d", err: format},
+		{in: "NaNd", err: format},
+		{in: "99999999d", err: tooLong},
+		{in: "36500d2000000h", err: tooLong},
 	} {
 		got, err := parseTTL(tc.in)
-		if tc.bad {
-			if err == nil {
-				t.Errorf("parseTTL(%q) = %v, want error", tc.in, got)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("parseTTL(%q) = %v, %v; want an error with %q", tc.in, got, err, tc.err)
 			}
 			continue
 		}

@@ -187,7 +187,12 @@ func TestHTTPDerive(t *testing.T) {
 		eta              float64
 	}{
 		{"pending", fsm.Fork{State: fsm.ForkPending, BytesTotal: 100, CreatedAt: s, UpdatedAt: s}, 0, 0, 0, 0},
-		{"running stream", fsm.Fork{State: fsm.ForkRunning, BytesDone: 50, BytesTotal: 100, WireBytes: 10, CreatedAt: s, UpdatedAt: 6 * s}, 50, 5, 10, 5},
+		{"running stream", fsm.Fork{State: fsm.ForkRunning, BytesDone: 50 << 20, BytesTotal: 100 << 20, WireBytes: 10 << 20, CreatedAt: s, UpdatedAt: 6 * s}, 50, 5, 10 << 20, 5},
+		{"stream start: wire before done", fsm.Fork{State: fsm.ForkRunning, BytesDone: 0, BytesTotal: 100 << 20, WireBytes: 100 << 10, CreatedAt: s, UpdatedAt: 2 * s}, 0, 0, 0, 0},
+		{"little done yet", fsm.Fork{State: fsm.ForkRunning, BytesDone: 512 << 10, BytesTotal: 1 << 30, WireBytes: 128 << 10, CreatedAt: s, UpdatedAt: 2 * s}, 100 * float64(512<<10) / (1 << 30), 0, 512 << 10, 2047},
+		{"empty volume: header only", fsm.Fork{State: fsm.ForkReady, BytesDone: 1 << 30, BytesTotal: 1 << 30, WireBytes: 964, CreatedAt: s, FinishedAt: 2 * s}, 100, 0, 1 << 30, 0},
+		{"wire ahead of done while running", fsm.Fork{State: fsm.ForkRunning, BytesDone: 4 << 20, BytesTotal: 64 << 20, WireBytes: 6 << 20, CreatedAt: s, UpdatedAt: 2 * s}, 6.25, 0, 4 << 20, 15},
+		{"ratio at the thresholds", fsm.Fork{State: fsm.ForkReady, BytesDone: MinRatioBytesDone, BytesTotal: MinRatioBytesDone, WireBytes: MinRatioWireBytes, CreatedAt: s, FinishedAt: 2 * s}, 100, 16, MinRatioBytesDone, 0},
 		{"ready uses finish time", fsm.Fork{State: fsm.ForkReady, BytesDone: 100, BytesTotal: 100, CreatedAt: s, UpdatedAt: 2 * s, FinishedAt: 3 * s}, 100, 0, 50, 0},
 		{"clamped percent", fsm.Fork{State: fsm.ForkRunning, BytesDone: 200, BytesTotal: 100, CreatedAt: s, UpdatedAt: 2 * s}, 100, 0, 200, 0},
 	} {
@@ -197,9 +202,14 @@ func TestHTTPDerive(t *testing.T) {
 		}
 	}
 	// The embedded fork's fields stay flat in JSON.
-	b, _ := json.Marshal(Derive(fsm.Fork{ID: "fork_x", BytesDone: 4, WireBytes: 2}))
+	b, _ := json.Marshal(Derive(fsm.Fork{ID: "fork_x", State: fsm.ForkReady, BytesDone: 4 << 20, WireBytes: 2 << 20}))
 	if !strings.Contains(string(b), `"id":"fork_x"`) || !strings.Contains(string(b), `"compression_ratio":2`) {
 		t.Fatalf("json: %s", b)
+	}
+	// No ratio yet: the field is absent, not 0 or a million.
+	b, _ = json.Marshal(Derive(fsm.Fork{ID: "fork_y", BytesDone: 1 << 30, WireBytes: 964}))
+	if strings.Contains(string(b), "compression_ratio") {
+		t.Fatalf("json carries a meaningless ratio: %s", b)
 	}
 }
 

@@ -15,6 +15,11 @@ const IdempotencyHeader = "Idempotency-Key"
 // Volume is a catalog volume, exactly as the catalog stores it.
 type Volume = fsm.Volume
 
+// VolumeDeleted is never stored in the catalog: it is the state a client
+// reports for a volume once a delete finished and the catalog forgot it
+// (`forknode volume rm --wait`), so text and JSON output agree.
+const VolumeDeleted fsm.VolumeState = "deleted"
+
 // CreateVolumeRequest is the body of POST /v1/volumes. Size is in bytes (a
 // multiple of 4096). Host pins the volume to a host; Region is a placement
 // hint used when Host is empty. TTLSeconds, when > 0, makes the volume
@@ -67,13 +72,25 @@ type Fork struct {
 	// Percent of BytesTotal done (0..100).
 	Percent float64 `json:"percent"`
 	// CompressionRatio is bytes_done / wire_bytes for streamed forks (how
-	// much the wire format saved); 0 when nothing went over the wire.
+	// much the wire format saved); 0 (absent) for other paths and until
+	// enough went over the wire to tell (see MinRatioBytesDone).
 	CompressionRatio float64 `json:"compression_ratio,omitempty"`
 	// RateBytesPerSec is the average rate since the fork was created.
 	RateBytesPerSec float64 `json:"rate_bytes_per_sec,omitempty"`
 	// ETASeconds estimates the time left while running, from the average rate.
 	ETASeconds float64 `json:"eta_seconds,omitempty"`
 }
+
+// A compression ratio is derived only past these figures. Below them the
+// wire carries little but the stream's header and hole records (a ratio of a
+// million for an empty volume), and while a stream runs its wire bytes lead
+// its done bytes by the chunks in flight (the window, 8 MiB by default, and
+// socket buffers), so an early ratio reads 0.00 or 0.67.
+const (
+	MinRatioBytesDone        = 1 << 20  // a fork that finished
+	MinRatioBytesDoneRunning = 32 << 20 // a fork still running, or stopped
+	MinRatioWireBytes        = 64 << 10
+)
 
 // VolumeList is the body of GET /v1/volumes.
 type VolumeList struct {
@@ -143,7 +160,11 @@ func Derive(f fsm.Fork) Fork {
 			out.Percent = 100
 		}
 	}
-	if f.WireBytes > 0 {
+	minDone := int64(MinRatioBytesDoneRunning)
+	if f.State == fsm.ForkReady {
+		minDone = MinRatioBytesDone
+	}
+	if f.BytesDone >= minDone && f.WireBytes >= MinRatioWireBytes {
 		out.CompressionRatio = float64(f.BytesDone) / float64(f.WireBytes)
 	}
 	end := f.UpdatedAt
