@@ -521,8 +521,12 @@ func (e *executor) localFork(ctx context.Context, f fsm.Fork) {
 		}
 	} else {
 		opts := cow.CopyOptions{
-			Logger:   e.logger,
-			Progress: func(done, total int64) { pr.report(done, total, 0) },
+			Logger: e.logger,
+			// The copy counts the source's data bytes; a stream counts the
+			// volume, holes included. Report in the volume's terms too, so
+			// the total a client saw at the start (the volume's size)
+			// never changes under it and both paths read alike.
+			Progress: func(done, total int64) { pr.report(scaleProgress(done, total, tv.Size), tv.Size, 0) },
 			Throttle: forkThrottle(transfer.NewLimiter(f.RateLimit), e.limiter),
 		}
 		_, err = cow.ForkLocal(ctx, b, f.SourceVolume, sp, opts)
@@ -668,4 +672,13 @@ func (e *executor) openStream(ctx context.Context, forkID, peer string) (transfe
 		out = nil
 	}
 	return dev, out, func() { dev.Close() }, nil
+}
+
+// scaleProgress maps done of total data bytes onto a size-byte volume:
+// rising with done, size exactly when done reaches total.
+func scaleProgress(done, total, size int64) int64 {
+	if total <= 0 || done >= total {
+		return size
+	}
+	return int64(float64(done) / float64(total) * float64(size))
 }
