@@ -362,15 +362,17 @@ func ForkLocal(ctx context.Context, b Backend, srcID string, spec CreateSpec, op
 }
 
 func copyVolume(ctx context.Context, b Backend, srcID, dstID string, opts CopyOptions) (CopyStats, error) {
-	ext, err := b.Extents(ctx, srcID)
-	if err != nil {
-		return CopyStats{}, err
-	}
+	// Open first: it activates an LV, and a thin LV's map is read from the
+	// kernel's tables of the active device.
 	sd, err := b.Open(ctx, srcID, false)
 	if err != nil {
 		return CopyStats{}, err
 	}
 	defer sd.Close()
+	ext, err := b.Extents(ctx, srcID)
+	if err != nil {
+		return CopyStats{}, err
+	}
 	dd, err := b.Open(ctx, dstID, true)
 	if err != nil {
 		return CopyStats{}, err

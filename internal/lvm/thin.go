@@ -207,9 +207,11 @@ func ParseThinDump(r io.Reader, devID, size, grid int64) ([]Range, error) {
 		if n <= 0 || begin < 0 || block == 0 {
 			return fmt.Errorf("thin_dump: bad mapping (begin %d, length %d, block %d)", begin, n, block)
 		}
-		if begin >= size/block+1 || n > size/block+1 {
+		last := size/block + 1 // blocks that can hold any of the LV
+		if begin >= last {
 			return nil // past the end of the LV
 		}
+		n = min(n, last-begin) // clipped, never dropped: it starts inside
 		s := begin * block / grid * grid
 		e := min((begin+n)*block, size)
 		if e <= s {

@@ -85,6 +85,9 @@ func TestParseThinDump(t *testing.T) {
 		{name: "huge numbers do not overflow", dev: 1, size: 64 * mib, grid: mib,
 			xml:  dump(`<device dev_id="1"><range_mapping origin_begin="9223372036854775807" data_begin="0" length="9223372036854775807" time="0"/><single_mapping origin_block="0" data_block="0" time="0"/></device>`),
 			want: []Range{{0, mib}}},
+		{name: "a range running past the end is clipped, not dropped", dev: 1, size: 2 * mib, grid: mib,
+			xml:  dump(`<device dev_id="1"><range_mapping origin_begin="20" data_begin="0" length="9223372036854775000" time="0"/></device>`),
+			want: []Range{{mib, mib}}},
 		{name: "broken XML", xml: dump(`<device dev_id="1"><single_mapping`), dev: 1, size: mib, grid: mib, errMatch: "thin_dump"},
 		{name: "bad grid", xml: dump(dev1), dev: 1, size: mib, grid: 0, wantErr: ErrInvalid},
 	}
