@@ -627,7 +627,7 @@ func forksList(args []string) error {
 		return forks[i].ID < forks[j].ID
 	})
 	tw := table(os.Stdout)
-	fmt.Fprintln(tw, "ID\tNAME\tSOURCE\tPATH\tHOSTS\tSTATE\tPROGRESS\tSIZE\tTOOK")
+	fmt.Fprintln(tw, "ID\tNAME\tSOURCE\tPATH\tHOSTS\tSTATE\tPROGRESS\tSIZE\tELAPSED")
 	for _, f := range forks {
 		state := string(f.State)
 		if f.Error != "" {
