@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -236,6 +237,17 @@ func validVolumeState(st VolumeState) bool {
 	return false
 }
 
+// volumeTransitions lists the state changes SetVolumeState may make. A
+// volume is made (creating), then is ready or failed; deleting is final
+// (DeleteVolume purges it). Nothing goes back: a late "ready" from a
+// create that raced a delete must not undo the delete, and a failed
+// volume's space may already be someone else's.
+var volumeTransitions = map[VolumeState][]VolumeState{
+	VolumeCreating: {VolumeReady, VolumeFailed, VolumeDeleting},
+	VolumeReady:    {VolumeDeleting},
+	VolumeFailed:   {VolumeDeleting},
+}
+
 func (s *State) setVolumeStateCmd(c *SetVolumeStateCmd) (any, error) {
 	v, ok := s.volumes[c.ID]
 	if !ok {
@@ -244,19 +256,18 @@ func (s *State) setVolumeStateCmd(c *SetVolumeStateCmd) (any, error) {
 	if !validVolumeState(c.State) {
 		return nil, fmt.Errorf("%w: volume state %q", ErrInvalid, c.State)
 	}
-	// A fork in flight reads or writes it: the caller must wait for the fork
-	// or cancel it. Checked here, in the log's order, so a delete can never
-	// slip in between a caller's check and a fork starting on the volume.
-	if c.State == VolumeDeleting && v.State != VolumeDeleting {
-		if busy := s.activeForkOn(v.ID); busy != nil {
-			return nil, fmt.Errorf("%w: volume %s is used by %s fork %s; wait for it or cancel it (forknode forks cancel %s)", ErrConflict, v.ID, busy.State, busy.ID, busy.ID)
-		}
+	if c.State == v.State {
+		return volumeCopy(v), nil // a retry whose first answer was lost
 	}
-	// Leaving failed re-reserves the space: refuse if it is gone meanwhile.
-	if !countsAgainstBudget(v.State) && countsAgainstBudget(c.State) {
-		if free := s.Free(v.Host); free < v.Size {
-			return nil, fmt.Errorf("%w: volume %s: host %s has %s free, need %s to leave state failed", ErrNoRoom, v.ID, v.Host, FormatBytes(free), FormatBytes(v.Size))
-		}
+	// A fork in flight reads or writes it: the caller must wait for the fork
+	// or cancel it, and the fork's own end (FinishFork) sets its target.
+	// Checked here, in the log's order, so a delete can never slip in
+	// between a caller's check and a fork starting on the volume.
+	if busy := s.activeForkOn(v.ID); busy != nil {
+		return nil, fmt.Errorf("%w: volume %s is used by %s fork %s; wait for it or cancel it (forknode forks cancel %s)", ErrConflict, v.ID, busy.State, busy.ID, busy.ID)
+	}
+	if !slices.Contains(volumeTransitions[v.State], c.State) {
+		return nil, fmt.Errorf("%w: volume %s is %s and cannot become %s", ErrConflict, v.ID, v.State, c.State)
 	}
 	return volumeCopy(s.setVolumeState(v, c.State)), nil
 }
@@ -273,7 +284,8 @@ func (s *State) activeForkOn(id string) *Fork {
 	return busy
 }
 
-// deleteVolume purges the record. A volume an active fork reads from or
+// deleteVolume purges the record of a volume being deleted or failed (its
+// host removed the data first). A volume an active fork reads from or
 // writes to is refused: finish or fail the fork first.
 func (s *State) deleteVolume(c *DeleteVolumeCmd) (any, error) {
 	v, ok := s.volumes[c.ID]
@@ -282,6 +294,9 @@ func (s *State) deleteVolume(c *DeleteVolumeCmd) (any, error) {
 	}
 	if busy := s.activeForkOn(v.ID); busy != nil {
 		return nil, fmt.Errorf("%w: volume %s is used by %s fork %s", ErrConflict, v.ID, busy.State, busy.ID)
+	}
+	if v.State != VolumeDeleting && v.State != VolumeFailed {
+		return nil, fmt.Errorf("%w: volume %s is %s; delete it first (state deleting)", ErrConflict, v.ID, v.State)
 	}
 	s.removeVolume(v)
 	return volumeCopy(v), nil
@@ -417,6 +432,16 @@ func (s *State) finishFork(c *FinishForkCmd) (any, error) {
 	}
 	f = forkCopy(f)
 	target := s.volumes[f.TargetVolume]
+	if c.OK && (target == nil || target.State != VolumeCreating) {
+		// The target's space was given back or its record is gone: it
+		// cannot become a ready volume (and re-reserving it could overbook
+		// its host). No current path gets here; a reordered or forged
+		// command must not either.
+		c = &FinishForkCmd{Header: c.Header, ForkID: c.ForkID, Error: "target volume is no longer being created"}
+		if target != nil {
+			c.Error = fmt.Sprintf("target volume %s is %s, not creating", target.ID, target.State)
+		}
+	}
 	if c.OK {
 		f.State = ForkReady
 		f.BytesDone = f.BytesTotal

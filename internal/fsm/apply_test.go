@@ -95,6 +95,7 @@ func TestRemoveHostAndSetAlive(t *testing.T) {
 		t.Fatal("h1 still alive in state")
 	}
 	// Once its volume is gone the host can leave.
+	mustApply(t, f, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: "vol_a", State: VolumeDeleting})
 	mustApply(t, f, CmdDeleteVolume, DeleteVolumeCmd{Header: hdr(), ID: "vol_a"})
 	mustApply(t, f, CmdRemoveHost, RemoveHostCmd{Header: hdr(), ID: "h1"})
 }
@@ -189,26 +190,52 @@ func TestSetVolumeStateAndDelete(t *testing.T) {
 	wantErr(t, apply(t, f, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: "vol_q", State: VolumeReady}).Err, ErrNotFound)
 	wantErr(t, apply(t, f, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: "vol_a", State: "gone"}).Err, ErrInvalid, "gone")
 
+	// Every transition from every state: a volume is made, then ready or
+	// failed; deleting is final; the same state again is a no-op.
+	all := []VolumeState{VolumeCreating, VolumeReady, VolumeFailed, VolumeDeleting}
+	allowed := map[[2]VolumeState]bool{
+		{VolumeCreating, VolumeReady}: true, {VolumeCreating, VolumeFailed}: true, {VolumeCreating, VolumeDeleting}: true,
+		{VolumeReady, VolumeDeleting}: true, {VolumeFailed, VolumeDeleting}: true,
+	}
+	for _, from := range all {
+		for _, to := range all {
+			g := newCatalog(t, []Host{mkHost("h1", "us", true, 2*GiB)}, []Volume{{ID: "vol_x", Name: "x", Host: "h1", Size: GiB, State: from}})
+			res := apply(t, g, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: "vol_x", State: to})
+			switch {
+			case from == to || allowed[[2]VolumeState{from, to}]:
+				if res.Err != nil || res.Value.(*Volume).State != to {
+					t.Errorf("%s -> %s: %+v, %v", from, to, res.Value, res.Err)
+				}
+			default:
+				wantErr(t, res.Err, ErrConflict, fmt.Sprintf("is %s and cannot become %s", from, to))
+			}
+		}
+	}
+
 	mustApply(t, f, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: "vol_a", State: VolumeDeleting})
 	if u := used(f, "h1"); u != 2*GiB {
 		t.Fatalf("deleting still counts: used %d", u)
 	}
-	mustApply(t, f, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: "vol_a", State: VolumeFailed})
-	if u := used(f, "h1"); u != GiB {
-		t.Fatalf("failed frees: used %d", u)
-	}
-	// Take the freed space, then leaving failed must be refused.
-	mustApply(t, f, CmdCreateVolume, CreateVolumeCmd{Header: hdr(), Volume: Volume{ID: "vol_c", Name: "c", Host: "h1", Size: GiB}})
-	wantErr(t, apply(t, f, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: "vol_a", State: VolumeReady}).Err, ErrNoRoom, "0 B free")
+	// A late "ready" (a create that raced the delete) cannot undo it.
+	wantErr(t, apply(t, f, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: "vol_a", State: VolumeReady}).Err, ErrConflict)
 
+	// Only a volume being deleted, or failed, can be purged.
 	wantErr(t, apply(t, f, CmdDeleteVolume, DeleteVolumeCmd{Header: hdr(), ID: "vol_q"}).Err, ErrNotFound)
-	res := mustApply(t, f, CmdDeleteVolume, DeleteVolumeCmd{Header: hdr(), ID: "vol_c"})
-	if res.Value.(*Volume).ID != "vol_c" {
+	wantErr(t, apply(t, f, CmdDeleteVolume, DeleteVolumeCmd{Header: hdr(), ID: "vol_b"}).Err, ErrConflict, "vol_b is ready")
+	res := mustApply(t, f, CmdDeleteVolume, DeleteVolumeCmd{Header: hdr(), ID: "vol_a"})
+	if res.Value.(*Volume).ID != "vol_a" {
 		t.Fatalf("value %+v", res.Value)
 	}
 	if u := used(f, "h1"); u != GiB {
 		t.Fatalf("after delete used %d", u)
 	}
+	// A failed volume frees its space and can be purged.
+	mustApply(t, f, CmdCreateVolume, CreateVolumeCmd{Header: hdr(), Volume: Volume{ID: "vol_c", Name: "c", Host: "h1", Size: GiB}})
+	mustApply(t, f, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: "vol_c", State: VolumeFailed})
+	if u := used(f, "h1"); u != GiB {
+		t.Fatalf("failed frees: used %d", u)
+	}
+	mustApply(t, f, CmdDeleteVolume, DeleteVolumeCmd{Header: hdr(), ID: "vol_c"})
 	// The name is free again.
 	mustApply(t, f, CmdCreateVolume, CreateVolumeCmd{Header: hdr(), Volume: Volume{ID: "vol_d", Name: "c", Host: "h1", Size: GiB}})
 	f.View(func(s *State) {
@@ -314,9 +341,14 @@ func TestForkLifecycle(t *testing.T) {
 	// A volume in use by an active fork cannot be purged, nor marked for
 	// deletion (source or target), so no delete slips in under a fork.
 	wantErr(t, apply(t, f, CmdDeleteVolume, DeleteVolumeCmd{Header: hdr(), ID: "vol_a"}).Err, ErrConflict, "fork_")
+	// Nor failed or made ready behind the fork's back: the fork's end sets
+	// its target, and a failed source would have its data removed.
 	for _, id := range []string{"vol_a", okFork.TargetVolume} {
-		wantErr(t, apply(t, f, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: id, State: VolumeDeleting}).Err, ErrConflict, "forks cancel")
+		for _, st := range []VolumeState{VolumeDeleting, VolumeFailed} {
+			wantErr(t, apply(t, f, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: id, State: st}).Err, ErrConflict, "forks cancel")
+		}
 	}
+	wantErr(t, apply(t, f, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: okFork.TargetVolume, State: VolumeReady}).Err, ErrConflict, "forks cancel")
 
 	wantErr(t, apply(t, f, CmdFinishFork, FinishForkCmd{Header: hdr(), ForkID: "fork_nope", OK: true}).Err, ErrNotFound)
 	res = mustApply(t, f, CmdFinishFork, FinishForkCmd{Header: Header{RequestID: "fin1", Time: 60}, ForkID: okFork.ID, OK: true})
@@ -355,6 +387,7 @@ func TestForkLifecycle(t *testing.T) {
 		}
 	})
 	// Now the source can go.
+	mustApply(t, f, CmdSetVolumeState, SetVolumeStateCmd{Header: hdr(), ID: "vol_a", State: VolumeDeleting})
 	mustApply(t, f, CmdDeleteVolume, DeleteVolumeCmd{Header: hdr(), ID: "vol_a"})
 	testSnapshotRestore(t, f)
 }
@@ -643,5 +676,24 @@ func TestIdempotencyDigest(t *testing.T) {
 				t.Errorf("%s: budget %d: the retry was applied", tc.name, h.Budget)
 			}
 		})
+	}
+}
+
+// FinishFork{OK} with a target that is no longer being created (only a
+// forged or reordered log could get there) fails the fork instead of
+// making a volume ready whose space may be someone else's.
+func TestFinishForkNeedsCreatingTarget(t *testing.T) {
+	f := newCatalog(t, []Host{mkHost("h1", "us", false, 2*GiB)}, []Volume{mkVol("vol_a", "db", "", "h1", GiB)})
+	fk := mustApply(t, f, CmdCreateFork, forkCmd("db", "copy")).Value.(*Fork)
+	f.mu.Lock()
+	f.state.setVolumeState(f.state.volumes[fk.TargetVolume], VolumeFailed) // its space is free again
+	f.mu.Unlock()
+	mustApply(t, f, CmdCreateVolume, CreateVolumeCmd{Header: hdr(), Volume: Volume{ID: "vol_z", Name: "z", Host: "h1", Size: GiB}})
+	res := mustApply(t, f, CmdFinishFork, FinishForkCmd{Header: hdr(), ForkID: fk.ID, OK: true})
+	if got := res.Value.(*Fork); got.State != ForkFailed || !strings.Contains(got.Error, "is failed, not creating") {
+		t.Fatalf("fork %+v", got)
+	}
+	if u := used(f, "h1"); u != 2*GiB {
+		t.Fatalf("used %d: the host is overbooked", u)
 	}
 }

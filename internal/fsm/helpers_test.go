@@ -85,7 +85,7 @@ func newCatalog(t testing.TB, hosts []Host, vols []Volume, dead ...string) *FSM 
 	for _, v := range vols {
 		st := v.State
 		if st == VolumeFailed || st == VolumeDeleting {
-			v.State = VolumeReady
+			v.State = VolumeCreating // the only state both can follow
 		}
 		mustApply(t, f, CmdCreateVolume, CreateVolumeCmd{Header: hdr(), Volume: v})
 		if st != v.State {
