@@ -163,6 +163,18 @@ func (e *executor) start(key string, fn func(ctx context.Context)) {
 	}()
 }
 
+// stopTask cancels the task key if it runs and reports whether it did:
+// the caller waits for a later pass, after the task has returned.
+func (e *executor) stopTask(key string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, ok := e.running[key]
+	if ok {
+		c()
+	}
+	return ok
+}
+
 func (e *executor) isRunning(key string) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -221,22 +233,6 @@ func (e *executor) pass(full bool) {
 		e.restarted = true
 	}
 
-	for _, v := range vols {
-		v := v
-		switch v.State {
-		case fsm.VolumeCreating:
-			if v.ForkID == "" {
-				e.start("create:"+v.ID, func(ctx context.Context) { e.createVolume(ctx, v) })
-			}
-		case fsm.VolumeDeleting:
-			e.start("delete:"+v.ID, func(ctx context.Context) { e.deleteVolume(ctx, v) })
-		case fsm.VolumeFailed:
-			if f, ok := forkByTarget[v.ID]; ok && !f.Finished() {
-				continue
-			}
-			e.start("delete:"+v.ID, func(ctx context.Context) { e.deleteVolume(ctx, v) })
-		}
-	}
 	for _, f := range forks {
 		f := f
 		key := "fork:" + f.ID
@@ -260,6 +256,33 @@ func (e *executor) pass(full bool) {
 			e.start(key, func(ctx context.Context) { e.pullFork(ctx, f) })
 		}
 		// The source of a stream is passive: openStream serves it on demand.
+	}
+	// Volumes after forks, so a fork the leader failed is cancelled first.
+	for _, v := range vols {
+		v := v
+		switch v.State {
+		case fsm.VolumeCreating:
+			if v.ForkID == "" {
+				e.start("create:"+v.ID, func(ctx context.Context) { e.createVolume(ctx, v) })
+			}
+		case fsm.VolumeDeleting, fsm.VolumeFailed:
+			f, isTarget := forkByTarget[v.ID]
+			if isTarget && !f.Finished() {
+				continue // a failed fork target goes once its fork is finished
+			}
+			// Never delete under a task still making the volume: a cancelled
+			// clone or create can finish after a delete found nothing, and
+			// its volume would then be on disk with no record. Cancel it;
+			// a later pass deletes what it left.
+			busy := e.stopTask("create:" + v.ID)
+			if isTarget && e.stopTask("fork:"+f.ID) {
+				busy = true
+			}
+			if busy {
+				continue
+			}
+			e.start("delete:"+v.ID, func(ctx context.Context) { e.deleteVolume(ctx, v) })
+		}
 	}
 	if full {
 		e.releaseOrphanSnapshots(forkByTarget)
@@ -389,7 +412,13 @@ func (e *executor) createVolume(ctx context.Context, v fsm.Volume) {
 	if ctx.Err() != nil {
 		return
 	}
-	if err := e.apply(fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: v.ID, State: state}); err != nil {
+	err = e.apply(fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: v.ID, State: state})
+	switch {
+	case errors.Is(err, fsm.ErrConflict) || errors.Is(err, fsm.ErrNotFound):
+		// Deleted while it was being made: the delete task, which waits
+		// for this one, removes what it made.
+		e.logger.Info("volume deleted while being created", "volume", v.ID, "error", err)
+	case err != nil:
 		e.logger.Error("record volume state", "volume", v.ID, "error", err)
 	}
 }

@@ -779,10 +779,10 @@ func TestHTTPReadsCatchUp(t *testing.T) {
 			return err
 		}},
 		{"volume", func() {
-			e.cat.apply(fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: f.TargetVolume, State: fsm.VolumeFailed})
+			e.cat.apply(fsm.CmdSetVolumeState, &fsm.SetVolumeStateCmd{ID: f.TargetVolume, State: fsm.VolumeDeleting})
 		}, func() error {
 			got, err := c1.Volume(ctx, f.TargetVolume)
-			if err == nil && got.State != fsm.VolumeFailed {
+			if err == nil && got.State != fsm.VolumeDeleting {
 				err = fmt.Errorf("volume is %s", got.State)
 			}
 			return err
