@@ -23,7 +23,8 @@
 # writes SRC-CODEC-ROUND.{serve,pull}.pprof there), STREAM_SERVE_ENV and
 # STREAM_PULL_ENV (VAR=value words for that side's process, e.g.
 # GOMAXPROCS=1), STREAM_SERVE_FLAGS (more streambench serve flags, e.g.
-# "-chunk 524288"). Prints RUN lines per transfer and BENCH lines per source
+# "-chunk 524288"), STREAM_LOOP_DIO=1 (the loop source with losetup
+# --direct-io=on). Prints RUN lines per transfer and BENCH lines per source
 # and codec:
 #   wall_ratio_median  median over rounds of forknode wall / baseline wall (lower is better)
 #   mbps               volume size / forknode wall, MB/s (median)
@@ -202,7 +203,15 @@ for src in $SOURCES; do
 	case $src in
 	file) path=$IMG ;;
 	loop)
-		LOOP=$(losetup -r --find --show "$IMG")
+		# STREAM_LOOP_DIO=1: the loop driver reads its backing file with
+		# direct I/O (no second copy in the page cache), for baseline and
+		# forknode alike. An experiment, not the issue's workload.
+		if [ "${STREAM_LOOP_DIO:-0}" = 1 ]; then
+			LOOP=$(losetup -r --direct-io=on --find --show "$IMG")
+			log "loop device $LOOP: direct I/O $(cat "/sys/block/${LOOP#/dev/}/loop/dio")"
+		else
+			LOOP=$(losetup -r --find --show "$IMG")
+		fi
 		path=$LOOP
 		;;
 	*) echo "stream.sh: unknown source $src" >&2; exit 2 ;;
