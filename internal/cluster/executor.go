@@ -32,7 +32,11 @@ type executor struct {
 
 	mu      sync.Mutex
 	running map[string]context.CancelFunc // task key -> cancel
-	snapMu  sync.Mutex                    // serializes stream snapshot creation
+	snapMu  sync.Mutex                    // guards snaps
+	snaps   map[string]*snapJob           // stream snapshots being taken, by id
+	// snapWait is how long a pull waits for a snapshot being taken before
+	// it is told to come back.
+	snapWait time.Duration
 
 	xfer     *transfer.Server
 	limiter  *transfer.Limiter
@@ -49,10 +53,12 @@ type executor struct {
 }
 
 func newExecutor(n *Node) *executor {
-	e := &executor{n: n, logger: n.logger.Named("executor"), running: map[string]context.CancelFunc{}, done: map[string]bool{}}
+	e := &executor{n: n, logger: n.logger.Named("executor"), running: map[string]context.CancelFunc{}, done: map[string]bool{},
+		snaps: map[string]*snapJob{}, snapWait: 5 * time.Second}
 	e.progress = time.Second
 	if n.cfg.Fast {
 		e.progress = 200 * time.Millisecond
+		e.snapWait = 500 * time.Millisecond
 	}
 	if n.cfg.RateLimit > 0 {
 		e.limiter = transfer.NewLimiter(n.cfg.RateLimit)
@@ -647,6 +653,69 @@ func (e *executor) pullFork(ctx context.Context, f fsm.Fork) {
 	e.finish(f, nil)
 }
 
+// snapJob is a stream snapshot being taken.
+type snapJob struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// streamSnapshot makes sure the fork's source snapshot exists. It is taken
+// in the background, once: where the backend cannot clone, a snapshot is a
+// full copy and can outlast the puller's patience for one connection. Until
+// it is there the puller is told to come back (transfer.ErrNotReady), which
+// it does without counting the wait as a stall.
+func (e *executor) streamSnapshot(ctx context.Context, f fsm.Fork, sid string) error {
+	b := e.n.cfg.Backend
+	e.snapMu.Lock()
+	j := e.snaps[sid]
+	if j == nil {
+		if _, err := b.Get(ctx, sid); err == nil {
+			e.snapMu.Unlock()
+			return nil // taken earlier (a resume, or before a restart)
+		} else if !errors.Is(err, cow.ErrNotFound) {
+			e.snapMu.Unlock()
+			return err
+		}
+		j = &snapJob{done: make(chan struct{})}
+		e.snaps[sid] = j
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			start := time.Now()
+			_, err := b.Snapshot(e.n.ctx, f.SourceVolume, sid)
+			e.snapMu.Lock()
+			j.err = err
+			if err == nil {
+				delete(e.snaps, sid) // Get finds it from now on
+			} // a failure stays until a pull reports it
+			e.snapMu.Unlock()
+			close(j.done)
+			if err == nil {
+				e.logger.Info("snapshot taken for stream", "fork", f.ID, "snapshot", sid, "took", time.Since(start))
+			}
+		}()
+	}
+	e.snapMu.Unlock()
+	t := time.NewTimer(e.snapWait)
+	defer t.Stop()
+	select {
+	case <-j.done:
+	case <-t.C:
+		return fmt.Errorf("%w: snapshot %s of %s is being taken", transfer.ErrNotReady, sid, f.SourceVolume)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if j.err != nil {
+		e.snapMu.Lock()
+		if e.snaps[sid] == j {
+			delete(e.snaps, sid) // reported once: the fork fails with it
+		}
+		e.snapMu.Unlock()
+		return fmt.Errorf("snapshot %s: %w", f.SourceVolume, j.err)
+	}
+	return nil
+}
+
 // openStream is the source side of a stream, called by the transfer server
 // for each (re)connection: only the fork's target host may pull, only while
 // the fork is in flight, and only from a snapshot, never the live volume.
@@ -663,7 +732,9 @@ func (e *executor) openStream(ctx context.Context, forkID, peer string) (transfe
 	}
 	switch {
 	case !ok:
-		return nil, nil, nil, fmt.Errorf("%w: unknown fork %q", transfer.ErrUnauthorized, forkID)
+		// Still unknown after a catch-up that may have failed (an
+		// election): retryable, bounded by the puller's give-up time.
+		return nil, nil, nil, fmt.Errorf("%w: unknown fork %q (this host's catalog may lag)", transfer.ErrRetry, forkID)
 	case f.Path != fsm.PathStream || f.SourceHost != e.n.cfg.Name:
 		return nil, nil, nil, fmt.Errorf("%w: fork %s is not streamed from %s", transfer.ErrUnauthorized, forkID, e.n.cfg.Name)
 	case peer != f.TargetHost:
@@ -673,18 +744,9 @@ func (e *executor) openStream(ctx context.Context, forkID, peer string) (transfe
 	}
 	b := e.n.cfg.Backend
 	sid := snapID(f.TargetVolume)
-	e.snapMu.Lock()
-	if _, err := b.Get(ctx, sid); errors.Is(err, cow.ErrNotFound) {
-		if _, err := b.Snapshot(ctx, f.SourceVolume, sid); err != nil {
-			e.snapMu.Unlock()
-			return nil, nil, nil, fmt.Errorf("snapshot %s: %w", f.SourceVolume, err)
-		}
-		e.logger.Info("snapshot taken for stream", "fork", f.ID, "snapshot", sid)
-	} else if err != nil {
-		e.snapMu.Unlock()
+	if err := e.streamSnapshot(ctx, f, sid); err != nil {
 		return nil, nil, nil, err
 	}
-	e.snapMu.Unlock()
 	dev, err := b.Open(ctx, sid, false)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("open snapshot: %w", err)

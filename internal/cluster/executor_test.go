@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -144,5 +145,45 @@ func TestDeleteWhileMaking(t *testing.T) {
 				t.Fatalf("%s is back on disk with no record: %v", id, err)
 			}
 		})
+	}
+}
+
+// slowSnap takes its snapshots slowly, as the file backend does where it
+// cannot clone (a full copy), and counts them.
+type slowSnap struct {
+	cow.Backend
+	delay time.Duration
+	calls atomic.Int32
+}
+
+func (b *slowSnap) Snapshot(ctx context.Context, src, id string) (cow.Volume, error) {
+	b.calls.Add(1)
+	time.Sleep(b.delay)
+	return b.Backend.Snapshot(ctx, src, id)
+}
+
+// A stream whose source snapshot takes longer than a pull waits for it
+// (snapWait: 500 ms in Fast mode) still succeeds: the puller is told the
+// source is not ready and comes back, and the snapshot is taken once.
+func TestStreamWaitsForSlowSnapshot(t *testing.T) {
+	var ss *slowSnap
+	tc := newTestClusterWith(t, []int64{200 * MiB, 200 * MiB}, nil, func(c *Config) {
+		if c.Name == "n1" {
+			ss = &slowSnap{Backend: c.Backend, delay: 2 * time.Second}
+			c.Backend = ss
+		}
+	})
+	n := tc.leader()
+	src := tc.createVolume(n, "src", "", "n1", 16*MiB)
+	fk, err := tc.fork(n, fsm.ForkRequest{Source: src.ID, Name: "t", Via: fsm.PathStream, Host: "n2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := tc.waitFork(n, fk.ID, 30*time.Second)
+	if f.State != fsm.ForkReady {
+		t.Fatalf("fork %s: %s (%s)", f.ID, f.State, f.Error)
+	}
+	if c := ss.calls.Load(); c != 1 {
+		t.Fatalf("snapshot taken %d times, want once", c)
 	}
 }

@@ -78,6 +78,14 @@ var (
 	// ErrAborted: the transfer gave up (no progress in time, peer gone,
 	// fatal error reported by the peer, or cancelled).
 	ErrAborted = errors.New("transfer: aborted")
+	// ErrNotReady: the source is still preparing what it will send (a
+	// snapshot being taken). An Opener returns it (wrapped) to have the
+	// puller come back later; Pull waits for such a source without giving
+	// up, since the source answers and is working.
+	ErrNotReady = errors.New("transfer: source not ready yet")
+	// ErrRetry: a transient refusal (e.g. the source's catalog lags the
+	// target's); the puller retries, and gives up after GiveUp as usual.
+	ErrRetry = errors.New("transfer: retry")
 )
 
 const (

@@ -67,7 +67,8 @@
 //   - done (source → puller): offset 0, length = size; payload = u64 data
 //     bytes, u64 zero bytes, 32-byte digest.
 //   - error: offset = length = 0; flags = 1 fatal, 2 unauthorized, 3 retry,
-//     4 corrupt; payload = UTF-8 message (≤ 1024 bytes).
+//     4 corrupt, 5 not ready (the source is preparing, e.g. taking its
+//     snapshot); payload = UTF-8 message (≤ 1024 bytes).
 //
 // # Whole-volume digest
 //
@@ -91,7 +92,8 @@
 // read and write), a cut connection, a CRC mismatch (the bad frame is
 // dropped and re-sent from the durable watermark; three corrupt sessions in
 // a row without progress fail with ErrCorrupt). It gives up with ErrAborted
-// after Options.GiveUp without progress. It fails at once on
+// after Options.GiveUp without progress; a source that answers "not ready"
+// is alive and working, so that wait does not count. It fails at once on
 // ErrUnauthorized, a fatal error frame, a source that changed size or grid,
 // a frame outside the grid, a local write/fsync error, or a digest or
 // totals mismatch at the end (ErrCorrupt: the data already written cannot

@@ -73,6 +73,10 @@ const (
 	ErrCodeUnauthorized uint16 = 2
 	ErrCodeRetry        uint16 = 3 // transient: reconnect and resume
 	ErrCodeCorrupt      uint16 = 4
+	// ErrCodeNotReady: the source is alive but still preparing (its
+	// snapshot is being taken): reconnect later, and do not count the wait
+	// as a stalled transfer.
+	ErrCodeNotReady uint16 = 5
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -136,7 +140,7 @@ func (h Header) validate() error {
 			return fmt.Errorf("%w: %s: bad done", ErrProtocol, h)
 		}
 	case TypeError:
-		if h.Flags < ErrCodeFatal || h.Flags > ErrCodeCorrupt || p > maxError || h.Offset != 0 || h.Length != 0 {
+		if h.Flags < ErrCodeFatal || h.Flags > ErrCodeNotReady || p > maxError || h.Offset != 0 || h.Length != 0 {
 			return fmt.Errorf("%w: %s: bad error frame", ErrProtocol, h)
 		}
 	default:
@@ -324,6 +328,8 @@ func errorForCode(code uint16, msg string) error {
 		return fmt.Errorf("%w: peer says: %s", ErrCorrupt, msg)
 	case ErrCodeRetry:
 		return fmt.Errorf("peer asks to retry: %s", msg)
+	case ErrCodeNotReady:
+		return fmt.Errorf("%w: peer says: %s", ErrNotReady, msg)
 	}
 	return fmt.Errorf("%w: peer says: %s", ErrAborted, msg)
 }

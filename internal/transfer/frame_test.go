@@ -31,6 +31,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		{Header{Type: TypeAck, Offset: 7 << 20}, nil},
 		{Header{Type: TypeDone, Length: 10 << 20}, encodeDone(doneInfo{DataBytes: 1, ZeroBytes: 2, Digest: [32]byte{3}})},
 		{Header{Type: TypeError, Flags: ErrCodeUnauthorized}, []byte("go away")},
+		{Header{Type: TypeError, Flags: ErrCodeNotReady}, []byte("snapshot being taken")},
 	}
 	for _, tc := range cases {
 		t.Run(tc.h.Type.String(), func(t *testing.T) {
@@ -119,6 +120,9 @@ func TestFrameRejections(t *testing.T) {
 			return AppendFrame(nil, Header{Type: TypeHello}, make([]byte, maxHello+1))
 		}, ErrProtocol, "hello"},
 		{"error bad code", func() []byte { return AppendFrame(nil, Header{Type: TypeError, Flags: 77}, []byte("x")) }, ErrProtocol, "error frame"},
+		{"error code past the last", func() []byte {
+			return AppendFrame(nil, Header{Type: TypeError, Flags: ErrCodeNotReady + 1}, []byte("x"))
+		}, ErrProtocol, "error frame"},
 		{"error too long", func() []byte {
 			return AppendFrame(nil, Header{Type: TypeError, Flags: ErrCodeFatal}, make([]byte, maxError+1))
 		}, ErrProtocol, "error frame"},

@@ -119,6 +119,12 @@ func Pull(ctx context.Context, dial func(ctx context.Context) (net.Conn, error),
 		if p.progress.Load() != before {
 			lastProgress, backoff, corrupt = time.Now(), backoffInitial, 0
 		}
+		if errors.Is(err, ErrNotReady) {
+			// The source answered and is preparing (a snapshot being
+			// taken, which a full copy makes slow): alive, so not idle.
+			lastProgress = time.Now()
+			backoff = min(backoff, time.Second)
+		}
 		if errors.Is(err, ErrCorrupt) {
 			if corrupt++; corrupt >= maxCorrupt {
 				return p.stats, fmt.Errorf("%d corrupt sessions in a row without progress: %w", corrupt, err)
@@ -129,7 +135,11 @@ func Pull(ctx context.Context, dial func(ctx context.Context) (net.Conn, error),
 			return p.stats, fmt.Errorf("%w: no progress for %s: %w", ErrAborted, idle.Round(time.Millisecond), err)
 		}
 		wait := min(backoff, opts.GiveUp-idle)
-		p.log.Warn("transfer interrupted, reconnecting", "error", err, "resume", p.durable, "backoff", wait)
+		if errors.Is(err, ErrNotReady) {
+			p.log.Info("source not ready yet, waiting", "reason", err, "backoff", wait)
+		} else {
+			p.log.Warn("transfer interrupted, reconnecting", "error", err, "resume", p.durable, "backoff", wait)
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -178,7 +188,7 @@ func (p *puller) session(ctx context.Context, dial func(ctx context.Context) (ne
 	case TypeAccept:
 	case TypeError:
 		err := errorForCode(h.Flags, string(pl))
-		if h.Flags == ErrCodeRetry {
+		if h.Flags == ErrCodeRetry || h.Flags == ErrCodeNotReady {
 			return err
 		}
 		return permanent(err)

@@ -192,8 +192,16 @@ func (s *Server) session(c net.Conn, log hclog.Logger) error {
 	src, extents, closer, err := s.open(ctx, forkID, peer)
 	if err != nil {
 		code := ErrCodeFatal
-		if errors.Is(err, ErrUnauthorized) {
+		switch {
+		case errors.Is(err, ErrUnauthorized):
 			code = ErrCodeUnauthorized
+		case errors.Is(err, ErrNotReady):
+			code = ErrCodeNotReady
+			log.Debug("source not ready yet", "reason", err)
+			s.sendError(c, code, err.Error())
+			return nil // not a failure of this server
+		case errors.Is(err, ErrRetry):
+			code = ErrCodeRetry
 		}
 		s.sendError(c, code, err.Error())
 		return fmt.Errorf("open %s for %q: %w", forkID, peer, err)

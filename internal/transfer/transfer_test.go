@@ -421,3 +421,50 @@ func TestLargeSparseVolume(t *testing.T) {
 		}
 	}
 }
+
+// A source still preparing (its snapshot being taken) answers "not ready":
+// the puller comes back for as long as that lasts, even past GiveUp, then
+// streams as usual. A plain retryable refusal still gives up after GiveUp.
+func TestSourceNotReady(t *testing.T) {
+	const size = 4 << 20
+	dir := t.TempDir()
+	src, content, _ := makeImage(t, dir, size, 1<<20, []int{blkText, blkRandom}, 9)
+	const giveUp = 400 * time.Millisecond
+	for _, tc := range []struct {
+		name    string
+		refusal error
+		wantErr error
+	}{
+		{"not ready outlasts GiveUp", ErrNotReady, nil},
+		{"retry does not", ErrRetry, ErrAborted},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ready := time.Now().Add(3 * giveUp)
+			var opens atomic.Int32
+			inner := fileOpener(t, src, size, nil, nil)
+			open := func(ctx context.Context, forkID, peer string) (Source, []Extent, func(), error) {
+				opens.Add(1)
+				if time.Now().Before(ready) {
+					return nil, nil, nil, fmt.Errorf("%w: snapshot being taken", tc.refusal)
+				}
+				return inner(ctx, forkID, peer)
+			}
+			_, addr := startServer(t, open, Options{Logger: testLogger(t)})
+			sink := &memDev{b: make([]byte, size)}
+			_, err := Pull(context.Background(), dialer(addr), "fork-1", "target-a", sink,
+				Options{Logger: testLogger(t), GiveUp: giveUp, IOTimeout: time.Second})
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) || sink.writes.Load() != 0 {
+					t.Fatalf("err = %v (writes %d), want %v", err, sink.writes.Load(), tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("pull: %v (after %d opens)", err, opens.Load())
+			}
+			if opens.Load() < 2 || !bytes.Equal(sink.b, content) {
+				t.Fatalf("opens %d, content equal %v", opens.Load(), bytes.Equal(sink.b, content))
+			}
+		})
+	}
+}
