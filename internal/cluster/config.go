@@ -66,6 +66,10 @@ type Config struct {
 
 	// Fast shrinks raft and memberlist timings to tens of milliseconds (tests, dev).
 	Fast bool
+
+	// streamPatience, when set (tests only), replaces the puller's I/O
+	// timeout and give-up time (30 s each) for this node's streams.
+	streamPatience time.Duration
 	// DeadHostTimeout: forks touching a host dead this long are failed.
 	DeadHostTimeout time.Duration
 	// ForkRetention is how long the catalog keeps a finished fork before the

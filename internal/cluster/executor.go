@@ -104,9 +104,11 @@ func forkThrottle(fork, node *transfer.Limiter) func(ctx context.Context, n int)
 
 func (e *executor) streamOptions() transfer.Options {
 	return transfer.Options{
-		Codec:   e.n.cfg.StreamCodec,
-		Limiter: e.limiter,
-		Logger:  e.logger.Named("transfer"),
+		Codec:     e.n.cfg.StreamCodec,
+		Limiter:   e.limiter,
+		Logger:    e.logger.Named("transfer"),
+		IOTimeout: e.n.cfg.streamPatience,
+		GiveUp:    e.n.cfg.streamPatience,
 	}
 }
 

@@ -162,14 +162,16 @@ func (b *slowSnap) Snapshot(ctx context.Context, src, id string) (cow.Volume, er
 	return b.Backend.Snapshot(ctx, src, id)
 }
 
-// A stream whose source snapshot takes longer than a pull waits for it
-// (snapWait: 500 ms in Fast mode) still succeeds: the puller is told the
-// source is not ready and comes back, and the snapshot is taken once.
+// A stream whose source snapshot takes longer than the puller's patience
+// (1 s here, for I/O and for giving up) still succeeds: the puller is told
+// the source is not ready and comes back, and the snapshot is taken once.
+// Before, the snapshot ran inside the first pull and the fork failed.
 func TestStreamWaitsForSlowSnapshot(t *testing.T) {
 	var ss *slowSnap
 	tc := newTestClusterWith(t, []int64{200 * MiB, 200 * MiB}, nil, func(c *Config) {
+		c.streamPatience = time.Second
 		if c.Name == "n1" {
-			ss = &slowSnap{Backend: c.Backend, delay: 2 * time.Second}
+			ss = &slowSnap{Backend: c.Backend, delay: 2500 * time.Millisecond}
 			c.Backend = ss
 		}
 	})
