@@ -632,9 +632,14 @@ func (s *sender) encodeBlock(ctx context.Context, i int, b *sendBuf) (outFrame, 
 // awaitPrefix waits for the prefix hashing after a resume. The puller has
 // nothing to read meanwhile, so keepalive acks (offset = bytes hashed so
 // far) stop its read deadline from firing on a large prefix.
+//
+// A keepalive goes out only when the hashing advanced since the last one:
+// a prefix read that hangs (a failing disk) then lets the puller's read
+// deadline fire, and the puller gives up as for any stalled session.
 func (s *sender) awaitPrefix(ctx context.Context, done <-chan error, hdr *[HeaderSize]byte) error {
 	t := time.NewTicker(max(s.opts.IOTimeout/3, time.Millisecond))
 	defer t.Stop()
+	last := int64(-1)
 	for {
 		select {
 		case err := <-done:
@@ -643,6 +648,11 @@ func (s *sender) awaitPrefix(ctx context.Context, done <-chan error, hdr *[Heade
 			<-done
 			return context.Cause(ctx)
 		case <-t.C:
+			at := s.prefixHashed.Load()
+			if at == last {
+				continue // stuck: no sign of life to give
+			}
+			last = at
 			s.conn.SetWriteDeadline(time.Now().Add(s.opts.IOTimeout))
 			n, err := writeFrame(s.conn, hdr, Header{Type: TypeAck, Offset: min(s.prefixHashed.Load(), s.gr.size)}, nil)
 			s.wire.Add(n)
@@ -672,6 +682,11 @@ func (s *sender) hashPrefix(ctx context.Context, first int) error {
 			s.hashes[i] = zeroHash(int(n))
 			s.zero.Add(n)
 			continue
+		}
+		// Paced like the stream itself: a resume near the end of a large
+		// volume re-reads it all, next to the production database.
+		if err := s.rateWait(ctx, int(n)); err != nil {
+			return err
 		}
 		raw := buf[:n]
 		if err := s.readBlock(raw, off); err != nil {

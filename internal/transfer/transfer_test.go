@@ -468,3 +468,88 @@ func TestSourceNotReady(t *testing.T) {
 		})
 	}
 }
+
+// hangSrc reads from f, except that once hang is set a read at offset 0
+// never returns until stop is closed: a failing disk under a resume.
+type hangSrc struct {
+	f    *os.File
+	size int64
+	hang bool
+	stop chan struct{}
+}
+
+func (h *hangSrc) Size() int64 { return h.size }
+func (h *hangSrc) ReadAt(p []byte, off int64) (int, error) {
+	if h.hang && off == 0 {
+		<-h.stop
+		return 0, errors.New("stopped")
+	}
+	return h.f.ReadAt(p, off)
+}
+
+// After a resume the source re-hashes the prefix, sending keepalives while
+// it does. A prefix read that hangs must not keep the puller alive for
+// ever: keepalives stop when the hashing does, and Pull gives up.
+func TestResumeHungPrefixGivesUp(t *testing.T) {
+	const size = 8 << 20
+	const g = 1 << 20
+	src, _, ext := makeImage(t, t.TempDir(), size, g, []int{blkRandom}, 9)
+	stop := make(chan struct{})
+	var opens atomic.Int32
+	open := func(ctx context.Context, forkID, peer string) (Source, []Extent, func(), error) {
+		n := opens.Add(1)
+		f, err := os.Open(src)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return &hangSrc{f: f, size: size, hang: n >= 2, stop: stop}, ext, func() { f.Close() }, nil
+	}
+	_, addr := startServer(t, open, Options{Logger: testLogger(t), Codec: "none", ChunkSize: g, IOTimeout: time.Second})
+	// Registered after the server's Close, so it runs first: the hung
+	// reads return and Close can wait for their sessions.
+	t.Cleanup(func() { close(stop) })
+	px := newProxy(t, addr, func(px *proxy) { px.cutConn, px.cutAfter = 1, 4<<20 })
+	sink := openDev(t, t.TempDir()+"/dst.img", size)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err := Pull(ctx, dialer(px.addr()), "fork-1", "target-a", sink,
+		Options{Logger: testLogger(t), ChunkSize: g, IOTimeout: time.Second, GiveUp: 2 * time.Second})
+	if ctx.Err() != nil || !errors.Is(err, ErrAborted) || opens.Load() < 2 {
+		t.Fatalf("Pull: %v (opens %d, caller's deadline hit: %v); want it to give up by itself", err, opens.Load(), ctx.Err() != nil)
+	}
+}
+
+// The prefix a resumed session re-reads is paced like the stream: every
+// data byte it reads is charged to the node's limiter.
+func TestResumePrefixIsPaced(t *testing.T) {
+	const size = 8 << 20
+	const g = 1 << 20
+	src, _, ext := makeImage(t, t.TempDir(), size, g, []int{blkRandom}, 7)
+	shared := NewLimiter(64 << 20)
+	_, addr := startServer(t, fileOpener(t, src, size, ext, nil), Options{Logger: testLogger(t), Limiter: shared, ChunkSize: g})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p, _ := encodeHello("fork-1", "target-a")
+	before := shared.taken.Load()
+	// Resume at the last block: 7 MiB of prefix to re-read, 1 MiB to send.
+	if _, err := c.Write(AppendFrame(nil, Header{Type: TypeHello, Offset: size - g, Length: size}, p)); err != nil {
+		t.Fatal(err)
+	}
+	var hdr [HeaderSize]byte
+	for {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		h, _, err := ReadFrame(c, &hdr, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Type == TypeDone {
+			break
+		}
+	}
+	if got := shared.taken.Load() - before; got < size {
+		t.Fatalf("limiter charged %d bytes for a %d-byte prefix plus one %d-byte block", got, size-g, g)
+	}
+}
