@@ -249,27 +249,44 @@ func syncDir(dir string) error {
 }
 
 // capacityLocked computes the figures. The rule: effective budget =
-// min(configured budget, used + statfs available), where used is the sum of
-// provisioned volume sizes (volumes in the making included). Snapshots do
-// not count. A budget of 0 means no configured limit.
+// min(configured budget, used + statfs available - unwritten), where used
+// is the sum of provisioned volume sizes (volumes in the making included)
+// and unwritten is what those sparse volumes may still allocate: their
+// provisioned size less the blocks they hold, and all of a volume in the
+// making. Without that subtraction the free space a sparse volume has not
+// used yet counted twice, once as provisioned and once as free on disk,
+// and a 70 GB disk took two 42 GB volumes. Snapshots do not count. A budget
+// of 0 means no configured limit.
+//
+// A reflinked clone reports its shared blocks as its own, so its future
+// writes are not counted as unwritten: on XFS or btrfs, clones can still
+// overcommit the disk, and --capacity bounds them.
 func (b *FileBackend) capacityLocked() (Capacity, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(b.dir, &st); err != nil {
 		return Capacity{}, fmt.Errorf("statfs %s: %w", b.dir, err)
 	}
 	avail := int64(st.Bavail) * int64(st.Bsize)
-	var used int64
+	var used, unwritten int64
 	for _, v := range b.vols {
-		if v.Kind == KindVolume {
-			used += v.Size
+		if v.Kind != KindVolume {
+			continue
+		}
+		used += v.Size
+		var fst unix.Stat_t
+		if err := unix.Stat(v.Path, &fst); err == nil {
+			unwritten += max(v.Size-fst.Blocks*512, 0)
+		} else {
+			unwritten += v.Size // cannot tell: assume it may all be written
 		}
 	}
 	for _, v := range b.pending {
 		if v.Kind == KindVolume {
 			used += v.Size
+			unwritten += v.Size
 		}
 	}
-	eff := used + avail
+	eff := max(used+avail-unwritten, 0)
 	if b.budget > 0 && b.budget < eff {
 		eff = b.budget
 	}

@@ -150,6 +150,20 @@ func TestCapacity(t *testing.T) {
 	if _, err := b0.Create(ctx, CreateSpec{ID: "huge", Name: "huge", Size: (c0.Free/4096 + 1) * 4096}); !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("over statfs free: %v", err)
 	}
+	// Sparse volumes do not count their unwritten space twice (as
+	// provisioned and as free on disk): two volumes of 60 % of the free
+	// space do not both fit, and a restart does not grow the budget.
+	sz := (c0.Free * 6 / 10) / 4096 * 4096
+	if _, err := b0.Create(ctx, CreateSpec{ID: "a60", Name: "a60", Size: sz}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b0.Create(ctx, CreateSpec{ID: "b60", Name: "b60", Size: sz}); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("a second 60 %% volume on a sparse disk: %v, want ErrNoSpace", err)
+	}
+	c1, _ := b0.Capacity(ctx)
+	if c1.Budget > c0.Budget+(64<<20) { // other tests write to the same disk meanwhile
+		t.Fatalf("budget grew from %d to %d with a sparse volume", c0.Budget, c1.Budget)
+	}
 	// A budget above the filesystem's free space is capped by it.
 	bBig := newTestBackend(t, "", MaxSize*1000)
 	cb, _ := bBig.Capacity(ctx)
