@@ -539,6 +539,11 @@ func (b *FileBackend) Attach(ctx context.Context, id string) (string, error) {
 		}
 		v.Device = "" // stale record: the binding is gone
 	}
+	if !b.features.Clone && b.sources[id] > 0 {
+		// A snapshot is copying it: a device attached now could be mounted
+		// and written mid-copy, and the copy would be torn.
+		return "", fmt.Errorf("%w: a snapshot of %s is being copied; attach it when that is done", ErrBusy, id)
+	}
 	dev, err := loopAttach(v.Path)
 	if err != nil {
 		return "", fmt.Errorf("attach %s: %w", id, err)

@@ -11,12 +11,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/forknode/forknode/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // Record format of the live writer: 4 KiB = seq (8 bytes) | crc32 of the
@@ -262,5 +264,50 @@ func TestFreezeAlwaysThaws(t *testing.T) {
 	// And it still works afterwards.
 	if _, err := b.Snapshot(ctx, "pg", "s"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// On a filesystem without reflink a snapshot of an attached volume is a
+// copy that takes a while. A device the agent cannot freeze because it is
+// mounted elsewhere (held exclusively here, as a mount in another
+// namespace holds it) is refused rather than copied torn; an attached but
+// idle one is copied; and no attach may start while a copy reads a volume.
+func TestSnapshotOfAttachedVolumeOnCopyFS(t *testing.T) {
+	testutil.RequireRoot(t)
+	ctx := context.Background()
+	b := newTestBackend(t, hostFS(t, "ext4"), 0)
+	if b.Features().Clone {
+		t.Fatal("ext4 host reports reflink")
+	}
+	for _, id := range []string{"a", "c"} {
+		if _, err := b.Create(ctx, CreateSpec{ID: id, Name: id, Size: 16 << 20}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dev := attachVolume(t, b, "a")
+	if _, err := b.Snapshot(ctx, "a", "s_idle"); err != nil {
+		t.Fatalf("attached, unmounted, idle: %v", err)
+	}
+	excl, err := os.OpenFile(dev, os.O_RDONLY|unix.O_EXCL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.Snapshot(ctx, "a", "s_busy")
+	excl.Close()
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "cannot be frozen") {
+		t.Fatalf("snapshot of a device in use elsewhere: %v, want ErrBusy", err)
+	}
+	b.mu.Lock()
+	b.sources["c"]++ // a copy reading c
+	b.mu.Unlock()
+	_, err = b.Attach(ctx, "c")
+	b.mu.Lock()
+	b.sources["c"]--
+	b.mu.Unlock()
+	if !errors.Is(err, ErrBusy) {
+		t.Fatalf("attach during a copy: %v, want ErrBusy", err)
+	}
+	if ids := listIDs(t, b); len(ids) != 3 {
+		t.Fatalf("volumes %v: want a, c and s_idle", ids)
 	}
 }

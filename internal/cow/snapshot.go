@@ -174,8 +174,25 @@ func (b *FileBackend) materialize(ctx context.Context, src, dst Volume, allowCop
 				}
 				b.log.Debug("thawed", "mountpoint", mps[0], "frozen_for", time.Since(freezeStart))
 			}()
-		} else if err := syncBlockDev(src.Device); err != nil {
-			return err
+		} else {
+			if !b.features.Clone {
+				// Not mounted here, so nothing to freeze for a copy that
+				// takes a while. Hold the device exclusively meanwhile: that
+				// fails if it is mounted anywhere (another mount namespace,
+				// a container) and keeps a mount from starting mid-copy,
+				// either of which would make the copy torn.
+				excl, err := os.OpenFile(src.Device, os.O_RDONLY|unix.O_EXCL, 0)
+				if errors.Is(err, unix.EBUSY) {
+					return fmt.Errorf("%w: %s (%s) is in use outside this agent's mounts (another mount namespace?) and cannot be frozen for a copy; unmount it there, or use a reflink filesystem (xfs -m reflink=1, btrfs)", ErrBusy, src.ID, src.Device)
+				}
+				if err != nil {
+					return fmt.Errorf("open %s: %w", src.Device, err)
+				}
+				defer excl.Close()
+			}
+			if err := syncBlockDev(src.Device); err != nil {
+				return err
+			}
 		}
 	}
 
