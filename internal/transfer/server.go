@@ -380,10 +380,16 @@ func (s *sender) readBlock(p []byte, off int64) error {
 	if n == len(p) {
 		return nil
 	}
-	if _, err := s.src.ReadAt(p[n:], off+int64(n)); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("read source at %d (+%d): %w", off+int64(n), len(p)-n, err)
+	m, err := s.src.ReadAt(p[n:], off+int64(n))
+	if n+m == len(p) {
+		return nil // io.ReaderAt may say EOF with the last byte
 	}
-	return nil
+	// Blocks lie within the source's size, so a short read means the
+	// source shrank: the rest of p would hold the last block's bytes.
+	if err == nil || errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("read source at %d (+%d): got %d bytes: %w", off+int64(n), len(p)-n, m, err)
 }
 
 // rateWait applies the per-transfer and the shared limiter.

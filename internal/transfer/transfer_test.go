@@ -553,3 +553,21 @@ func TestResumePrefixIsPaced(t *testing.T) {
 		t.Fatalf("limiter charged %d bytes for a %d-byte prefix plus one %d-byte block", got, size-g, g)
 	}
 }
+
+// A source that reads short of its stated size (shrunk under the sender)
+// fails the transfer: the rest of the block buffer would otherwise carry
+// the previous block's bytes, hashed and sent as if they were data.
+func TestSourceShorterThanItsSize(t *testing.T) {
+	const size = 4 << 20
+	src, _, _ := makeImage(t, t.TempDir(), size, 1<<20, []int{blkRandom}, 11)
+	if err := os.Truncate(src, size-(1<<20)-4096); err != nil { // ends inside the last block
+		t.Fatal(err)
+	}
+	_, addr := startServer(t, fileOpener(t, src, size, nil, nil), Options{Logger: testLogger(t), Codec: "none"})
+	sink := &memDev{b: make([]byte, size)}
+	_, err := Pull(context.Background(), dialer(addr), "fork-1", "target-a", sink,
+		Options{Logger: testLogger(t), GiveUp: 500 * time.Millisecond, IOTimeout: time.Second})
+	if err == nil {
+		t.Fatal("a source shorter than its size streamed to the end")
+	}
+}
