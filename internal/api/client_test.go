@@ -192,7 +192,7 @@ func TestHTTPDerive(t *testing.T) {
 		{"little done yet", fsm.Fork{State: fsm.ForkRunning, BytesDone: 512 << 10, BytesTotal: 1 << 30, WireBytes: 128 << 10, CreatedAt: s, UpdatedAt: 2 * s}, 100 * float64(512<<10) / (1 << 30), 0, 512 << 10, 2047},
 		{"empty volume: header only", fsm.Fork{State: fsm.ForkReady, BytesDone: 1 << 30, BytesTotal: 1 << 30, WireBytes: 964, CreatedAt: s, FinishedAt: 2 * s}, 100, 0, 1 << 30, 0},
 		{"wire ahead of done while running", fsm.Fork{State: fsm.ForkRunning, BytesDone: 4 << 20, BytesTotal: 64 << 20, WireBytes: 6 << 20, CreatedAt: s, UpdatedAt: 2 * s}, 6.25, 0, 4 << 20, 15},
-		{"ratio at the thresholds", fsm.Fork{State: fsm.ForkReady, BytesDone: MinRatioBytesDone, BytesTotal: MinRatioBytesDone, WireBytes: MinRatioWireBytes, CreatedAt: s, FinishedAt: 2 * s}, 100, 16, MinRatioBytesDone, 0},
+		{"ratio at the thresholds", fsm.Fork{State: fsm.ForkReady, BytesDone: minRatioBytesDone, BytesTotal: minRatioBytesDone, WireBytes: minRatioWireBytes, CreatedAt: s, FinishedAt: 2 * s}, 100, 16, minRatioBytesDone, 0},
 		{"ready uses finish time", fsm.Fork{State: fsm.ForkReady, BytesDone: 100, BytesTotal: 100, CreatedAt: s, UpdatedAt: 2 * s, FinishedAt: 3 * s}, 100, 0, 50, 0},
 		{"clamped percent", fsm.Fork{State: fsm.ForkRunning, BytesDone: 200, BytesTotal: 100, CreatedAt: s, UpdatedAt: 2 * s}, 100, 0, 200, 0},
 	} {

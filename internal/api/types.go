@@ -73,7 +73,7 @@ type Fork struct {
 	Percent float64 `json:"percent"`
 	// CompressionRatio is bytes_done / wire_bytes for streamed forks (how
 	// much the wire format saved); 0 (absent) for other paths and until
-	// enough went over the wire to tell (see MinRatioBytesDone).
+	// enough went over the wire to tell (see minRatioBytesDone).
 	CompressionRatio float64 `json:"compression_ratio,omitempty"`
 	// RateBytesPerSec is the average rate since the fork was created.
 	RateBytesPerSec float64 `json:"rate_bytes_per_sec,omitempty"`
@@ -87,9 +87,9 @@ type Fork struct {
 // its done bytes by the chunks in flight (the window, 8 MiB by default, and
 // socket buffers), so an early ratio reads 0.00 or 0.67.
 const (
-	MinRatioBytesDone        = 1 << 20  // a fork that finished
-	MinRatioBytesDoneRunning = 32 << 20 // a fork still running, or stopped
-	MinRatioWireBytes        = 64 << 10
+	minRatioBytesDone        = 1 << 20  // a fork that finished
+	minRatioBytesDoneRunning = 32 << 20 // a fork still running, or stopped
+	minRatioWireBytes        = 64 << 10
 )
 
 // VolumeList is the body of GET /v1/volumes.
@@ -160,11 +160,11 @@ func Derive(f fsm.Fork) Fork {
 			out.Percent = 100
 		}
 	}
-	minDone := int64(MinRatioBytesDoneRunning)
+	minDone := int64(minRatioBytesDoneRunning)
 	if f.State == fsm.ForkReady {
-		minDone = MinRatioBytesDone
+		minDone = minRatioBytesDone
 	}
-	if f.BytesDone >= minDone && f.WireBytes >= MinRatioWireBytes {
+	if f.BytesDone >= minDone && f.WireBytes >= minRatioWireBytes {
 		out.CompressionRatio = float64(f.BytesDone) / float64(f.WireBytes)
 	}
 	end := f.UpdatedAt

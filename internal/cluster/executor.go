@@ -190,14 +190,6 @@ func (e *executor) isRunning(key string) bool {
 	return ok
 }
 
-func (e *executor) cancel(key string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if c, ok := e.running[key]; ok {
-		c()
-	}
-}
-
 func isLocal(f fsm.Fork) bool { return f.SourceHost == f.TargetHost }
 
 // pass looks at the catalog once and starts what is missing. Listing the
@@ -248,8 +240,8 @@ func (e *executor) pass(full bool) {
 			e.mu.Lock()
 			delete(e.done, f.ID) // the local view caught up
 			e.mu.Unlock()
-			e.cancel(key) // the leader failed it (e.g. the peer died)
-			continue      // its snapshot goes in releaseOrphanSnapshots
+			e.stopTask(key) // the leader failed it (e.g. the peer died)
+			continue        // its snapshot goes in releaseOrphanSnapshots
 		}
 		e.mu.Lock()
 		wasDone := e.done[f.ID]

@@ -255,8 +255,8 @@ func syncDir(dir string) error {
 // provisioned size less the blocks they hold, and all of a volume in the
 // making. Without that subtraction the free space a sparse volume has not
 // used yet counted twice, once as provisioned and once as free on disk,
-// and a 70 GB disk took two 42 GB volumes. Snapshots do not count. A budget
-// of 0 means no configured limit.
+// and two volumes of 60 % of the free space both fit. Snapshots do not
+// count. A budget of 0 means no configured limit.
 //
 // A reflinked clone reports its shared blocks as its own, so its future
 // writes are not counted as unwritten: on XFS or btrfs, clones can still

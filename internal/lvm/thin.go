@@ -197,11 +197,10 @@ func ParseThinDump(r io.Reader, devID, size, grid int64) ([]Range, error) {
 	}
 	dec := xml.NewDecoder(r)
 	var (
-		block   int64 // data block size in bytes
-		inDev   bool
-		found   bool
-		out     []Range
-		lastEnd int64 = -1
+		block int64 // data block size in bytes
+		inDev bool
+		found bool
+		out   []Range
 	)
 	add := func(begin, n int64) error {
 		if n <= 0 || begin < 0 || block == 0 {
@@ -218,16 +217,16 @@ func ParseThinDump(r io.Reader, devID, size, grid int64) ([]Range, error) {
 			return nil
 		}
 		e = min((e+grid-1)/grid*grid, size)
-		if s <= lastEnd && len(out) > 0 && s >= out[len(out)-1].Offset {
-			last := &out[len(out)-1]
-			last.Length = max(last.Length, e-last.Offset)
-		} else {
-			if len(out) >= maxThinRanges {
-				return fmt.Errorf("thin_dump: more than %d ranges", maxThinRanges)
-			}
-			out = append(out, Range{Offset: s, Length: e - s})
+		// In origin order (thin_dump's) a mapping extends the last range;
+		// anything else is appended, and mergeRanges sorts it out.
+		if n := len(out); n > 0 && s >= out[n-1].Offset && s <= out[n-1].Offset+out[n-1].Length {
+			out[n-1].Length = max(out[n-1].Length, e-out[n-1].Offset)
+			return nil
 		}
-		lastEnd = out[len(out)-1].Offset + out[len(out)-1].Length
+		if len(out) >= maxThinRanges {
+			return fmt.Errorf("thin_dump: more than %d ranges", maxThinRanges)
+		}
+		out = append(out, Range{Offset: s, Length: e - s})
 		return nil
 	}
 	for {
