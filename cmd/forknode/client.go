@@ -205,6 +205,17 @@ func runStatus(args []string) error {
 		leader = "(none)"
 	}
 	fmt.Printf("node %s (region %s, raft %s), leader %s\n", st.Node, st.Region, st.RaftState, leader)
+	fmt.Printf("catalog version %d", st.CatalogVersion)
+	if st.NodeCatalogVersion > st.CatalogVersion {
+		fmt.Printf(" (this node applies up to %d; the leader raises it once every server does)", st.NodeCatalogVersion)
+	}
+	fmt.Println()
+	for _, m := range st.Members {
+		if m.Status == "alive" && m.CatalogVersion < st.CatalogVersion {
+			fmt.Printf("member %s applies catalog version %d, older than the cluster's: upgrade it, it is kept out of the catalog until then\n",
+				m.Name, m.CatalogVersion)
+		}
+	}
 	if p := st.Pace; p != nil {
 		why := "idle"
 		switch {

@@ -157,8 +157,8 @@ func fakeAPI(t *testing.T) *httptest.Server {
 		w.Header().Set("Content-Type", "application/json")
 		switch r.Method + " " + r.URL.Path {
 		case "GET /v1/status":
-			json.NewEncoder(w).Encode(api.Status{Node: "n1", Leader: "n1", RaftState: "Leader",
-				Members: []api.Member{{Name: "n1", Status: "alive", Voter: true}},
+			json.NewEncoder(w).Encode(api.Status{Node: "n1", Leader: "n1", RaftState: "Leader", CatalogVersion: 2, NodeCatalogVersion: 3,
+				Members: []api.Member{{Name: "n1", Status: "alive", Voter: true, CatalogVersion: 3}, {Name: "n9", Status: "alive", CatalogVersion: 1}},
 				Hosts:   []api.HostStatus{{ID: "n1", Backend: "file", Alive: true, Budget: 10 << 30, Used: 3 << 29, Free: 10<<30 - 3<<29}}})
 		case "GET /v1/volumes":
 			json.NewEncoder(w).Encode(api.VolumeList{Volumes: []api.Volume{
@@ -254,7 +254,8 @@ func TestClientCommands(t *testing.T) {
 		notOut  []string
 		errText string
 	}{
-		{args: []string{"status"}, out: []string{"leader n1", "HOST", "10 GiB", "1.5 GiB", "8.5 GiB"}},
+		{args: []string{"status"}, out: []string{"leader n1", "HOST", "10 GiB", "1.5 GiB", "8.5 GiB",
+			"catalog version 2 (this node applies up to 3;", "member n9 applies catalog version 1, older than the cluster's: upgrade it"}},
 		{args: []string{"status", "--json"}, out: []string{`"leader": "n1"`, `"budget": 10737418240`}},
 		{args: []string{"volume", "ls"}, out: []string{"ID", "vol_1", "db", "1 GiB", "ready"}},
 		{args: []string{"forks", "show", "fork_1"}, out: []string{"compression ratio 4.00", "rate:", "512 MiB/s", "rate limit:", "64 MiB/s (this fork's own cap)", "took:"}},

@@ -21,6 +21,9 @@ const (
 	CodeMethodNotAllowed = "method_not_allowed"
 	CodeUnavailable      = "unavailable"
 	CodeInternal         = "internal"
+	// CodeUpgradeRequired: the request needs rules that not every server
+	// of the cluster runs yet.
+	CodeUpgradeRequired = "upgrade_required"
 )
 
 // ErrorBody is the JSON shape of every error response.

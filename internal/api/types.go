@@ -119,6 +119,8 @@ type Member struct {
 	APIAddr     string `json:"api_addr"`
 	Status      string `json:"status"`
 	Voter       bool   `json:"voter"`
+	// CatalogVersion is the newest catalog version the member applies.
+	CatalogVersion uint32 `json:"catalog_version"`
 }
 
 // HostStatus is one host's catalog record with its capacity figures.
@@ -144,6 +146,11 @@ type Status struct {
 	LeaderAPI string       `json:"leader_api"`
 	Members   []Member     `json:"members"`
 	Hosts     []HostStatus `json:"hosts"`
+	// CatalogVersion is the version of the catalog's rules in force: the
+	// lowest that every raft server applies, once the leader recorded it.
+	// NodeCatalogVersion is the newest the answering node applies.
+	CatalogVersion     uint32 `json:"catalog_version"`
+	NodeCatalogVersion uint32 `json:"node_catalog_version"`
 	// Pace is the answering node's fork I/O pacing; absent when the node
 	// runs unlimited or with --pace=false.
 	Pace *pace.Status `json:"pace,omitempty"`

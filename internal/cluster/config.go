@@ -70,6 +70,9 @@ type Config struct {
 	// streamPatience, when set (tests only), replaces the puller's I/O
 	// timeout and give-up time (30 s each) for this node's streams.
 	streamPatience time.Duration
+	// catalogVersion, when set (tests only), replaces fsm.CatalogVersion
+	// in what this node gossips, to stand in for an older or newer build.
+	catalogVersion uint32
 	// DeadHostTimeout: forks touching a host dead this long are failed.
 	DeadHostTimeout time.Duration
 	// ForkRetention is how long the catalog keeps a finished fork before the
@@ -79,6 +82,10 @@ type Config struct {
 	// SweepInterval is how often the leader deletes expired volumes and
 	// prunes old forks (0: 30 s, or 200 ms with Fast).
 	SweepInterval time.Duration
+	// CapacityInterval is how often the node measures its backend's
+	// capacity again and, when the budget moved, gossips the new figure
+	// for the leader to record (0: 30 s, or 200 ms with Fast).
+	CapacityInterval time.Duration
 }
 
 // DefaultForkRetention keeps a week of fork history.
@@ -93,6 +100,8 @@ type MemberInfo struct {
 	APIAddr     string `json:"api_addr"`
 	Status      string `json:"status"` // alive, suspect, dead, left
 	Voter       bool   `json:"voter"`
+	// CatalogVersion is the newest catalog version the member applies.
+	CatalogVersion uint32 `json:"catalog_version"`
 }
 
 // StatusInfo is what /v1/status reports from this node's point of view.
@@ -103,6 +112,10 @@ type StatusInfo struct {
 	Leader    string       `json:"leader"`
 	LeaderAPI string       `json:"leader_api"`
 	Members   []MemberInfo `json:"members"`
+	// CatalogVersion is the version of the catalog's rules in force (see
+	// fsm.CatalogVersion); NodeCatalogVersion the newest this node applies.
+	CatalogVersion     uint32 `json:"catalog_version"`
+	NodeCatalogVersion uint32 `json:"node_catalog_version"`
 	// Pace is this node's fork I/O pacing (absent when not pacing).
 	Pace *pace.Status `json:"pace,omitempty"`
 }

@@ -30,7 +30,14 @@ type nodeMeta struct {
 	// Node whose State field is stale), so the intent travels in metadata,
 	// as Serf does with its leave intents.
 	Leaving bool `json:"l,omitempty"`
+	// Version is the newest catalog version the node applies
+	// (fsm.CatalogVersion); builds from before the field sent none.
+	Version uint32 `json:"v,omitempty"`
 }
+
+// catalogVersion is the version a member supports: builds that did not
+// gossip one apply version 1's rules.
+func (m nodeMeta) catalogVersion() uint32 { return max(m.Version, 1) }
 
 func encodeMeta(m nodeMeta) ([]byte, error) {
 	b, err := json.Marshal(m)
@@ -198,6 +205,13 @@ func (g *gossip) NotifyMsg([]byte)                           {}
 func (g *gossip) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (g *gossip) LocalState(join bool) []byte                { return nil }
 func (g *gossip) MergeRemoteState(buf []byte, join bool)     {}
+
+// localMeta returns this node's own metadata.
+func (g *gossip) localMeta() nodeMeta {
+	g.metaMu.Lock()
+	defer g.metaMu.Unlock()
+	return g.meta
+}
 
 func (g *gossip) setMeta(fn func(*nodeMeta)) {
 	g.metaMu.Lock()

@@ -253,6 +253,8 @@ func classify(err error) (int, string) {
 	case errors.Is(err, fsm.ErrNoRoom), errors.Is(err, cow.ErrNoSpace):
 		// 409, not 507: see internal/api/doc.go.
 		return http.StatusConflict, api.CodeNoRoom
+	case errors.Is(err, fsm.ErrUpgradeRequired):
+		return http.StatusConflict, api.CodeUpgradeRequired
 	case errors.Is(err, fsm.ErrConflict), errors.Is(err, cow.ErrBusy):
 		return http.StatusConflict, api.CodeConflict
 	case errors.Is(err, fsm.ErrInvalid), errors.Is(err, cow.ErrInvalid), errors.Is(err, cow.ErrNotSupported):
@@ -505,7 +507,8 @@ func (s *apiServer) waitFor(ctx context.Context, done func(st *fsm.State) bool) 
 func (s *apiServer) status(w http.ResponseWriter, r *http.Request) {
 	si := s.b.Status()
 	out := api.Status{Node: si.Node, Region: si.Region, RaftState: si.RaftState,
-		Leader: si.Leader, LeaderAPI: si.LeaderAPI, Members: []api.Member{}, Hosts: []api.HostStatus{}, Pace: si.Pace}
+		Leader: si.Leader, LeaderAPI: si.LeaderAPI, Members: []api.Member{}, Hosts: []api.HostStatus{}, Pace: si.Pace,
+		CatalogVersion: si.CatalogVersion, NodeCatalogVersion: si.NodeCatalogVersion}
 	for _, m := range si.Members {
 		out.Members = append(out.Members, api.Member(m))
 	}

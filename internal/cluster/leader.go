@@ -64,7 +64,10 @@ func (n *Node) lead() {
 
 // reconcile makes raft servers and catalog hosts follow gossip:
 //   - an alive member that is not a raft server is added (idempotently: the
-//     same id with a new address is removed and re-added);
+//     same id with a new address gets the new address in place);
+//   - a member older than the catalog's rules is added to neither raft
+//     nor the hosts, and the catalog version rises to what every raft
+//     server supports;
 //   - a member that left gracefully, or announced it is leaving, is removed
 //     from raft (and not re-added while the announcement holds);
 //   - a dead member stays a server until removed explicitly: removing it
@@ -75,6 +78,7 @@ func (n *Node) lead() {
 func (n *Node) reconcile(deadSince map[string]time.Time) {
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
+	defer n.reconciles.Add(1)
 	members := n.gossip.snapshot()
 
 	cf := n.raft.GetConfiguration()
@@ -86,20 +90,39 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 	for _, s := range cf.Configuration().Servers {
 		servers[string(s.ID)] = s.Address
 	}
+	var recorded, active uint32
+	n.fsm.View(func(s *fsm.State) { recorded, active = s.RecordedCatalogVersion(), s.CatalogVersion() })
+	// A member older than the catalog's rules would apply the log
+	// differently from the others: it joins neither raft nor the hosts.
+	lagging := func(m member) bool {
+		if m.meta.catalogVersion() >= active {
+			delete(n.lagWarned, m.name)
+			return false
+		}
+		if n.lagWarned[m.name] != m.meta.catalogVersion() {
+			n.lagWarned[m.name] = m.meta.catalogVersion()
+			n.logger.Warn("member runs older catalog rules than the cluster: not adding it; upgrade it",
+				"member", m.name, "member_catalog_version", m.meta.catalogVersion(), "catalog_version", active)
+		}
+		return true
+	}
 	for _, m := range members {
 		addr := raft.ServerAddress(m.meta.ClusterAddr)
 		cur, known := servers[m.name]
 		leaving := n.gossip.isLeaving(m)
 		switch {
+		case m.state == "alive" && !leaving && m.meta.ClusterAddr != "" && (!known || cur != addr) && lagging(m):
+			// kept out until upgraded
 		case m.state == "alive" && !leaving && m.meta.ClusterAddr != "" && (!known || cur != addr):
+			// AddVoter of a known voter changes its address in place.
+			// Removing it first would be worse twice over: a leader that
+			// removes itself shuts its raft down, and with another server
+			// down the re-add could not reach a quorum.
 			if known {
 				n.logger.Info("server address changed", "server", m.name, "old", cur, "new", addr)
-				if err := n.raft.RemoveServer(raft.ServerID(m.name), 0, 0).Error(); err != nil {
-					n.logger.Warn("remove server", "server", m.name, "error", err)
-					continue
-				}
+			} else {
+				n.logger.Info("adding raft voter", "server", m.name, "addr", addr)
 			}
-			n.logger.Info("adding raft voter", "server", m.name, "addr", addr)
 			if err := n.raft.AddVoter(raft.ServerID(m.name), addr, 0, 0).Error(); err != nil {
 				n.logger.Warn("add voter", "server", m.name, "error", err)
 			}
@@ -131,6 +154,9 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 		have, ok := hosts[m.name]
 		if !alive && !ok {
 			continue // never re-add a host that is gone (left, or removed while dead)
+		}
+		if !ok && lagging(m) {
+			continue
 		}
 		if !ok || have.Region != want.Region || have.RaftAddr != want.RaftAddr || have.APIAddr != want.APIAddr ||
 			have.Backend != want.Backend || have.CanClone != want.CanClone || have.Budget != want.Budget {
@@ -168,6 +194,8 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 		}
 	}
 
+	n.raiseCatalogVersion(ctx, cf.Configuration().Servers, members, recorded)
+
 	// Fail forks stuck on a dead host.
 	var stuck []fsm.Fork
 	n.fsm.View(func(s *fsm.State) {
@@ -191,4 +219,33 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 			n.logger.Warn("fail fork", "fork", f.ID, "error", err)
 		}
 	}
+}
+
+// raiseCatalogVersion records the lowest catalog version that every raft
+// server gossips, when that is above the recorded one. A server whose
+// version gossip has not told yet holds the version where it is.
+func (n *Node) raiseCatalogVersion(ctx context.Context, servers []raft.Server, members []member, recorded uint32) {
+	if len(servers) == 0 {
+		return
+	}
+	byName := map[string]member{}
+	for _, m := range members {
+		byName[m.name] = m
+	}
+	lowest := ^uint32(0)
+	for _, s := range servers {
+		m, ok := byName[string(s.ID)]
+		if !ok {
+			return
+		}
+		lowest = min(lowest, m.meta.catalogVersion())
+	}
+	if lowest <= recorded {
+		return
+	}
+	if _, err := n.Apply(ctx, fsm.CmdSetCatalogVersion, &fsm.SetCatalogVersionCmd{Version: lowest}); err != nil {
+		n.logger.Warn("recording the catalog version", "version", lowest, "error", err)
+		return
+	}
+	n.logger.Info("catalog version raised", "from", recorded, "to", lowest)
 }

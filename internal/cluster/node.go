@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/forknode/forknode/internal/cow"
@@ -36,6 +37,12 @@ type Node struct {
 	apiLn   net.Listener
 	httpSrv *http.Server
 	exec    *executor
+
+	// lagWarned: members already warned about for running older catalog
+	// rules, with the version warned about. Only the leader loop uses it.
+	lagWarned map[string]uint32
+	// reconciles counts the leader's reconcile passes (tests wait on it).
+	reconciles atomic.Int64
 
 	hasState    bool
 	clusterAddr string
@@ -70,6 +77,12 @@ func New(cfg Config) (*Node, error) {
 			cfg.SweepInterval = 200 * time.Millisecond
 		}
 	}
+	if cfg.CapacityInterval <= 0 {
+		cfg.CapacityInterval = 30 * time.Second
+		if cfg.Fast {
+			cfg.CapacityInterval = 200 * time.Millisecond
+		}
+	}
 	if cfg.DeadHostTimeout == 0 {
 		cfg.DeadHostTimeout = 15 * time.Second
 		if cfg.Fast {
@@ -83,7 +96,7 @@ func New(cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
-	n := &Node{cfg: cfg, logger: cfg.Logger.With("node", cfg.Name), lock: lock}
+	n := &Node{cfg: cfg, logger: cfg.Logger.With("node", cfg.Name), lock: lock, lagWarned: map[string]uint32{}}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
@@ -136,7 +149,10 @@ func New(cfg Config) (*Node, error) {
 	meta := nodeMeta{
 		Region: cfg.Region, ClusterAddr: n.clusterAddr, APIAddr: n.apiAddr,
 		Backend: feat.Backend, CanClone: feat.Clone, Budget: capa.Budget,
-		Bootstrapped: n.hasState,
+		Bootstrapped: n.hasState, Version: fsm.CatalogVersion,
+	}
+	if cfg.catalogVersion != 0 {
+		meta.Version = cfg.catalogVersion
 	}
 	n.gossip, err = newGossip(cfg, meta, n.logger)
 	if err != nil {
@@ -163,6 +179,7 @@ func New(cfg Config) (*Node, error) {
 	n.goFn(n.reconnectLoop)
 	n.goFn(n.bootstrapLoop)
 	n.goFn(n.leaderLoop)
+	n.goFn(n.capacityLoop)
 	n.goFn(n.exec.run)
 	if n.exec.pacer != nil {
 		n.goFn(func() { n.exec.pacer.Run(n.ctx) })
@@ -432,7 +449,9 @@ func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
 // Status is this node's view of the cluster.
 func (n *Node) Status() StatusInfo {
-	st := StatusInfo{Node: n.cfg.Name, Region: n.cfg.Region, RaftState: n.raft.State().String()}
+	st := StatusInfo{Node: n.cfg.Name, Region: n.cfg.Region, RaftState: n.raft.State().String(),
+		NodeCatalogVersion: n.gossip.localMeta().catalogVersion()}
+	n.fsm.View(func(s *fsm.State) { st.CatalogVersion = s.CatalogVersion() })
 	if n.exec.pacer != nil {
 		ps := n.exec.pacer.Status()
 		st.Pace = &ps
@@ -447,7 +466,8 @@ func (n *Node) Status() StatusInfo {
 	}
 	for _, m := range n.gossip.snapshot() {
 		mi := MemberInfo{Name: m.name, Region: m.meta.Region, GossipAddr: m.addr,
-			ClusterAddr: m.meta.ClusterAddr, APIAddr: m.meta.APIAddr, Status: m.state, Voter: voters[m.name]}
+			ClusterAddr: m.meta.ClusterAddr, APIAddr: m.meta.APIAddr, Status: m.state, Voter: voters[m.name],
+			CatalogVersion: m.meta.catalogVersion()}
 		if m.name == st.Leader {
 			st.LeaderAPI = m.meta.APIAddr
 		}

@@ -200,36 +200,49 @@ func validLVID(id string) error {
 	return nil
 }
 
-// Capacity: thick budget is the VG, used is what its LVs allocate (ours,
-// snapshots and anyone else's). Thin budget is pool size × overprovision,
-// used is the virtual size of every thin LV in the pool.
+// Capacity. The budget is what forknode may provision here in the long
+// run, so space that other LVs hold does not count: a VG or pool shared
+// with other users must not be booked twice.
+//   - Thick: budget = the VG's free extents + the LVs forknode owns
+//     (volumes and its transient snapshots), used = those LVs, free = the
+//     VG's free extents.
+//   - Thin: budget = pool size × overprovision - the virtual size of other
+//     thin LVs in the pool, used = the virtual size of forknode's thin LVs.
 func (b *LVMBackend) Capacity(ctx context.Context) (Capacity, error) {
+	lvs, err := b.c.LVs(ctx, b.vg)
+	if err != nil {
+		return Capacity{}, mapLVMErr(err)
+	}
 	if b.pool == "" {
 		vg, err := b.c.VG(ctx, b.vg)
 		if err != nil {
 			return Capacity{}, mapLVMErr(err)
 		}
-		return Capacity{Budget: vg.Size, Used: vg.Size - vg.Free, Free: vg.Free}, nil
-	}
-	lvs, err := b.c.LVs(ctx, b.vg)
-	if err != nil {
-		return Capacity{}, mapLVMErr(err)
+		var owned int64
+		for _, l := range lvs {
+			if l.HasTag(lvm.TagOwned) && !l.IsThin() {
+				owned += l.Size
+			}
+		}
+		return Capacity{Budget: vg.Free + owned, Used: owned, Free: vg.Free}, nil
 	}
 	return b.thinCapacity(lvs), nil
 }
 
 // thinCapacity computes the thin budget from one LV listing.
 func (b *LVMBackend) thinCapacity(lvs []lvm.LV) Capacity {
-	var poolSize, used int64
+	var poolSize, used, foreign int64
 	for _, l := range lvs {
 		switch {
 		case l.Name == b.pool:
 			poolSize = l.Size
-		case l.IsThin() && l.Pool == b.pool:
+		case l.IsThin() && l.Pool == b.pool && l.HasTag(lvm.TagOwned):
 			used += l.Size
+		case l.IsThin() && l.Pool == b.pool:
+			foreign += l.Size
 		}
 	}
-	budget := int64(float64(poolSize) * b.opts.Overprovision)
+	budget := max(0, int64(float64(poolSize)*b.opts.Overprovision)-foreign)
 	return Capacity{Budget: budget, Used: used, Free: max(0, budget-used)}
 }
 

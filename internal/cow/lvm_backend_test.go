@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -75,7 +76,7 @@ func TestLVMBackendModeDetection(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := Capacity{Budget: 1 << 30, Used: 512 << 20, Free: 512 << 20} // thick: the VG
+			want := Capacity{Budget: 512 << 20, Used: 0, Free: 512 << 20} // thick: the VG's free extents; "other" is not ours
 			if tc.want.Clone {
 				want = Capacity{Budget: 1 << 30, Used: 1 << 30, Free: 0} // 4 × 256 MiB pool, 1 GiB provisioned
 			}
@@ -86,6 +87,62 @@ func TestLVMBackendModeDetection(t *testing.T) {
 	}
 	if _, err := NewLVMBackend("bad/vg", LVMOptions{Runner: &lvmFake{}}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("bad vg name: %v", err)
+	}
+}
+
+// TestLVMBackendCapacity: space other LVs hold is not in the budget, in a
+// thick VG or a thin pool shared with other users.
+func TestLVMBackendCapacity(t *testing.T) {
+	lv := func(name, size, attr, pool, tags string) string {
+		seg := map[byte]string{'t': "thin-pool", 'V': "thin", 's': "snapshot", '-': "linear"}[attr[0]]
+		return fmt.Sprintf(`{"lv_name":%q,"vg_name":"vg0","lv_size":%q,"lv_attr":%q,"pool_lv":%q,"segtype":%q,"lv_tags":%q}`,
+			name, size, attr, pool, seg, tags)
+	}
+	report := func(lvs ...string) string { return `{"report":[{"lv":[` + strings.Join(lvs, ",") + `]}]}` }
+	const mib = 1 << 20
+	pool := lv("pool", "268435456", "twi-aotz--", "", "")
+	tests := []struct {
+		name string
+		lvs  string
+		pool string
+		want Capacity
+	}{
+		{"thick, only ours", report(lv("vol_a", "104857600", "-wi-a-----", "", "forknode,forknode-id:vol_a")),
+			"", Capacity{Budget: 612 * mib, Used: 100 * mib, Free: 512 * mib}},
+		{"thick, a transient snapshot of ours counts as ours",
+			report(lv("vol_a", "104857600", "owi-a-s---", "", "forknode,forknode-id:vol_a"),
+				lv("snap_a", "20971520", "swi-a-s---", "", "forknode,forknode-id:snap_a,forknode-kind:snapshot")),
+			"", Capacity{Budget: 632 * mib, Used: 120 * mib, Free: 512 * mib}},
+		{"thick, another user's LV is not in the budget",
+			report(lv("vol_a", "104857600", "-wi-a-----", "", "forknode,forknode-id:vol_a"), lv("root", "314572800", "-wi-ao----", "", "")),
+			"", Capacity{Budget: 612 * mib, Used: 100 * mib, Free: 512 * mib}},
+		{"thin, only ours", report(pool, lv("vol_a", "536870912", "Vwi-a-tz--", "pool", "forknode,forknode-id:vol_a")),
+			"pool", Capacity{Budget: 1024 * mib, Used: 512 * mib, Free: 512 * mib}},
+		{"thin, another user's thin LV takes from the budget",
+			report(pool, lv("vol_a", "536870912", "Vwi-a-tz--", "pool", "forknode,forknode-id:vol_a"),
+				lv("theirs", "268435456", "Vwi-a-tz--", "pool", "")),
+			"pool", Capacity{Budget: 768 * mib, Used: 512 * mib, Free: 256 * mib}},
+		{"thin, a thick LV or another pool's thin LV does not",
+			report(pool, lv("root", "268435456", "-wi-ao----", "", ""), lv("other", "268435456", "Vwi-a-tz--", "pool2", "")),
+			"pool", Capacity{Budget: 1024 * mib, Used: 0, Free: 1024 * mib}},
+		{"thin, others overcommitted the pool",
+			report(pool, lv("theirs", "2147483648", "Vwi-a-tz--", "pool", "")),
+			"pool", Capacity{Budget: 0, Used: 0, Free: 0}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := NewLVMBackend("vg0", LVMOptions{Runner: &lvmFake{lvsJSON: tc.lvs}, ThinPool: tc.pool, Overprovision: 4})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := b.Capacity(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("capacity %+v, want %+v", got, tc.want)
+			}
+		})
 	}
 }
 
@@ -425,6 +482,23 @@ func TestLVMThickCreateListCapacity(t *testing.T) {
 	}
 	if before.Free-after.Free != 8<<20 || after.Budget != before.Budget || after.Used-before.Used != 8<<20 {
 		t.Errorf("capacity %+v -> %+v, want 8 MiB moved from free to used", before, after)
+	}
+	// Another user's LV in the same VG leaves forknode's budget.
+	lc := lvm.New(lvm.ExecRunner{Path: os.Getenv("FORKNODE_LVM_PATH")}, nil)
+	if err := lc.CreateLinear(ctx, b.VG(), "not_forknode", 12<<20, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := lc.Remove(context.Background(), b.VG(), "not_forknode"); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	shared, err := b.Capacity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Budget-shared.Budget != 12<<20 || shared.Used != after.Used || after.Free-shared.Free != 12<<20 {
+		t.Errorf("capacity %+v -> %+v after another user's 12 MiB LV, want 12 MiB less budget and free", after, shared)
 	}
 	if again, err := b.Create(ctx, spec); err != nil || again.ID != v.ID {
 		t.Errorf("retried Create: %+v %v, want the same volume", again, err)

@@ -20,7 +20,15 @@ func (s *State) apply(t CommandType, cmd commander) (ApplyResult, bool) {
 			return r.result(), false
 		}
 	}
-	val, err := s.dispatch(cmd)
+	var (
+		val any
+		err error
+	)
+	if need := t.Since(); need > s.CatalogVersion() {
+		err = fmt.Errorf("%w: %v needs catalog version %d, the cluster is at %d", ErrUpgradeRequired, t, need, s.CatalogVersion())
+	} else {
+		val, err = s.dispatch(cmd)
+	}
 	_, noop := cmd.(*NoopCmd)
 	changed := err == nil && !noop
 	if h.RequestID == "" {
@@ -63,6 +71,8 @@ func (s *State) dispatch(cmd commander) (any, error) {
 		return s.setVolumeTTL(c)
 	case *PruneForksCmd:
 		return s.pruneForks(c)
+	case *SetCatalogVersionCmd:
+		return s.setCatalogVersion(c)
 	}
 	return nil, fmt.Errorf("%w: %w %T", ErrInvalid, ErrUnknownCommand, cmd)
 }
@@ -463,4 +473,14 @@ func (s *State) finishFork(c *FinishForkCmd) (any, error) {
 	f.FinishedAt = c.Time
 	s.putFork(f)
 	return forkCopy(f), nil
+}
+
+// setCatalogVersion only raises the version: a stale or reordered command
+// must not re-enable older rules.
+func (s *State) setCatalogVersion(c *SetCatalogVersionCmd) (any, error) {
+	if c.Version == 0 {
+		return nil, fmt.Errorf("%w: catalog version 0", ErrInvalid)
+	}
+	s.version = max(s.version, c.Version)
+	return nil, nil
 }

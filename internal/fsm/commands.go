@@ -22,9 +22,36 @@ const (
 	// CmdPruneForks only drops history: send it with IgnoreUnknownFlag, so
 	// an older replica skips it and merely keeps more finished forks.
 	CmdPruneForks CommandType = 12
+	// CmdSetCatalogVersion raises the catalog version (see CatalogVersion).
+	CmdSetCatalogVersion CommandType = 13
 
 	IgnoreUnknownFlag CommandType = 0x80
 )
+
+// CatalogVersion is the newest set of catalog rules this build applies.
+// Bump it when adding a command type or changing how one applies, list the
+// new type in since, and branch a changed rule on State.CatalogVersion().
+//
+// Raft replicas must apply every entry alike, so new rules wait until every
+// server can apply them: each node gossips its CatalogVersion, the leader
+// records the lowest among the raft servers with CmdSetCatalogVersion, and
+// the FSM refuses, on every replica alike, a command whose type is newer
+// than the recorded version. An older node refuses an unknown type too, so
+// both sides agree instead of diverging. The recorded version never goes
+// down, and the leader adds no server that gossips an older one.
+const CatalogVersion uint32 = 1
+
+// since is the catalog version that introduced each command type. A type
+// missing here is from version 1.
+var since = map[CommandType]uint32{}
+
+// Since returns the catalog version a command type needs.
+func (t CommandType) Since() uint32 {
+	if v, ok := since[t&^IgnoreUnknownFlag]; ok {
+		return v
+	}
+	return 1
+}
 
 // Domain errors, returned inside ApplyResult.Err (never as a decode panic).
 var (
@@ -33,6 +60,9 @@ var (
 	ErrInvalid  = errors.New("invalid request")
 	ErrNoRoom   = errors.New("no host has room")
 	ErrConflict = errors.New("conflict")
+	// ErrUpgradeRequired: the command is newer than the cluster's catalog
+	// version, because some server still runs an older forknode.
+	ErrUpgradeRequired = errors.New("not supported until every server is upgraded")
 )
 
 // Header is embedded in every command. The leader stamps Time (unix nanos)
@@ -128,6 +158,13 @@ type FinishForkCmd struct {
 	ForkID string `json:"fork_id"`
 	OK     bool   `json:"ok"`
 	Error  string `json:"error,omitempty"`
+}
+
+// SetCatalogVersionCmd raises the catalog version to Version once every
+// raft server supports it. A lower or equal Version changes nothing.
+type SetCatalogVersionCmd struct {
+	Header
+	Version uint32 `json:"version"`
 }
 
 // NoopCmd changes nothing. The leader commits one to give a follower's

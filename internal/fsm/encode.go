@@ -42,6 +42,8 @@ func newCommand(t CommandType) commander {
 		return &SetVolumeTTLCmd{}
 	case CmdPruneForks:
 		return &PruneForksCmd{}
+	case CmdSetCatalogVersion:
+		return &SetCatalogVersionCmd{}
 	}
 	return nil
 }
@@ -53,6 +55,7 @@ func (t CommandType) String() string {
 		CmdSetVolumeState: "SetVolumeState", CmdDeleteVolume: "DeleteVolume", CmdCreateFork: "CreateFork",
 		CmdForkProgress: "ForkProgress", CmdFinishFork: "FinishFork", CmdSetHostAlive: "SetHostAlive",
 		CmdNoop: "Noop", CmdSetVolumeTTL: "SetVolumeTTL", CmdPruneForks: "PruneForks",
+		CmdSetCatalogVersion: "SetCatalogVersion",
 	}
 	flag := ""
 	if t&IgnoreUnknownFlag != 0 {

@@ -69,6 +69,12 @@ func (f *FSM) applyData(index uint64, data []byte) ApplyResult {
 	defer f.mu.Unlock()
 	f.state.applied = index
 	res, changed := f.state.apply(t, cmd.(commander))
+	if t == CmdSetCatalogVersion && res.Err == nil && f.state.version > CatalogVersion {
+		// The leader raises the version only when every server gossips
+		// support for it, so this node was not a server then, or lied.
+		f.logger.Error("the catalog's rules are newer than this node's: upgrade it, its catalog may now differ from the others'",
+			"catalog_version", f.state.version, "supported", CatalogVersion)
+	}
 	if changed {
 		f.notifyLocked()
 	}

@@ -182,6 +182,9 @@ func compareStates(t testing.TB, a, b *FSM) {
 			if !reflect.DeepEqual(sa.ActiveForks(), sb.ActiveForks()) {
 				t.Fatalf("active forks differ")
 			}
+			if sa.version != sb.version {
+				t.Fatalf("catalog version differs: %d vs %d", sa.version, sb.version)
+			}
 			if !reflect.DeepEqual(sa.used, sb.used) {
 				t.Fatalf("used differs: %v vs %v", sa.used, sb.used)
 			}

@@ -28,6 +28,8 @@ const (
 	// recApplied holds the raft index the snapshot was taken at, so a
 	// restored FSM knows how far it has applied (see AppliedIndex).
 	recApplied byte = 5
+	// recVersion holds the recorded catalog version, when there is one.
+	recVersion byte = 6
 
 	// maxRecord guards Restore against a corrupt length asking for gigabytes.
 	maxRecord = 16 << 20
@@ -44,6 +46,7 @@ type snapshot struct {
 	forks   []*Fork
 	results []*resultRecord
 	applied uint64
+	version uint32
 }
 
 // Snapshot takes the record pointers under the read lock (no struct copies,
@@ -59,6 +62,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		forks:   make([]*Fork, 0, len(s.forks)),
 		results: s.rememberedResults(),
 		applied: s.applied,
+		version: s.version,
 	}
 	for _, h := range s.hosts {
 		snap.hosts = append(snap.hosts, h)
@@ -124,6 +128,11 @@ func (sn *snapshot) write(w io.Writer) error {
 	}
 	if err := rec(recApplied, appliedRecord{Index: sn.applied}); err != nil {
 		return err
+	}
+	if sn.version != 0 {
+		if err := rec(recVersion, versionRecord{Version: sn.version}); err != nil {
+			return err
+		}
 	}
 	bw.WriteByte(recEnd)
 	bw.WriteByte(0)
@@ -193,6 +202,10 @@ type appliedRecord struct {
 	Index uint64 `json:"index"`
 }
 
+type versionRecord struct {
+	Version uint32 `json:"version"`
+}
+
 func (s *State) restoreRecord(t byte, body []byte) error {
 	switch t {
 	case recApplied:
@@ -201,6 +214,12 @@ func (s *State) restoreRecord(t byte, body []byte) error {
 			return err
 		}
 		s.applied = a.Index
+	case recVersion:
+		var v versionRecord
+		if err := json.Unmarshal(body, &v); err != nil {
+			return err
+		}
+		s.version = v.Version
 	case recHost:
 		h := &Host{}
 		if err := json.Unmarshal(body, h); err != nil {

@@ -31,6 +31,7 @@ func populated(t testing.TB) *FSM {
 		Request: ForkRequest{Source: "db", Name: "s3", Via: PathStream, App: "review", RateLimit: 1 << 20}}).Value.(*Fork)
 	mustApply(t, f, CmdFinishFork, FinishForkCmd{Header: hdr(), ForkID: fk3.ID, Error: "boom"})
 	apply(t, f, CmdCreateFork, forkCmd("nothing", "s4")) // remembered error
+	mustApply(t, f, CmdSetCatalogVersion, SetCatalogVersionCmd{Header: hdr(), Version: CatalogVersion})
 	return f
 }
 

@@ -25,6 +25,7 @@ type State struct {
 	active map[string]*Fork              // pending or running forks
 
 	applied uint64 // raft index of the last applied entry
+	version uint32 // catalog version recorded by CmdSetCatalogVersion (0: none yet)
 
 	// Idempotency: RequestID -> first result, plus apply order for eviction.
 	results    map[string]*resultRecord
@@ -254,6 +255,7 @@ var errKinds = []struct {
 	{"invalid", ErrInvalid},
 	{"no_room", ErrNoRoom},
 	{"conflict", ErrConflict},
+	{"upgrade_required", ErrUpgradeRequired}, // append only: kinds are stored in snapshots
 }
 
 // appliedError is a domain error rebuilt from a resultRecord: same message,
@@ -410,3 +412,10 @@ func sameIndex(name string, a, b int, same func() bool) error {
 	}
 	return nil
 }
+
+// CatalogVersion is the version of the rules the catalog applies: the one
+// recorded by the leader, or 1 before any was recorded.
+func (s *State) CatalogVersion() uint32 { return max(s.version, 1) }
+
+// RecordedCatalogVersion is the recorded version itself (0: none yet).
+func (s *State) RecordedCatalogVersion() uint32 { return s.version }

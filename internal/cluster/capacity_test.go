@@ -1,0 +1,121 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/forknode/forknode/internal/cow"
+	"github.com/forknode/forknode/internal/fsm"
+	"github.com/forknode/forknode/internal/testutil"
+)
+
+func TestBudgetMoved(t *testing.T) {
+	tests := []struct {
+		old, cur int64
+		want     bool
+	}{
+		{100 * MiB, 100 * MiB, false},
+		{100 * MiB, 100*MiB + 1, false},
+		{100 * MiB, 84 * MiB, true},      // 16 MiB
+		{100 * MiB, 85 * MiB, false},     // under 16 MiB
+		{1 << 40, 1<<40 + 64*MiB, false}, // under 1/256 of a TiB
+		{1 << 40, 1<<40 - 4096*MiB, true},
+		{0, 1, true},
+		{100 * MiB, 0, true},
+	}
+	for _, tc := range tests {
+		if got := budgetMoved(tc.old, tc.cur); got != tc.want {
+			t.Errorf("budgetMoved(%d, %d) = %v, want %v", tc.old, tc.cur, got, tc.want)
+		}
+	}
+}
+
+// shiftingBackend reports a capacity budget that the test sets, standing
+// in for a disk that other programs fill or an extended VG.
+type shiftingBackend struct {
+	cow.Backend
+	mu     sync.Mutex
+	budget int64 // < 0: the real backend's figure
+	err    error
+	calls  int
+}
+
+func (b *shiftingBackend) measured() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.calls
+}
+
+func (b *shiftingBackend) set(budget int64, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.budget, b.err = budget, err
+}
+
+func (b *shiftingBackend) Capacity(ctx context.Context) (cow.Capacity, error) {
+	b.mu.Lock()
+	b.calls++
+	budget, err := b.budget, b.err
+	b.mu.Unlock()
+	if err != nil {
+		return cow.Capacity{}, err
+	}
+	c, cerr := b.Backend.Capacity(ctx)
+	if cerr != nil || budget < 0 {
+		return c, cerr
+	}
+	c.Budget, c.Free = budget, max(budget-c.Used, 0)
+	return c, nil
+}
+
+// TestClusterCapacityRefresh: a host's budget in the catalog follows its
+// backend after start, and the planner places by the new figure.
+func TestClusterCapacityRefresh(t *testing.T) {
+	shift := &shiftingBackend{budget: -1}
+	tc := newTestClusterWith(t, []int64{100 * MiB, 100 * MiB}, nil, func(c *Config) {
+		if c.Name == "n2" {
+			shift.Backend = c.Backend
+			c.Backend = shift
+		}
+	})
+	src := tc.createVolume(tc.nodes[0], "src", "app", "n1", 4*MiB)
+	tc.fill(src, 3)
+	catalogBudget := func() int64 {
+		var b int64
+		tc.nodes[0].View(func(s *fsm.State) {
+			if h, ok := s.Host("n2"); ok {
+				b = h.Budget
+			}
+		})
+		return b
+	}
+	wait := func(what string, want int64) {
+		t.Helper()
+		testutil.Eventually(t, 10*time.Second, what, func() bool { return catalogBudget() == want })
+	}
+
+	shift.set(0, nil)
+	wait("n2's budget at 0 in the catalog", 0)
+	if fk, err := tc.fork(tc.nodes[1], fsm.ForkRequest{Source: "src", Name: "nope", Host: "n2"}); !errors.Is(err, fsm.ErrNoRoom) {
+		t.Fatalf("fork to a full n2: %+v %v, want ErrNoRoom", fk, err)
+	}
+	// A measurement that fails keeps the last budget.
+	shift.set(-1, errors.New("statfs: input/output error"))
+	from := shift.measured()
+	testutil.Eventually(t, 10*time.Second, "three failed measurements", func() bool { return shift.measured() >= from+3 })
+	if b := catalogBudget(); b != 0 {
+		t.Fatalf("budget %d after failed measurements, want 0 kept", b)
+	}
+	shift.set(-1, nil)
+	wait("n2's budget back at 100 MiB", 100*MiB)
+	fk, err := tc.fork(tc.nodes[1], fsm.ForkRequest{Source: "src", Name: "yes", Host: "n2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done := tc.waitFork(tc.nodes[0], fk.ID, 20*time.Second); done.State != fsm.ForkReady {
+		t.Fatalf("fork %+v", done)
+	}
+}
