@@ -194,11 +194,11 @@ func paceProbePath(f agentFlags) string {
 	case f.paceProbe != "":
 		return f.paceProbe
 	case f.backend == "file" && f.volumeDir != "":
-		return filepath.Join(f.volumeDir, ".forknode-ioprobe")
+		return filepath.Join(f.volumeDir, cow.ProbeFileName)
 	case f.backend == "file":
-		return filepath.Join(f.dataDir, "volumes", ".forknode-ioprobe")
+		return filepath.Join(f.dataDir, "volumes", cow.ProbeFileName)
 	}
-	return filepath.Join(f.dataDir, ".forknode-ioprobe")
+	return filepath.Join(f.dataDir, cow.ProbeFileName)
 }
 
 func openBackend(f agentFlags, logger hclog.Logger) (cow.Backend, error) {

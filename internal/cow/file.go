@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -74,6 +75,9 @@ func NewFileBackend(dir string, budget int64, logger hclog.Logger) (*FileBackend
 		pending: map[string]Volume{},
 		sources: map[string]int{},
 	}
+	if err := claimDir(abs); err != nil {
+		return nil, err
+	}
 	b.features = Features{Backend: "file", Filesystem: fsName(abs)}
 	b.features.Clone, err = probeReflink(abs)
 	if err != nil {
@@ -139,6 +143,92 @@ func probeReflink(dir string) (bool, error) {
 	return unix.IoctlFileClone(int(df.Fd()), int(sf.Fd())) == nil, nil
 }
 
+// markerName marks a directory as a forknode volume directory. Start-up
+// removes the debris of interrupted operations, so it must never mistake
+// someone else's files for it: a directory without the marker is adopted
+// only when it is empty or holds nothing but names forknode makes, and
+// even then only those names are ever removed. Pointed at a directory of
+// VM disk images, the backend refuses to start instead.
+const markerName = ".forknode-volumes"
+
+// ProbeFileName is the agent's default pacing probe file, which lives in
+// the volume directory so that it times the volumes' disk.
+const ProbeFileName = ".forknode-ioprobe"
+
+// knownName: a name in the volume directory that is not a volume's but is
+// expected there, and never removed.
+func knownName(name string) bool {
+	return name == markerName || name == ProbeFileName || name == "lost+found"
+}
+
+// ownName reports whether name is one the file backend makes: an image or
+// metadata file of a volume or snapshot id, their temporary files, or the
+// reflink probe's.
+func ownName(name string) bool {
+	switch name {
+	case ".probe-src.tmp", ".probe-dst.tmp":
+		return true
+	}
+	if tmp, ok := strings.CutPrefix(name, "."); ok {
+		if name, ok = strings.CutSuffix(tmp, ".tmp"); !ok {
+			return false
+		}
+	}
+	id, ok := strings.CutSuffix(name, ".img")
+	if !ok {
+		if id, ok = strings.CutSuffix(name, ".json"); !ok {
+			return false
+		}
+	}
+	return (strings.HasPrefix(id, "vol_") || strings.HasPrefix(id, "snap_")) && ValidateID(id) == nil
+}
+
+// claimDir makes sure dir is forknode's, marking it on first use.
+func claimDir(dir string) error {
+	marker := filepath.Join(dir, markerName)
+	if _, err := os.Stat(marker); err == nil {
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("volume directory marker: %w", err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read backend dir: %w", err)
+	}
+	var foreign []string
+	for _, e := range entries {
+		if !ownName(e.Name()) && !knownName(e.Name()) {
+			foreign = append(foreign, e.Name())
+		}
+	}
+	if len(foreign) > 0 {
+		more := ""
+		if len(foreign) > 3 {
+			more, foreign = fmt.Sprintf(" and %d more", len(foreign)-3), foreign[:3]
+		}
+		return fmt.Errorf("%w: volume directory %s holds files forknode did not make (%s%s): give forknode an empty or new directory of its own",
+			ErrInvalid, dir, strings.Join(foreign, ", "), more)
+	}
+	f, err := os.OpenFile(marker, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("volume directory marker: %w", err)
+	}
+	_, err = f.WriteString("forknode volume directory: image files here are managed by forknode\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("volume directory marker: %w", err)
+	}
+	return nil
+}
+
 // load reads every metadata file, drops debris and reconciles loop devices.
 func (b *FileBackend) load() error {
 	entries, err := os.ReadDir(b.dir)
@@ -148,7 +238,7 @@ func (b *FileBackend) load() error {
 	haveMeta := map[string]bool{}
 	for _, e := range entries {
 		name := e.Name()
-		if strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".tmp") {
+		if strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".tmp") && ownName(name) {
 			b.log.Warn("removing debris of an interrupted operation", "file", name)
 			_ = os.Remove(filepath.Join(b.dir, name))
 			continue
@@ -176,9 +266,14 @@ func (b *FileBackend) load() error {
 	}
 	for _, e := range entries {
 		name := e.Name()
-		if id, ok := strings.CutSuffix(name, ".img"); ok && !haveMeta[id] {
+		id, ok := strings.CutSuffix(name, ".img")
+		switch {
+		case ok && haveMeta[id]:
+		case ok && ownName(name):
 			b.log.Warn("removing image without metadata (interrupted create)", "file", name)
 			_ = os.Remove(filepath.Join(b.dir, name))
+		case !knownName(name) && !strings.HasSuffix(name, ".json"):
+			b.log.Warn("leaving a file forknode did not make", "file", name)
 		}
 	}
 	for _, v := range b.vols {

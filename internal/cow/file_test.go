@@ -314,3 +314,71 @@ func TestConcurrentCreateSameName(t *testing.T) {
 		t.Fatalf("dir holds %v", files)
 	}
 }
+
+// TestVolumeDirOfSomeoneElse: pointed at a directory holding files that
+// forknode did not make, the backend refuses to start and deletes nothing;
+// an unmarked directory holding only forknode's names (an older version's)
+// is adopted, and in a marked directory only forknode's names are debris.
+func TestVolumeDirOfSomeoneElse(t *testing.T) {
+	tests := []struct {
+		name    string
+		files   []string // created before the first open
+		wantErr string
+		left    []string // the directory after the open, marker left out
+	}{
+		{"empty", nil, "", nil},
+		{"a mounted filesystem's lost+found", []string{"lost+found/"}, "", []string{"lost+found"}},
+		{"VM disk images", []string{"guest-disk.img", "notes.txt", ".swap.tmp"}, "holds files forknode did not make (.swap.tmp, guest-disk.img, notes.txt)",
+			[]string{".swap.tmp", "guest-disk.img", "notes.txt"}},
+		{"one foreign image among forknode's", []string{"vol_a.img", "disk.img"}, "(disk.img)", []string{"disk.img", "vol_a.img"}},
+		{"only forknode's debris: adopted and cleaned", []string{"vol_a.img", ".vol_b.img.tmp", ".snap_vol_c.json.tmp"}, "", nil},
+		{"the pacing probe of an older version", []string{ProbeFileName}, "", []string{ProbeFileName}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for _, f := range tc.files {
+				if name, ok := strings.CutSuffix(f, "/"); ok {
+					if err := os.Mkdir(filepath.Join(dir, name), 0o700); err != nil {
+						t.Fatal(err)
+					}
+					continue
+				}
+				if err := os.WriteFile(filepath.Join(dir, f), []byte("precious"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := NewFileBackend(dir, 0, nil)
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("open: %v, want %q", err, tc.wantErr)
+			}
+			if tc.wantErr != "" && !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v is not ErrInvalid", err)
+			}
+			if got := dirFiles(t, dir); !reflect.DeepEqual(got, tc.left) && !(len(got) == 0 && len(tc.left) == 0) {
+				t.Errorf("directory holds %q, want %q", got, tc.left)
+			}
+			_, statErr := os.Stat(filepath.Join(dir, markerName))
+			if marked := statErr == nil; marked != (tc.wantErr == "") {
+				t.Errorf("marker present %v, want %v", marked, tc.wantErr == "")
+			}
+		})
+	}
+
+	// In a marked directory, a foreign file that turns up later is left.
+	dir := t.TempDir()
+	if _, err := NewFileBackend(dir, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"guest-disk.img", ".other.tmp"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("precious"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := NewFileBackend(dir, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := dirFiles(t, dir); !reflect.DeepEqual(got, []string{".other.tmp", "guest-disk.img"}) {
+		t.Errorf("marked directory holds %q after a restart", got)
+	}
+}

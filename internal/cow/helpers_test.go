@@ -28,7 +28,8 @@ func newTestBackend(t testing.TB, dir string, budget int64) *FileBackend {
 	return b
 }
 
-// dirFiles lists the file names in dir, sorted.
+// dirFiles lists the file names in dir, sorted, leaving out the
+// directory's marker.
 func dirFiles(t testing.TB, dir string) []string {
 	t.Helper()
 	ents, err := os.ReadDir(dir)
@@ -37,7 +38,9 @@ func dirFiles(t testing.TB, dir string) []string {
 	}
 	var out []string
 	for _, e := range ents {
-		out = append(out, e.Name())
+		if e.Name() != markerName {
+			out = append(out, e.Name())
+		}
 	}
 	sort.Strings(out)
 	return out

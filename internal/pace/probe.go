@@ -39,19 +39,36 @@ var ErrNotProbeDevice = errors.New("not an I/O probe device")
 // changes metadata: its cost is the write and the flush alone.
 //
 // path may also be a block device, e.g. a small LV on the disks an LVM
-// backend uses (whose PVs carry no file system for a probe file). Its first
-// probeSlots blocks are overwritten, so it must be empty: its first block
-// all zeros (lvcreate wipes it) or written by an earlier probe.
+// backend uses (whose PVs carry no file system for a probe file).
+//
+// Probes overwrite the first probeSlots blocks, so an existing file or
+// device is used only when every one of those blocks is all zeros (a new
+// LV, a file whose creation was cut short) or was written by a probe.
+// Anything else is someone's data and fails with ErrNotProbeDevice: a
+// mistyped path must not destroy a file, a file system or a RAID member.
 func OpenFileProbe(path string) (*FileProbe, error) {
 	if st, err := os.Stat(path); err == nil && st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0 {
 		return openDeviceProbe(path)
+	} else if err == nil && !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s is not a regular file or a block device", ErrNotProbeDevice, path)
 	}
 	size := int64(probeBlock * probeSlots)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("pace: probe file: %w", err)
 	}
-	if st, err := f.Stat(); err != nil || st.Size() != size {
+	st, err := f.Stat()
+	if err == nil && st.Size() > size {
+		err = fmt.Errorf("%w: %s is %d bytes, larger than a probe file's %d: it holds other data", ErrNotProbeDevice, path, st.Size(), size)
+	}
+	if err == nil {
+		err = probeBlocksOnly(f, st.Size(), path)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if st.Size() != size {
 		if _, err := f.WriteAt(make([]byte, size), 0); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("pace: fill probe file %s: %w", path, err)
@@ -102,12 +119,7 @@ func openDeviceProbe(path string) (*FileProbe, error) {
 		err = fmt.Errorf("%w: %s is %d bytes, the probe needs %d", ErrNotProbeDevice, path, size, probeBlock*probeSlots)
 	}
 	if err == nil {
-		first := alignedBlock()
-		if _, err = f.ReadAt(first, 0); err != nil {
-			err = fmt.Errorf("pace: read probe device %s: %w", path, err)
-		} else if string(first[:len(probeMagic)]) != probeMagic && !allZero(first) {
-			err = fmt.Errorf("%w: %s holds data a probe did not write; give it an empty device (lvcreate zeroes the start of a new LV)", ErrNotProbeDevice, path)
-		}
+		err = probeBlocksOnly(f, probeBlock*probeSlots, path)
 	}
 	if err != nil {
 		f.Close()
@@ -121,6 +133,24 @@ func openDeviceProbe(path string) (*FileProbe, error) {
 		return nil, fmt.Errorf("pace: write probe device %s: %w", path, err)
 	}
 	return p, nil
+}
+
+// probeBlocksOnly checks the first n bytes of f (at most the probe's
+// blocks): each block must be all zeros or start with probeMagic.
+func probeBlocksOnly(f *os.File, n int64, path string) error {
+	n = min(n, probeBlock*probeSlots)
+	blk := alignedBlock()
+	for off := int64(0); off < n; off += probeBlock {
+		b := blk[:min(probeBlock, n-off)]
+		if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("pace: read probe %s: %w", path, err)
+		}
+		if !allZero(b) && (len(b) < len(probeMagic) || string(b[:len(probeMagic)]) != probeMagic) {
+			return fmt.Errorf("%w: %s holds data a probe did not write at byte %d; give the probe a new file, or an empty device (lvcreate zeroes a new LV)",
+				ErrNotProbeDevice, path, off)
+		}
+	}
+	return nil
 }
 
 func allZero(b []byte) bool {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -183,6 +184,56 @@ func TestFileProbe(t *testing.T) {
 	}
 }
 
+// TestFileProbeRefusesOtherFiles: a path that names someone's file is
+// refused and left as it was; a probe file whose creation was cut short
+// (zeros only) is taken over.
+func TestFileProbeRefusesOtherFiles(t *testing.T) {
+	random := make([]byte, 10<<20)
+	rand.New(rand.NewSource(1)).Read(random)
+	behind := make([]byte, probeBlock*probeSlots)
+	copy(behind[64<<10:], "_BHRfS_M")
+	for _, tc := range []struct {
+		name    string
+		content []byte
+		dir     bool
+		err     error
+	}{
+		{"a 10 MiB file of data", random, false, ErrNotProbeDevice},
+		{"a probe-sized file with data at 64 KiB", behind, false, ErrNotProbeDevice},
+		{"a text file", []byte("remember the milk\n"), false, ErrNotProbeDevice},
+		{"a directory", nil, true, ErrNotProbeDevice},
+		{"a probe file cut short", make([]byte, 8192), false, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "probe")
+			if tc.dir {
+				if err := os.Mkdir(path, 0o700); err != nil {
+					t.Fatal(err)
+				}
+			} else if err := os.WriteFile(path, tc.content, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			p, err := OpenFileProbe(path)
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("open: %v, want %v", err, tc.err)
+			}
+			if err != nil {
+				if got, _ := os.ReadFile(path); !tc.dir && !bytes.Equal(got, tc.content) {
+					t.Fatalf("a refused file was changed: %d bytes, was %d", len(got), len(tc.content))
+				}
+				return
+			}
+			defer p.Close()
+			if _, err := p.Probe(); err != nil {
+				t.Fatal(err)
+			}
+			if st, err := os.Stat(path); err != nil || st.Size() != probeBlock*probeSlots {
+				t.Fatalf("probe file: %v %v", st, err)
+			}
+		})
+	}
+}
+
 // A block device (a small LV on an LVM host) can be the probe, but only an
 // empty one or one a probe wrote before: anything else is left untouched.
 func TestDeviceProbe(t *testing.T) {
@@ -208,6 +259,8 @@ func TestDeviceProbe(t *testing.T) {
 		{"empty", 4 << 20, nil, nil},
 		{"small", 512 << 10, nil, ErrNotProbeDevice},
 		{"holds data", 4 << 20, data, ErrNotProbeDevice},
+		// A btrfs superblock sits at 64 KiB, behind a zero first block.
+		{"data behind a zero first block", 4 << 20, append(make([]byte, 64<<10), data...), ErrNotProbeDevice},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dev := image(tc.name+".img", tc.size, tc.first)
