@@ -118,6 +118,14 @@ func runAgent(args []string) error {
 	if err != nil {
 		return err
 	}
+	if mode, loose := looseKeyMode(f.keyFile); loose {
+		logger.Warn("the cluster key file is readable by other users: it holds the cluster CA's private key and gossip key; chmod 600 it",
+			"file", f.keyFile, "mode", fmt.Sprintf("%04o", mode))
+	}
+	if !f.apiTLS && !loopbackAddr(f.apiAddr) {
+		logger.Warn("the API listens beyond loopback without --api-tls: bearer tokens and volume data cross the network in clear",
+			"api_addr", f.apiAddr)
+	}
 	// Lock the data dir before the backend opens: the LVM backend's start-up
 	// recovery acts on markers that a running agent on this dir owns.
 	lock, err := cluster.LockDataDir(f.dataDir)

@@ -87,3 +87,69 @@ func TestCACommand(t *testing.T) {
 		t.Fatalf("ca without --key: %d %s", code, errOut)
 	}
 }
+
+// A CA given explicitly means TLS: a scheme-less address gets https, and a
+// plain http:// one is refused rather than sending the token in clear.
+func TestClientCAWantsHTTPS(t *testing.T) {
+	dir := t.TempDir()
+	m, err := keys.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(pemFile, m.CAPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, addr, ca, env string
+		wantBase, errText   string
+	}{
+		{name: "--ca, no scheme", addr: "10.0.0.1:7948", ca: pemFile, wantBase: "https://10.0.0.1:7948"},
+		{name: "FORKNODE_CA, no scheme", addr: "10.0.0.1:7948", env: pemFile, wantBase: "https://10.0.0.1:7948"},
+		{name: "--ca, https", addr: "https://10.0.0.1:7948", ca: pemFile, wantBase: "https://10.0.0.1:7948"},
+		{name: "--ca, http", addr: "http://10.0.0.1:7948", ca: pemFile, errText: "plain http, which would send the token unencrypted"},
+		{name: "FORKNODE_CA, http", addr: "http://10.0.0.1:7948", env: pemFile, errText: "plain http"},
+		{name: "no CA, no scheme: http as before", addr: "127.0.0.1:7400", wantBase: "http://127.0.0.1:7400"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("FORKNODE_CA", tc.env)
+			cf := clientFlags{addr: tc.addr, ca: tc.ca, token: "tok"}
+			c, err := cf.client()
+			if tc.errText != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.errText) {
+					t.Fatalf("err %v, want %q", err, tc.errText)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.BaseURL() != tc.wantBase {
+				t.Fatalf("base %s, want %s", c.BaseURL(), tc.wantBase)
+			}
+		})
+	}
+}
+
+func TestLoopbackAddrAndKeyMode(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:7948": true, "[::1]:7948": true, "localhost:7948": true, "127.9.9.9:1": true,
+		":7948": false, "0.0.0.0:7948": false, "10.0.0.1:7948": false, "[::]:7948": false, "nonsense": false,
+	} {
+		if got := loopbackAddr(addr); got != want {
+			t.Errorf("loopbackAddr(%q) = %v, want %v", addr, got, want)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "k")
+	for mode, want := range map[os.FileMode]bool{0o600: false, 0o400: false, 0o640: true, 0o644: true, 0o604: true} {
+		if err := os.WriteFile(path, []byte("{}"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		if _, got := looseKeyMode(path); got != want {
+			t.Errorf("looseKeyMode(%04o) = %v, want %v", mode, got, want)
+		}
+	}
+}

@@ -61,6 +61,17 @@ func (cf *clientFlags) client() (*api.Client, error) {
 	if tok == "" {
 		return nil, usagef("no API token: set FORKNODE_TOKEN=$(forknode token --key cluster.key), or pass --token or --token-file")
 	}
+	// A CA named explicitly means TLS is wanted: an address without a
+	// scheme gets https, and a plain http:// one is refused rather than
+	// sending the token in clear while the CA goes unused.
+	if cf.ca != "" || os.Getenv("FORKNODE_CA") != "" {
+		switch {
+		case strings.HasPrefix(addr, "http://"):
+			return nil, usagef("a CA was given (--ca or FORKNODE_CA) but %s is plain http, which would send the token unencrypted: use https:// with an agent run with --api-tls, or drop the CA", addr)
+		case !strings.Contains(addr, "://"):
+			addr = "https://" + addr
+		}
+	}
 	c, err := api.NewClient(addr, tok)
 	if err != nil {
 		return nil, usagef("%v", err)

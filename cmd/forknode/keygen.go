@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -87,6 +88,29 @@ func keyCommand(name string, fs *flag.FlagSet, args []string) (*keys.Material, e
 		return nil, usagef("%s: --key FILE is required", name)
 	}
 	return loadKey(*keyFile)
+}
+
+// looseKeyMode reports a key file that group or others may read.
+func looseKeyMode(path string) (fs.FileMode, bool) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0, false
+	}
+	return st.Mode().Perm(), st.Mode().Perm()&0o077 != 0
+}
+
+// loopbackAddr reports a host:port whose host is a loopback address (or
+// localhost); ":port" and 0.0.0.0 listen on every interface.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func loadKey(path string) (*keys.Material, error) {

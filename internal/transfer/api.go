@@ -49,6 +49,11 @@ type Options struct {
 	// GiveUp bounds how long Pull keeps reconnecting without any progress
 	// before it fails with ErrAborted (default 30 s).
 	GiveUp time.Duration
+	// PlainPeers lets a server take the puller's name from its hello on a
+	// connection without TLS, for benchmarks and tests on plain TCP. Off
+	// (the default), such a connection is refused as unauthorized: the
+	// name that authorizes a pull must come from a verified certificate.
+	PlainPeers bool
 }
 
 // Progress is a snapshot of a running transfer.

@@ -137,7 +137,7 @@ func runOurs(b *testing.B, img string, size int64, codec, out string) (time.Dura
 	}
 	srv := NewServer(func(ctx context.Context, forkID, peer string) (Source, []Extent, func(), error) {
 		return &fileDev{File: f, size: size}, nil, nil, nil // nil extents: the server finds holes itself
-	}, Options{Codec: codec})
+	}, Options{Codec: codec, PlainPeers: true})
 	go srv.Serve(l)
 	defer srv.Close()
 	args := []string{"-test.run=^TestBenchReceiverChild$", "-test.count=1"}

@@ -148,6 +148,7 @@ func startServer(t testing.TB, open Opener, opts Options) (*Server, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	opts.PlainPeers = true // plain TCP: the hello names the puller
 	s := NewServer(open, opts)
 	go s.Serve(l)
 	t.Cleanup(func() { s.Close() })

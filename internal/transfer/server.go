@@ -185,6 +185,10 @@ func (s *Server) session(c net.Conn, log hclog.Logger) error {
 		return err
 	}
 	if !isTLS {
+		if !s.opts.PlainPeers {
+			s.sendError(c, ErrCodeUnauthorized, "a pull needs a TLS connection with a cluster certificate")
+			return fmt.Errorf("%w: plain connection claiming to be %q", ErrUnauthorized, host)
+		}
 		peer = host
 	}
 	log = log.With("fork", forkID, "peer", peer)

@@ -206,6 +206,30 @@ func TestUnauthorized(t *testing.T) {
 	}
 }
 
+// TestPlainConnectionRefused: without PlainPeers, a server takes the
+// puller's name only from a verified certificate, never from its hello, so
+// a plain connection naming the right target host is refused unopened.
+func TestPlainConnectionRefused(t *testing.T) {
+	const size = 2 << 20
+	src, _, _ := makeImage(t, t.TempDir(), size, 1<<20, []int{blkText}, 5)
+	var opens atomic.Int32
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(fileOpener(t, src, size, nil, &opens), Options{Logger: testLogger(t)})
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+	sink := &memDev{b: make([]byte, size)}
+	_, err = Pull(context.Background(), dialer(l.Addr().String()), "fork-1", "target-a", sink, Options{Logger: testLogger(t)})
+	if !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("err = %v, want ErrUnauthorized", err)
+	}
+	if opens.Load() != 0 || sink.writes.Load() != 0 {
+		t.Fatalf("opens %d, writes %d: a plain connection reached the source", opens.Load(), sink.writes.Load())
+	}
+}
+
 func TestRateLimit(t *testing.T) {
 	const size = 8 << 20
 	dir := t.TempDir()

@@ -202,7 +202,7 @@ func serve(args []string) error {
 			return nil, nil, nil, fmt.Errorf("%w: unknown fork %q", transfer.ErrUnauthorized, id)
 		}
 		return source, ext, func() { done <- struct{}{} }, nil
-	}, transfer.Options{Codec: *codec, ChunkSize: *chunk, Window: *window, Logger: log})
+	}, transfer.Options{Codec: *codec, ChunkSize: *chunk, Window: *window, Logger: log, PlainPeers: true}) // plain TCP, as the baseline
 	l, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
