@@ -97,17 +97,19 @@ func TestClusterCapacityRefresh(t *testing.T) {
 		testutil.Eventually(t, 10*time.Second, what, func() bool { return catalogBudget() == want })
 	}
 
-	shift.set(0, nil)
-	wait("n2's budget at 0 in the catalog", 0)
-	if fk, err := tc.fork(tc.nodes[1], fsm.ForkRequest{Source: "src", Name: "nope", Host: "n2"}); !errors.Is(err, fsm.ErrNoRoom) {
-		t.Fatalf("fork to a full n2: %+v %v, want ErrNoRoom", fk, err)
-	}
+	shift.set(50*MiB, nil)
+	wait("n2's budget at 50 MiB in the catalog", 50*MiB)
 	// A measurement that fails keeps the last budget.
 	shift.set(-1, errors.New("statfs: input/output error"))
 	from := shift.measured()
 	testutil.Eventually(t, 10*time.Second, "three failed measurements", func() bool { return shift.measured() >= from+3 })
-	if b := catalogBudget(); b != 0 {
-		t.Fatalf("budget %d after failed measurements, want 0 kept", b)
+	if b := catalogBudget(); b != 50*MiB {
+		t.Fatalf("budget %d after failed measurements, want 50 MiB kept", b)
+	}
+	shift.set(0, nil)
+	wait("n2's budget at 0 in the catalog", 0)
+	if fk, err := tc.fork(tc.nodes[1], fsm.ForkRequest{Source: "src", Name: "nope", Host: "n2"}); !errors.Is(err, fsm.ErrNoRoom) {
+		t.Fatalf("fork to a full n2: %+v %v, want ErrNoRoom", fk, err)
 	}
 	shift.set(-1, nil)
 	wait("n2's budget back at 100 MiB", 100*MiB)

@@ -516,6 +516,69 @@ func TestClusterStreamSourceDies(t *testing.T) {
 	})
 }
 
+// TestClusterLeaderFailsForksOfDeadHosts: with pullers that would wait for
+// minutes, it is the leader that fails a fork whose source or target host
+// died, within DeadHostTimeout (3 s here) and gossip's failure detection;
+// the surviving side then drops its part (the target's partial volume, the
+// source's snapshot).
+func TestClusterLeaderFailsForksOfDeadHosts(t *testing.T) {
+	for _, victim := range []string{"n1", "n2"} { // the source, the target
+		t.Run("dead "+victim, func(t *testing.T) {
+			tc := newTestClusterWith(t, []int64{40 * MiB, 200 * MiB, 200 * MiB}, nil, func(c *Config) {
+				c.RateLimit = 2 * MiB
+				c.StreamCodec = "none"
+				c.streamPatience = 5 * time.Minute
+			})
+			src := tc.createVolume(tc.leader(), "big", "app", "n1", 32*MiB)
+			tc.fill(src, 3)
+			fk, err := tc.fork(tc.leader(), fsm.ForkRequest{Source: src.ID, Name: "big-2", Host: "n2"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			testutil.Eventually(t, 10*time.Second, "stream under way", func() bool {
+				var f fsm.Fork
+				tc.node("n2").View(func(s *fsm.State) { f, _ = s.Fork(fk.ID) })
+				return f.BytesDone > 0 && f.BytesDone < f.BytesTotal
+			})
+			idx := map[string]int{"n1": 0, "n2": 1}[victim]
+			dead := tc.nodes[idx]
+			be := dead.Backend()
+			dead.shutdown(false)
+			tc.nodes[idx] = nil
+			survivor := tc.node(map[string]string{"n1": "n2", "n2": "n1"}[victim])
+			start := time.Now()
+			f := tc.waitFork(survivor, fk.ID, 15*time.Second)
+			took := time.Since(start)
+			if f.State != fsm.ForkFailed || !strings.Contains(f.Error, "host "+victim+" unreachable") {
+				t.Fatalf("fork %s (%q) after %s died, want failed as unreachable", f.State, f.Error, victim)
+			}
+			t.Logf("failed after %s: %s", took.Round(time.Millisecond), f.Error)
+			if victim == "n1" {
+				testutil.Eventually(t, 10*time.Second, "partial target removed from n2", func() bool {
+					return !backendHas(survivor, func(v cow.Volume) bool { return v.ID == fk.TargetVolume })
+				})
+			} else {
+				testutil.Eventually(t, 10*time.Second, "snapshot released on n1", func() bool {
+					return !backendHas(survivor, func(v cow.Volume) bool { return v.Kind == cow.KindSnapshot })
+				})
+				// The partial target stays on the dead host's disk until it
+				// comes back and reconciles.
+				cfg := tc.cfgs[idx]
+				cfg.Join = []string{survivor.GossipAddr()}
+				n, err := New(cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				tc.nodes[idx] = n
+				testutil.Eventually(t, 15*time.Second, "partial target removed after n2's restart", func() bool {
+					_, err := be.Get(context.Background(), fk.TargetVolume)
+					return errors.Is(err, cow.ErrNotFound)
+				})
+			}
+		})
+	}
+}
+
 // An operator cancels a slow fork mid-way through a follower's API: the
 // fork ends failed, the target host removes the partial volume, the source
 // host releases its snapshot, and the source volume is untouched. Both
