@@ -1,6 +1,7 @@
 package cow
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -117,6 +118,15 @@ func verifyFork(t *testing.T, b *FileBackend, id string, atLeast, atMost uint64)
 	if err != nil {
 		t.Fatalf("fsck.ext4 -n -f on fork %s: %v\n%s", id, err, out)
 	}
+	// fsck -n skips a journal replay it would need; the superblock says
+	// whether one is pending, which a fork of an unfrozen source would have.
+	sb, err := exec.Command("dumpe2fs", "-h", dev).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dumpe2fs -h on fork %s: %v\n%s", id, err, sb)
+	}
+	if bytes.Contains(sb, []byte("needs_recovery")) {
+		t.Fatalf("fork %s needs journal recovery: its source was not frozen when it was taken", id)
+	}
 	mp := testutil.Mount(t, dev, "ext4", "ro")
 	n := checkRecords(t, filepath.Join(mp, "records"), atLeast, atMost)
 	t.Logf("fork %s: clean fsck, %d valid records (>= %d synced before)", id, n, atLeast)
@@ -146,6 +156,14 @@ func TestLiveSnapshotAndFork(t *testing.T) {
 			}
 			t.Cleanup(func() { stop() })
 			testutil.Eventually(t, 10*time.Second, "writer progress", func() bool { return w.synced.Load() >= 256 })
+			// While the snapshot is taken, the source must really be frozen:
+			// freezing it again fails with EBUSY.
+			var frozenChecks atomic.Int32
+			frozenHook = func() error {
+				frozenChecks.Add(1)
+				return assertFrozen(mp)
+			}
+			t.Cleanup(func() { frozenHook = nil })
 
 			type fork struct {
 				id      string
@@ -168,6 +186,9 @@ func TestLiveSnapshotAndFork(t *testing.T) {
 				}
 				t.Logf("live clone took %s", time.Since(start))
 				forks = append(forks, fork{"f_clone", syncedBefore})
+			}
+			if got, want := frozenChecks.Load(), int32(len(forks)); got != want {
+				t.Fatalf("the source was frozen %d times for %d forks", got, want)
 			}
 			// The source was thawed: the writer keeps going.
 			after := w.written.Load()
@@ -218,14 +239,27 @@ func TestFreezeAlwaysThaws(t *testing.T) {
 		}
 	}
 	errHook := fmt.Errorf("hook failure")
+	errPanicked := errors.New("panic")
 	for _, tc := range []struct {
 		name string
 		hook func() error
 		set  func()
 		want error
 	}{
-		{"error while frozen", func() error { return errHook }, nil, errHook},
-		{"panic while frozen", func() error { panic("boom") }, nil, nil},
+		// Each hook first checks that the source really is frozen, so that
+		// "thawed afterwards" means something.
+		{"error while frozen", func() error {
+			if err := assertFrozen(mp); err != nil {
+				return err
+			}
+			return errHook
+		}, nil, errHook},
+		{"panic while frozen", func() error {
+			if err := assertFrozen(mp); err != nil {
+				return err
+			}
+			panic("boom")
+		}, nil, errPanicked},
 		{"copy over the freeze limit", nil, func() { b.FreezeTimeout = time.Nanosecond }, ErrBusy},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -239,7 +273,7 @@ func TestFreezeAlwaysThaws(t *testing.T) {
 			func() {
 				defer func() {
 					if r := recover(); r != nil {
-						err = fmt.Errorf("panic: %v", r)
+						err = fmt.Errorf("%w: %v", errPanicked, r)
 					}
 				}()
 				_, err = b.Snapshot(ctx, "pg", "s")
@@ -310,4 +344,23 @@ func TestSnapshotOfAttachedVolumeOnCopyFS(t *testing.T) {
 	if ids := listIDs(t, b); len(ids) != 3 {
 		t.Fatalf("volumes %v: want a, c and s_idle", ids)
 	}
+}
+
+// assertFrozen checks that the filesystem mounted at mp is frozen: a
+// second FIFREEZE fails with EBUSY. If it succeeds instead, it is undone.
+func assertFrozen(mp string) error {
+	f, err := os.Open(mp)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	err = unix.IoctlSetInt(int(f.Fd()), ioctlFIFREEZE, 0)
+	if err == nil {
+		_ = unix.IoctlSetInt(int(f.Fd()), ioctlFITHAW, 0)
+		return fmt.Errorf("%s was not frozen during the snapshot", mp)
+	}
+	if !errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("FIFREEZE %s: %w, want EBUSY (already frozen)", mp, err)
+	}
+	return nil
 }

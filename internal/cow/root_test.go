@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/forknode/forknode/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // hostFS makes a backend directory on a fresh loop-mounted filesystem:
@@ -81,11 +82,25 @@ func TestXFSClone(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeSpots(t, imgPath(b, "src"), size, 64)
+	free := func() int64 {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err != nil {
+			t.Fatal(err)
+		}
+		return int64(st.Bavail) * st.Bsize
+	}
+	freeBefore := free()
 	start := time.Now()
 	v, err := b.Clone(ctx, "src", CreateSpec{ID: "c1", Name: "c1", Owner: "fork_1"})
 	took := time.Since(start)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// A reflink shares the source's 64 MiB of blocks: the filesystem's
+	// free space hardly moves, where a copy, even a fast one, would take
+	// all of it.
+	if used := freeBefore - free(); used > 4<<20 {
+		t.Fatalf("the clone took %d bytes of the filesystem: it copied rather than shared the blocks", used)
 	}
 	// 64 MiB of data would take far longer to copy durably; a reflink is
 	// a metadata operation.

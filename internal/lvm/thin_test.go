@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/forknode/forknode/internal/testutil"
-	"golang.org/x/sys/unix"
 )
 
 const mib = 1 << 20
@@ -117,12 +116,7 @@ func TestParseThinDump(t *testing.T) {
 // not this test's idea of it.
 func TestThinDumpReal(t *testing.T) {
 	testutil.RequireCmd(t, "thin_restore", "thin_dump")
-	dir := t.TempDir()
-	var fs unix.Statfs_t
-	if err := unix.Statfs(dir, &fs); err == nil && fs.Type == unix.TMPFS_MAGIC {
-		// The qemu guest's /tmp; the host tier runs it on disk.
-		t.Skip("thin_restore opens its output with O_DIRECT, which tmpfs refuses")
-	}
+	dir := testutil.DiskTempDir(t) // thin_restore writes with O_DIRECT
 	in := filepath.Join(dir, "in.xml")
 	meta := filepath.Join(dir, "meta")
 	// dev 1 maps blocks 0-2 and 40; dev 2 (a snapshot of it, sharing data

@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Skip skips the test with reason, or fails it when CI=true.
@@ -52,4 +54,29 @@ func Eventually(t testing.TB, timeout time.Duration, msg string, cond func() boo
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// DiskTempDir returns a temporary directory on a disk file system, for
+// tests that need O_DIRECT, which tmpfs refuses: t.TempDir() when it is on
+// disk, else one under /var/tmp, else the test is skipped as a missing
+// tier (a failure under CI=true).
+func DiskTempDir(t testing.TB) string {
+	t.Helper()
+	onTmpfs := func(dir string) bool {
+		var st unix.Statfs_t
+		return unix.Statfs(dir, &st) == nil && st.Type == unix.TMPFS_MAGIC
+	}
+	dir := t.TempDir()
+	if !onTmpfs(dir) {
+		return dir
+	}
+	dir, err := os.MkdirTemp("/var/tmp", "forknode-test-")
+	if err != nil || onTmpfs(dir) {
+		if err == nil {
+			os.RemoveAll(dir)
+		}
+		Skip(t, "no temporary directory on a disk file system (the test needs O_DIRECT, which tmpfs refuses)")
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/forknode/forknode/internal/testutil"
 )
 
 func TestAlignedBuf(t *testing.T) {
@@ -139,10 +141,10 @@ func TestSinkWritePaths(t *testing.T) {
 	_, addr := startServer(t, fileOpener(t, src, size, nil, nil), Options{Logger: testLogger(t)})
 
 	t.Run("direct", func(t *testing.T) {
-		path := filepath.Join(t.TempDir(), "dst.img")
+		path := filepath.Join(testutil.DiskTempDir(t), "dst.img")
 		sink := &countingSink{fileDev: openDev(t, path, size)}
 		if f := openDirect(sink); f == nil {
-			t.Skip("file system refuses O_DIRECT")
+			testutil.Skip(t, "the file system under "+path+" refuses O_DIRECT")
 		} else {
 			f.Close()
 		}
