@@ -27,9 +27,11 @@ func TestStep(t *testing.T) {
 		{"no ceiling means no rate", 10 * mib, 1, 0, false, 0},
 		{"tiny ceiling still moves", 1, 1, 10, false, 1 + 9/50 + 1},
 	}
+	var def Config // the backoff and ramp the controller uses by default
+	def.defaults()
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if got := Step(c.rate, c.floor, c.ceiling, c.congested, 0.7, 50); got != c.want {
+			if got := Step(c.rate, c.floor, c.ceiling, c.congested, def.Backoff, def.Ramp); got != c.want {
 				t.Fatalf("Step(%d, %d, %d, %v) = %d, want %d", c.rate, c.floor, c.ceiling, c.congested, got, c.want)
 			}
 		})
