@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -8,7 +9,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
+	"github.com/forknode/forknode/internal/api"
 	"github.com/forknode/forknode/internal/keys"
 )
 
@@ -49,13 +53,133 @@ func runKeygen(args []string) error {
 }
 
 func runToken(args []string) error {
-	fs := newFlagSet("token", "token --key FILE")
+	if len(args) > 0 {
+		switch args[0] {
+		case "issue":
+			return tokenIssue(args[1:])
+		case "revoke":
+			return tokenRevoke(args[1:])
+		case "revoked":
+			return tokenRevoked(args[1:])
+		}
+	}
+	fs := newFlagSet("token", "token --key FILE   (the cluster token; see also: token issue | revoke | revoked)")
 	m, err := keyCommand("token", fs, args)
 	if err != nil {
 		return err
 	}
 	fmt.Println(m.APIToken())
 	return nil
+}
+
+// tokenIssue signs a token with the cluster key: offline, on the host that
+// holds the key, so operators and CI get a credential that expires, can
+// be read-only, and can be revoked, instead of the cluster token.
+func tokenIssue(args []string) error {
+	fs := newFlagSet("token issue", "token issue --key FILE [--ttl 30d] [--read-only] [--name NAME] [--json]")
+	ttl := fs.String("ttl", "30d", "how long the token is valid (e.g. 12h, 30d); 0 for ever")
+	readOnly := fs.Bool("read-only", false, "the token may only read (GET): status, ls, show")
+	name := fs.String("name", "", "who or what the token is for, carried in the token")
+	asJSON := fs.Bool("json", false, "print the token and its claims as JSON")
+	m, err := keyCommand("token issue", fs, args)
+	if err != nil {
+		return err
+	}
+	c := keys.TokenClaims{Name: *name, Scope: keys.ScopeAdmin}
+	if *readOnly {
+		c.Scope = keys.ScopeRead
+	}
+	now := time.Now()
+	if *ttl != "0" {
+		d, err := parseTTL(*ttl)
+		if err != nil {
+			return usagef("token issue: %v", err)
+		}
+		c.Expires = now.Add(d).Unix()
+	}
+	tok, c, err := m.IssueToken(c, now)
+	if err != nil {
+		return usagef("token issue: %v", err)
+	}
+	if *asJSON {
+		return printJSON(struct {
+			Token string `json:"token"`
+			keys.TokenClaims
+		}{tok, c})
+	}
+	fmt.Println(tok)
+	expires := "never expires"
+	if c.Expires != 0 {
+		expires = "expires " + time.Unix(c.Expires, 0).UTC().Format(time.RFC3339)
+	}
+	fmt.Fprintf(os.Stderr, "token %s (%s scope) %s; revoke it with: forknode token revoke %s\n", c.ID, c.Scope, expires, c.ID)
+	return nil
+}
+
+// tokenRevoke revokes a token through the API, by the token itself (its
+// expiry then bounds how long the catalog keeps the revocation) or its id.
+func tokenRevoke(args []string) error {
+	var cf clientFlags
+	fs := newFlagSet("token revoke", "token revoke TOKEN|ID   (ID \""+keys.ClusterTokenID+"\": the cluster token)")
+	addClientFlags(fs, &cf, false)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("token revoke", pos, 1, "TOKEN or ID"); err != nil {
+		return err
+	}
+	id, exp := pos[0], int64(0)
+	if strings.HasPrefix(id, "fkt1.") {
+		c, err := keys.ParseTokenClaims(id)
+		if err != nil {
+			return usagef("token revoke: %v", err)
+		}
+		id, exp = c.ID, c.Expires
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	if err := c.RevokeToken(context.Background(), id, exp); err != nil {
+		return err
+	}
+	fmt.Printf("token %s revoked\n", id)
+	return nil
+}
+
+func tokenRevoked(args []string) error {
+	var cf clientFlags
+	fs := newFlagSet("token revoked", "token revoked [--json]")
+	addClientFlags(fs, &cf, true)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs("token revoked", pos, 0, "no arguments"); err != nil {
+		return err
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	list, err := c.RevokedTokens(context.Background())
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		return printJSON(api.RevokedTokenList{Revoked: list})
+	}
+	tw := table(os.Stdout)
+	fmt.Fprintln(tw, "ID\tKEPT UNTIL")
+	for _, r := range list {
+		until := "for ever"
+		if r.Expires != 0 {
+			until = time.Unix(r.Expires, 0).UTC().Format(time.RFC3339) + " (the token's expiry)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", r.ID, until)
+	}
+	return tw.Flush()
 }
 
 func runCA(args []string) error {

@@ -88,7 +88,7 @@ func commands() []command {
 		{"agent", "run a forknode node on this host", runAgent},
 		{"dev", "run a 3-node local cluster in this process (--demo: fork through every path)", runDev},
 		{"keygen", "create a cluster key file", runKeygen},
-		{"token", "print the API token of a cluster key (for FORKNODE_TOKEN)", runToken},
+		{"token", "API tokens: the cluster token of a key; token issue (scoped, expiring), revoke, revoked", runToken},
 		{"ca", "print the cluster CA certificate, to verify agents run with --api-tls (for FORKNODE_CA)", runCA},
 		{"status", "show the cluster: members, leader, per-host capacity", runStatus},
 		{"volume", "manage volumes: create, ls, show, rm, attach, detach, expire", runVolume},

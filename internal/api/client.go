@@ -214,6 +214,21 @@ func (c *Client) SetTTL(ctx context.Context, idOrName string, ttl time.Duration)
 	return &v, nil
 }
 
+// RevokeToken revokes an API token by id until exp (unix seconds; 0: for
+// ever). Every node refuses it once the revocation has replicated.
+func (c *Client) RevokeToken(ctx context.Context, id string, exp int64) error {
+	return c.Do(ctx, http.MethodPost, "/v1/tokens/revoke", RevokeTokenRequest{ID: id, Expires: exp}, nil, nil)
+}
+
+// RevokedTokens lists the catalog's revocations.
+func (c *Client) RevokedTokens(ctx context.Context) ([]RevokedToken, error) {
+	var out RevokedTokenList
+	if err := c.Do(ctx, http.MethodGet, "/v1/tokens/revoked", nil, &out, nil); err != nil {
+		return nil, err
+	}
+	return out.Revoked, nil
+}
+
 // RemoveNode removes a dead node from the cluster for good (raft voters and
 // catalog). An alive node is refused: stopping it makes it leave.
 func (c *Client) RemoveNode(ctx context.Context, name string) error {

@@ -14,6 +14,7 @@ const (
 	CodeNoRoom           = "no_room"
 	CodeConflict         = "conflict"
 	CodeUnauthorized     = "unauthorized"
+	CodeForbidden        = "forbidden" // a read-only token asked to change something
 	CodeNoLeader         = "no_leader"
 	CodeShuttingDown     = "shutting_down"
 	CodeTimeout          = "timeout"

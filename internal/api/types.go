@@ -41,6 +41,24 @@ type SetTTLRequest struct {
 	TTLSeconds int64 `json:"ttl_seconds"`
 }
 
+// RevokeTokenRequest revokes an issued API token by id ("cluster" for the
+// cluster token) until the token's own expiry (unix seconds; 0: for ever).
+type RevokeTokenRequest struct {
+	ID      string `json:"id"`
+	Expires int64  `json:"expires,omitempty"`
+}
+
+// RevokedToken is one revocation in the catalog.
+type RevokedToken struct {
+	ID      string `json:"id"`
+	Expires int64  `json:"expires,omitempty"`
+}
+
+// RevokedTokenList is the answer of GET /v1/tokens/revoked.
+type RevokedTokenList struct {
+	Revoked []RevokedToken `json:"revoked"`
+}
+
 // MaxTTLSeconds is the longest TTL accepted (about 100 years).
 const MaxTTLSeconds = fsm.MaxTTL / 1e9
 

@@ -7,7 +7,6 @@ package cluster
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -22,6 +21,7 @@ import (
 	"github.com/forknode/forknode/internal/api"
 	"github.com/forknode/forknode/internal/cow"
 	"github.com/forknode/forknode/internal/fsm"
+	"github.com/forknode/forknode/internal/keys"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -29,7 +29,9 @@ import (
 type apiBackend interface {
 	Name() string
 	Backend() cow.Backend
-	APIToken() string
+	// VerifyToken checks a presented bearer token: the cluster token or
+	// an issued one, unexpired and not revoked.
+	VerifyToken(tok string) (keys.TokenClaims, error)
 	Apply(ctx context.Context, t fsm.CommandType, cmd any) (any, error)
 	View(fn func(s *fsm.State))
 	Barrier(ctx context.Context) error
@@ -98,6 +100,8 @@ func (s *apiServer) handler() http.Handler {
 	mux.HandleFunc("/v1/forks/{id}", s.methods(map[string]http.HandlerFunc{"GET": s.getFork}))
 	mux.HandleFunc("/v1/forks/{id}/cancel", s.methods(map[string]http.HandlerFunc{"POST": s.cancelFork}))
 	mux.HandleFunc("/v1/nodes/{name}", s.methods(map[string]http.HandlerFunc{"DELETE": s.removeNode}))
+	mux.HandleFunc("/v1/tokens/revoke", s.methods(map[string]http.HandlerFunc{"POST": s.revokeToken}))
+	mux.HandleFunc("/v1/tokens/revoked", s.methods(map[string]http.HandlerFunc{"GET": s.revokedTokens}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("no such route: %s %s", r.Method, r.URL.Path))
 	})
@@ -131,12 +135,24 @@ func (s *apiServer) methods(m map[string]http.HandlerFunc) http.HandlerFunc {
 
 func (s *apiServer) auth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		want := s.b.APIToken()
 		got, ok := bearer(r.Header.Get("Authorization"))
-		// An empty configured token must never match an empty presented one.
-		if !ok || want == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+		var claims keys.TokenClaims
+		var err error
+		if ok {
+			claims, err = s.b.VerifyToken(got)
+		}
+		if !ok || err != nil {
+			msg := "missing or invalid bearer token (see `forknode token`)"
+			if errors.Is(err, keys.ErrTokenExpired) || errors.Is(err, ErrTokenRevoked) {
+				msg = err.Error() + " (issue a new one with `forknode token issue`)"
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="forknode"`)
-			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, "missing or invalid bearer token (see `forknode token`)")
+			writeError(w, http.StatusUnauthorized, api.CodeUnauthorized, msg)
+			return
+		}
+		if claims.Scope != keys.ScopeAdmin && r.Method != http.MethodGet && r.Method != http.MethodHead {
+			writeError(w, http.StatusForbidden, api.CodeForbidden,
+				fmt.Sprintf("token %s may only read (scope %q); %s %s needs an admin token", claims.ID, claims.Scope, r.Method, r.URL.Path))
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -715,6 +731,33 @@ func (s *apiServer) setTTL(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, v)
+}
+
+func (s *apiServer) revokeToken(w http.ResponseWriter, r *http.Request) {
+	var req api.RevokeTokenRequest
+	if err := decode(w, r, &req); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	ctx, cancel := s.ctx(r, s.reqTO)
+	defer cancel()
+	if _, err := s.apply(ctx, fsm.CmdRevokeToken, &fsm.RevokeTokenCmd{ID: req.ID, Expires: req.Expires}); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("API token revoked", "id", req.ID)
+	writeJSON(w, http.StatusOK, map[string]string{"revoked": req.ID})
+}
+
+func (s *apiServer) revokedTokens(w http.ResponseWriter, r *http.Request) {
+	s.freshen(w, r)
+	out := api.RevokedTokenList{Revoked: []api.RevokedToken{}}
+	s.b.View(func(st *fsm.State) {
+		for _, t := range st.RevokedTokens() {
+			out.Revoked = append(out.Revoked, api.RevokedToken(t))
+		}
+	})
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (s *apiServer) attach(w http.ResponseWriter, r *http.Request) { s.attachDetach(w, r, true) }

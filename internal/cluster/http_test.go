@@ -19,6 +19,7 @@ import (
 	"github.com/forknode/forknode/internal/api"
 	"github.com/forknode/forknode/internal/cow"
 	"github.com/forknode/forknode/internal/fsm"
+	"github.com/forknode/forknode/internal/keys"
 	"github.com/hashicorp/raft"
 )
 
@@ -105,9 +106,14 @@ func (c *memCatalog) apply(t fsm.CommandType, cmd any) (any, error) {
 	return res.Value, res.Err
 }
 
-func (n *memNode) Name() string             { return n.name }
-func (n *memNode) Backend() cow.Backend     { return n.backend }
-func (n *memNode) APIToken() string         { return n.token }
+func (n *memNode) Name() string         { return n.name }
+func (n *memNode) Backend() cow.Backend { return n.backend }
+func (n *memNode) VerifyToken(tok string) (keys.TokenClaims, error) {
+	if n.token == "" || tok != n.token {
+		return keys.TokenClaims{}, keys.ErrTokenInvalid
+	}
+	return keys.TokenClaims{ID: keys.ClusterTokenID, Scope: keys.ScopeAdmin}, nil
+}
 func (n *memNode) View(fn func(*fsm.State)) { n.cat.f.View(fn) }
 func (n *memNode) Status() StatusInfo {
 	return StatusInfo{Node: n.name, Region: "r1", RaftState: "Leader", Leader: n.name,

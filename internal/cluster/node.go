@@ -16,6 +16,7 @@ import (
 
 	"github.com/forknode/forknode/internal/cow"
 	"github.com/forknode/forknode/internal/fsm"
+	"github.com/forknode/forknode/internal/keys"
 	"github.com/hashicorp/go-hclog"
 	sockaddr "github.com/hashicorp/go-sockaddr"
 	"github.com/hashicorp/raft"
@@ -438,8 +439,27 @@ func (n *Node) GossipAddr() string {
 	return net.JoinHostPort(ln.Addr.String(), fmt.Sprint(ln.Port))
 }
 
-// APIToken is the bearer token API clients must present.
+// APIToken is the cluster's own bearer token (see keys.Material.APIToken).
 func (n *Node) APIToken() string { return n.cfg.Keys.APIToken() }
+
+// ErrTokenRevoked: an API token the catalog has revoked.
+var ErrTokenRevoked = errors.New("API token revoked")
+
+// VerifyToken checks a bearer token against the cluster key and the
+// catalog's revocations (this node's copy: a revocation takes effect here
+// once replicated, within milliseconds on a healthy cluster).
+func (n *Node) VerifyToken(tok string) (keys.TokenClaims, error) {
+	c, err := n.cfg.Keys.VerifyToken(tok, time.Now())
+	if err != nil {
+		return c, err
+	}
+	revoked := false
+	n.fsm.View(func(s *fsm.State) { revoked = s.TokenRevoked(c.ID) })
+	if revoked {
+		return c, fmt.Errorf("%w: %s", ErrTokenRevoked, c.ID)
+	}
+	return c, nil
+}
 
 // View reads the local catalog.
 func (n *Node) View(fn func(s *fsm.State)) { n.fsm.View(fn) }

@@ -73,6 +73,8 @@ func (s *State) dispatch(cmd commander) (any, error) {
 		return s.pruneForks(c)
 	case *SetCatalogVersionCmd:
 		return s.setCatalogVersion(c)
+	case *RevokeTokenCmd:
+		return s.revokeToken(c)
 	}
 	return nil, fmt.Errorf("%w: %w %T", ErrInvalid, ErrUnknownCommand, cmd)
 }
@@ -482,5 +484,26 @@ func (s *State) setCatalogVersion(c *SetCatalogVersionCmd) (any, error) {
 		return nil, fmt.Errorf("%w: catalog version 0", ErrInvalid)
 	}
 	s.version = max(s.version, c.Version)
+	return nil, nil
+}
+
+// revokeToken records a revocation, and drops the ones whose tokens have
+// expired by the command's time (they can no longer be presented).
+func (s *State) revokeToken(c *RevokeTokenCmd) (any, error) {
+	if c.ID == "" || len(c.ID) > 128 {
+		return nil, fmt.Errorf("%w: token id %q", ErrInvalid, c.ID)
+	}
+	if c.Expires < 0 {
+		return nil, fmt.Errorf("%w: expiry %d", ErrInvalid, c.Expires)
+	}
+	now := c.Time / 1e9
+	for id, exp := range s.revoked {
+		if exp != 0 && exp <= now {
+			delete(s.revoked, id)
+		}
+	}
+	if c.Expires == 0 || c.Expires > now {
+		s.revoked[c.ID] = c.Expires
+	}
 	return nil, nil
 }

@@ -24,6 +24,8 @@ const (
 	CmdPruneForks CommandType = 12
 	// CmdSetCatalogVersion raises the catalog version (see CatalogVersion).
 	CmdSetCatalogVersion CommandType = 13
+	// CmdRevokeToken revokes an issued API token (catalog version 2).
+	CmdRevokeToken CommandType = 14
 
 	IgnoreUnknownFlag CommandType = 0x80
 )
@@ -39,11 +41,15 @@ const (
 // than the recorded version. An older node refuses an unknown type too, so
 // both sides agree instead of diverging. The recorded version never goes
 // down, and the leader adds no server that gossips an older one.
-const CatalogVersion uint32 = 1
+//
+// Version 2 added CmdRevokeToken.
+const CatalogVersion uint32 = 2
 
 // since is the catalog version that introduced each command type. A type
 // missing here is from version 1.
-var since = map[CommandType]uint32{}
+var since = map[CommandType]uint32{
+	CmdRevokeToken: 2,
+}
 
 // Since returns the catalog version a command type needs.
 func (t CommandType) Since() uint32 {
@@ -165,6 +171,15 @@ type FinishForkCmd struct {
 type SetCatalogVersionCmd struct {
 	Header
 	Version uint32 `json:"version"`
+}
+
+// RevokeTokenCmd revokes the API token with ID until Expires (unix
+// seconds, the token's own expiry; 0 for ever). Revocations of tokens that
+// have expired are dropped as later ones are applied.
+type RevokeTokenCmd struct {
+	Header
+	ID      string `json:"id"`
+	Expires int64  `json:"expires,omitempty"`
 }
 
 // NoopCmd changes nothing. The leader commits one to give a follower's

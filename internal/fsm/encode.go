@@ -44,6 +44,8 @@ func newCommand(t CommandType) commander {
 		return &PruneForksCmd{}
 	case CmdSetCatalogVersion:
 		return &SetCatalogVersionCmd{}
+	case CmdRevokeToken:
+		return &RevokeTokenCmd{}
 	}
 	return nil
 }
@@ -55,7 +57,7 @@ func (t CommandType) String() string {
 		CmdSetVolumeState: "SetVolumeState", CmdDeleteVolume: "DeleteVolume", CmdCreateFork: "CreateFork",
 		CmdForkProgress: "ForkProgress", CmdFinishFork: "FinishFork", CmdSetHostAlive: "SetHostAlive",
 		CmdNoop: "Noop", CmdSetVolumeTTL: "SetVolumeTTL", CmdPruneForks: "PruneForks",
-		CmdSetCatalogVersion: "SetCatalogVersion",
+		CmdSetCatalogVersion: "SetCatalogVersion", CmdRevokeToken: "RevokeToken",
 	}
 	flag := ""
 	if t&IgnoreUnknownFlag != 0 {

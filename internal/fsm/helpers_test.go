@@ -182,6 +182,9 @@ func compareStates(t testing.TB, a, b *FSM) {
 			if !reflect.DeepEqual(sa.ActiveForks(), sb.ActiveForks()) {
 				t.Fatalf("active forks differ")
 			}
+			if !reflect.DeepEqual(sa.RevokedTokens(), sb.RevokedTokens()) {
+				t.Fatalf("revoked tokens differ: %v vs %v", sa.RevokedTokens(), sb.RevokedTokens())
+			}
 			if sa.version != sb.version {
 				t.Fatalf("catalog version differs: %d vs %d", sa.version, sb.version)
 			}

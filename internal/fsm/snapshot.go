@@ -30,6 +30,8 @@ const (
 	recApplied byte = 5
 	// recVersion holds the recorded catalog version, when there is one.
 	recVersion byte = 6
+	// recRevoked is one revoked API token.
+	recRevoked byte = 7
 
 	// maxRecord guards Restore against a corrupt length asking for gigabytes.
 	maxRecord = 16 << 20
@@ -47,6 +49,7 @@ type snapshot struct {
 	results []*resultRecord
 	applied uint64
 	version uint32
+	revoked []RevokedToken
 }
 
 // Snapshot takes the record pointers under the read lock (no struct copies,
@@ -63,6 +66,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		results: s.rememberedResults(),
 		applied: s.applied,
 		version: s.version,
+		revoked: s.RevokedTokens(), // a copy: the map changes under Apply
 	}
 	for _, h := range s.hosts {
 		snap.hosts = append(snap.hosts, h)
@@ -131,6 +135,11 @@ func (sn *snapshot) write(w io.Writer) error {
 	}
 	if sn.version != 0 {
 		if err := rec(recVersion, versionRecord{Version: sn.version}); err != nil {
+			return err
+		}
+	}
+	for _, r := range sn.revoked {
+		if err := rec(recRevoked, r); err != nil {
 			return err
 		}
 	}
@@ -220,6 +229,15 @@ func (s *State) restoreRecord(t byte, body []byte) error {
 			return err
 		}
 		s.version = v.Version
+	case recRevoked:
+		var r RevokedToken
+		if err := json.Unmarshal(body, &r); err != nil {
+			return err
+		}
+		if r.ID == "" {
+			return errors.New("revoked token without id")
+		}
+		s.revoked[r.ID] = r.Expires
 	case recHost:
 		h := &Host{}
 		if err := json.Unmarshal(body, h); err != nil {

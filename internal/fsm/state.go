@@ -26,6 +26,8 @@ type State struct {
 
 	applied uint64 // raft index of the last applied entry
 	version uint32 // catalog version recorded by CmdSetCatalogVersion (0: none yet)
+	// revoked API token ids -> the token's expiry (unix seconds, 0: never).
+	revoked map[string]int64
 
 	// Idempotency: RequestID -> first result, plus apply order for eviction.
 	results    map[string]*resultRecord
@@ -48,6 +50,7 @@ func newState(maxResults int) *State {
 		used:       map[string]int64{},
 		active:     map[string]*Fork{},
 		results:    map[string]*resultRecord{},
+		revoked:    map[string]int64{},
 		maxResults: maxResults,
 	}
 }
@@ -419,3 +422,26 @@ func (s *State) CatalogVersion() uint32 { return max(s.version, 1) }
 
 // RecordedCatalogVersion is the recorded version itself (0: none yet).
 func (s *State) RecordedCatalogVersion() uint32 { return s.version }
+
+// TokenRevoked reports whether the API token with id was revoked.
+func (s *State) TokenRevoked(id string) bool {
+	_, ok := s.revoked[id]
+	return ok
+}
+
+// RevokedTokens lists revoked token ids with their expiry (unix seconds,
+// 0: never), sorted by id.
+func (s *State) RevokedTokens() []RevokedToken {
+	out := make([]RevokedToken, 0, len(s.revoked))
+	for id, exp := range s.revoked {
+		out = append(out, RevokedToken{ID: id, Expires: exp})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// RevokedToken is one revocation.
+type RevokedToken struct {
+	ID      string `json:"id"`
+	Expires int64  `json:"expires,omitempty"`
+}

@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"reflect"
 	"testing"
 )
 
@@ -66,4 +67,51 @@ func TestSince(t *testing.T) {
 			t.Errorf("%v needs version %d, above this build's %d", typ, v, CatalogVersion)
 		}
 	}
+}
+
+// TestRevokeToken: revocation needs catalog version 2; a revocation lasts
+// until the token's own expiry and is dropped once a later command's time
+// has passed it.
+func TestRevokeToken(t *testing.T) {
+	f := New(nil)
+	at := func(sec int64) Header { h := hdr(); h.Time = sec * 1e9; return h }
+	revoked := func() []RevokedToken {
+		var out []RevokedToken
+		f.View(func(s *State) { out = s.RevokedTokens() })
+		return out
+	}
+	steps := []struct {
+		name    string
+		typ     CommandType
+		cmd     any
+		wantErr error
+		want    []RevokedToken
+	}{
+		{"refused at version 1", CmdRevokeToken, RevokeTokenCmd{Header: at(100), ID: "tok_a"}, ErrUpgradeRequired, []RevokedToken{}},
+		{"version 2", CmdSetCatalogVersion, SetCatalogVersionCmd{Header: at(100), Version: 2}, nil, []RevokedToken{}},
+		{"no id", CmdRevokeToken, RevokeTokenCmd{Header: at(100)}, ErrInvalid, []RevokedToken{}},
+		{"negative expiry", CmdRevokeToken, RevokeTokenCmd{Header: at(100), ID: "x", Expires: -1}, ErrInvalid, []RevokedToken{}},
+		{"for ever", CmdRevokeToken, RevokeTokenCmd{Header: at(100), ID: "tok_a"}, nil, []RevokedToken{{ID: "tok_a"}}},
+		{"until 200", CmdRevokeToken, RevokeTokenCmd{Header: at(110), ID: "tok_b", Expires: 200}, nil,
+			[]RevokedToken{{ID: "tok_a"}, {ID: "tok_b", Expires: 200}}},
+		{"already expired: nothing to keep", CmdRevokeToken, RevokeTokenCmd{Header: at(150), ID: "tok_c", Expires: 120}, nil,
+			[]RevokedToken{{ID: "tok_a"}, {ID: "tok_b", Expires: 200}}},
+		{"the cluster token", CmdRevokeToken, RevokeTokenCmd{Header: at(190), ID: "cluster"}, nil,
+			[]RevokedToken{{ID: "cluster"}, {ID: "tok_a"}, {ID: "tok_b", Expires: 200}}},
+		{"tok_b expired by then: dropped", CmdRevokeToken, RevokeTokenCmd{Header: at(200), ID: "tok_d", Expires: 900}, nil,
+			[]RevokedToken{{ID: "cluster"}, {ID: "tok_a"}, {ID: "tok_d", Expires: 900}}},
+	}
+	for _, st := range steps {
+		res := apply(t, f, st.typ, st.cmd)
+		if st.wantErr == nil && res.Err != nil {
+			t.Fatalf("%s: %v", st.name, res.Err)
+		}
+		if st.wantErr != nil {
+			wantErr(t, res.Err, st.wantErr)
+		}
+		if got := revoked(); !reflect.DeepEqual(got, st.want) {
+			t.Fatalf("%s: revoked %v, want %v", st.name, got, st.want)
+		}
+	}
+	testSnapshotRestore(t, f)
 }

@@ -1,0 +1,105 @@
+package cluster
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/forknode/forknode/internal/api"
+	"github.com/forknode/forknode/internal/fsm"
+	"github.com/forknode/forknode/internal/keys"
+	"github.com/forknode/forknode/internal/testutil"
+)
+
+// TestClusterIssuedTokens: issued tokens work on every node within their
+// scope and expiry, and a revocation through one node holds on the others,
+// for an issued token and for the cluster token itself.
+func TestClusterIssuedTokens(t *testing.T) {
+	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB}, nil)
+	testutil.Eventually(t, 10*time.Second, "catalog version 2", func() bool {
+		return tc.nodes[0].Status().CatalogVersion >= 2 && tc.nodes[1].Status().CatalogVersion >= 2
+	})
+	now := time.Now()
+	issue := func(c keys.TokenClaims) string {
+		tok, _, err := tc.key.IssueToken(c, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	admin := issue(keys.TokenClaims{ID: "tok_admin", Scope: keys.ScopeAdmin, Expires: now.Add(time.Hour).Unix()})
+	read := issue(keys.TokenClaims{ID: "tok_read", Scope: keys.ScopeRead})
+	expired := issue(keys.TokenClaims{ID: "tok_old", Scope: keys.ScopeAdmin, Expires: now.Add(-time.Minute).Unix()})
+	client := func(n *Node, tok string) *api.Client {
+		c, err := api.NewClient(n.APIAddr(), tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ctx := context.Background()
+	n1, n2 := tc.nodes[0], tc.nodes[1]
+	write := func(c *api.Client) error {
+		_, err := c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "v-" + NewID(""), Size: MiB}, false)
+		return err
+	}
+	read1 := func(c *api.Client) error { _, err := c.Status(ctx); return err }
+
+	for _, step := range []struct {
+		name     string
+		tok      string
+		n        *Node
+		op       func(*api.Client) error
+		wantCode string
+		wantText string
+	}{
+		{"admin token reads", admin, n2, read1, "", ""},
+		{"admin token writes", admin, n1, write, "", ""},
+		{"read token reads", read, n1, read1, "", ""},
+		{"read token may not write", read, n2, write, api.CodeForbidden, "may only read"},
+		{"expired token", expired, n1, read1, api.CodeUnauthorized, "expired"},
+		{"cluster token", n1.APIToken(), n2, write, "", ""},
+	} {
+		err := step.op(client(step.n, step.tok))
+		if step.wantCode == "" && err != nil || step.wantCode != "" && !api.IsCode(err, step.wantCode) {
+			t.Fatalf("%s: %v, want %q", step.name, err, step.wantCode)
+		}
+		if err != nil && !strings.Contains(err.Error(), step.wantText) {
+			t.Fatalf("%s: %v, want it to say %q", step.name, err, step.wantText)
+		}
+	}
+	if err := client(n2, read).RevokeToken(ctx, "tok_admin", 0); !api.IsCode(err, api.CodeForbidden) {
+		t.Fatalf("a read token revoked a token: %v", err)
+	}
+
+	// Revoke the admin token through n1; n2 refuses it too.
+	claims, _ := keys.ParseTokenClaims(admin)
+	if err := client(n1, n1.APIToken()).RevokeToken(ctx, claims.ID, claims.Expires); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the revoked token refused on n2", func() bool {
+		err := read1(client(n2, admin))
+		return api.IsCode(err, api.CodeUnauthorized) && strings.Contains(err.Error(), "revoked")
+	})
+	// The cluster token can be revoked too, leaving issued tokens.
+	admin2 := issue(keys.TokenClaims{ID: "tok_admin2", Scope: keys.ScopeAdmin})
+	if err := client(n2, admin2).RevokeToken(ctx, keys.ClusterTokenID, 0); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the cluster token refused on n1", func() bool {
+		return api.IsCode(read1(client(n1, n1.APIToken())), api.CodeUnauthorized)
+	})
+	if err := write(client(n1, admin2)); err != nil {
+		t.Fatalf("issued admin token after the cluster token's revocation: %v", err)
+	}
+	list, err := client(n1, read).RevokedTokens(ctx)
+	if err != nil || len(list) != 2 || list[0].ID != keys.ClusterTokenID || list[1].ID != "tok_admin" || list[1].Expires != claims.Expires {
+		t.Fatalf("revoked list %+v %v", list, err)
+	}
+	var n int
+	n1.View(func(s *fsm.State) { n = len(s.RevokedTokens()) })
+	if n != 2 {
+		t.Fatalf("catalog holds %d revocations", n)
+	}
+}
