@@ -31,7 +31,7 @@ type clientFlags struct {
 
 func addClientFlags(fs *flag.FlagSet, cf *clientFlags, read bool) {
 	fs.StringVar(&cf.addr, "addr", "", "node API address (default $FORKNODE_ADDR, else "+defaultAddr+")")
-	fs.StringVar(&cf.token, "token", "", "API token (default $FORKNODE_TOKEN)")
+	fs.StringVar(&cf.token, "token", "", "API token (default $FORKNODE_TOKEN); other users see it in ps, so prefer the variable or --token-file")
 	fs.StringVar(&cf.tokenFile, "token-file", "", "file holding the API token, or the cluster key file itself")
 	fs.StringVar(&cf.ca, "ca", "", "for an https:// address of an agent run with --api-tls: the cluster CA PEM (from: forknode ca --key K) or the cluster key file (default $FORKNODE_CA, else the --token-file key, else the system's CAs)")
 	fs.DurationVar(&cf.timeout, "timeout", 30*time.Second, "bound on each API request")

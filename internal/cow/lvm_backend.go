@@ -787,8 +787,6 @@ func (b *LVMBackend) EnsureProbeLV(ctx context.Context) (string, error) {
 	if !errors.Is(err, lvm.ErrNotFound) {
 		return "", fmt.Errorf("look for the probe LV %s/%s: %w", b.vg, ProbeLVName, mapLVMErr(err))
 	}
-	// lvcreate wipes signatures and zeroes the first 4 KiB (-W y -Z y), so
-	// the probe finds the empty device it accepts.
 	if err := b.c.CreateLinear(ctx, b.vg, ProbeLVName, probeLVSize, nil); err != nil {
 		return "", fmt.Errorf("create the probe LV %s/%s: %w", b.vg, ProbeLVName, mapLVMErr(err))
 	}
@@ -796,7 +794,22 @@ func (b *LVMBackend) EnsureProbeLV(ctx context.Context) (string, error) {
 	if l, err = b.c.LV(ctx, b.vg, ProbeLVName); err != nil {
 		return "", fmt.Errorf("probe LV %s/%s after creating it: %w", b.vg, ProbeLVName, mapLVMErr(err))
 	}
-	return probePath(b.vg, l), nil
+	// lvcreate zeroes only the first 4 KiB; the probe accepts a device
+	// whose first MiB is zeros or its own, and extents reused from a
+	// removed LV hold old data. The LV was made just now: it is ours.
+	path := probePath(b.vg, l)
+	dev, err := openBlockDevice(path, true, false, nil)
+	if err == nil {
+		err = dev.Zero(0, dev.Size())
+		if serr := dev.Sync(); err == nil {
+			err = serr
+		}
+		dev.Close()
+	}
+	if err != nil {
+		return "", fmt.Errorf("zero the new probe LV %s: %w", path, err)
+	}
+	return path, nil
 }
 
 func probePath(vg string, l lvm.LV) string {

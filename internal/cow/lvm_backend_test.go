@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -175,6 +176,7 @@ type probeFake struct {
 	lvmFake
 	existing string // lv_tags of a probe LV there from the start ("-": none)
 	created  bool
+	path     string // lv_path reported (default /dev/vg0/forknode-ioprobe)
 }
 
 func (f *probeFake) Run(ctx context.Context, args ...string) ([]byte, error) {
@@ -187,7 +189,11 @@ func (f *probeFake) Run(ctx context.Context, args ...string) ([]byte, error) {
 		if f.created {
 			tags = ""
 		}
-		return []byte(`{"report":[{"lv":[{"lv_name":"forknode-ioprobe","vg_name":"vg0","lv_size":"4194304","lv_attr":"-wi-a-----","segtype":"linear","lv_path":"/dev/vg0/forknode-ioprobe","lv_tags":"` + tags + `"}]}]}`), nil
+		path := f.path
+		if path == "" {
+			path = "/dev/vg0/forknode-ioprobe"
+		}
+		return []byte(`{"report":[{"lv":[{"lv_name":"forknode-ioprobe","vg_name":"vg0","lv_size":"4194304","lv_attr":"-wi-a-----","segtype":"linear","lv_path":"` + path + `","lv_tags":"` + tags + `"}]}]}`), nil
 	}
 	return out, err
 }
@@ -205,6 +211,13 @@ func TestLVMBackendEnsureProbeLV(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &probeFake{lvmFake: lvmFake{lvsJSON: `{"report":[{"lv":[]}]}`}, existing: tc.existing}
+			// The "device" a new LV gets: extents a removed LV left full
+			// of data, as on a reused disk (a file stands in for it).
+			old := bytes.Repeat([]byte("stale extent "), (4<<20)/13+1)[:4<<20]
+			f.path = filepath.Join(t.TempDir(), "forknode-ioprobe")
+			if err := os.WriteFile(f.path, old, 0o600); err != nil {
+				t.Fatal(err)
+			}
 			b, err := NewLVMBackend("vg0", LVMOptions{Runner: f})
 			if err != nil {
 				t.Fatal(err)
@@ -217,8 +230,15 @@ func TestLVMBackendEnsureProbeLV(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || path != "/dev/vg0/forknode-ioprobe" {
+			if err != nil || path != f.path {
 				t.Fatalf("path %q, err %v", path, err)
+			}
+			got, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if zeroed := bytes.Equal(got, make([]byte, len(got))); zeroed != tc.creates {
+				t.Fatalf("probe LV zeroed: %v, want %v (only a new LV is ours to zero)", zeroed, tc.creates)
 			}
 			var creates []string
 			for _, c := range f.calls {
@@ -250,12 +270,43 @@ func TestLVMProbeLV(t *testing.T) {
 			t.Errorf("cleanup: remove the probe LV: %v", err)
 		}
 	})
+	// Leave old data in free extents, as a removed LV does on a used disk:
+	// lvcreate zeroes only a new LV's first 4 KiB, the probe needs a MiB.
+	lc := lvm.New(lvm.ExecRunner{Path: os.Getenv("FORKNODE_LVM_PATH")}, nil)
+	if err := lc.CreateLinear(ctx, b.VG(), "stale_data", 8<<20, nil); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := os.OpenFile("/dev/"+b.VG()+"/stale_data", os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stale.Write(bytes.Repeat([]byte{0xA5}, 8<<20)); err != nil {
+		t.Fatal(err)
+	}
+	stale.Sync()
+	stale.Close()
+	if err := lc.Remove(ctx, b.VG(), "stale_data"); err != nil {
+		t.Fatal(err)
+	}
 	path, err := b.EnsureProbeLV(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !isBlockDev(path) {
 		t.Fatalf("probe LV %s is not a block device", path)
+	}
+	head := make([]byte, 1<<20)
+	if f, err := os.Open(path); err != nil {
+		t.Fatal(err)
+	} else {
+		_, err = io.ReadFull(f, head)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(head, make([]byte, len(head))) {
+		t.Fatal("the new probe LV's first MiB holds old data: the pacing probe would refuse it")
 	}
 	again, err := b.EnsureProbeLV(ctx)
 	if err != nil || again != path {
