@@ -52,6 +52,7 @@ func (n *Node) sweep(j *janitor, now time.Time) {
 	defer cancel()
 	n.expireVolumes(ctx, j, now)
 	n.pruneForks(ctx, now)
+	n.sweeps.Add(1)
 }
 
 // expiredVolumes lists ready volumes whose expiry is at or before now and

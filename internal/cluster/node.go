@@ -44,6 +44,8 @@ type Node struct {
 	lagWarned map[string]uint32
 	// reconciles counts the leader's reconcile passes (tests wait on it).
 	reconciles atomic.Int64
+	// sweeps counts the leader's completed janitor sweeps (tests wait on it).
+	sweeps atomic.Int64
 
 	hasState    bool
 	clusterAddr string

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -49,6 +50,8 @@ func TestPacingBacksOffUnderCPULoad(t *testing.T) {
 	}
 	ctx := context.Background()
 	var paced *api.Status
+	var forkErr error // the fork read's error, while it keeps failing
+	var forkErrSince time.Time
 	deadline := time.Now().Add(60 * time.Second)
 	for paced == nil && time.Now().Before(deadline) {
 		st, err := c.client(0).Status(ctx)
@@ -56,14 +59,35 @@ func TestPacingBacksOffUnderCPULoad(t *testing.T) {
 			paced = st
 			break
 		}
-		if g := c.fork(0, f.ID); g.Finished() {
+		// With every CPU busy a request can miss its deadline now and
+		// then: retry on the next round, but fail (with the reason) on a
+		// definite refusal (4xx) or if the fork stays unreadable, instead
+		// of polling a nil fork.
+		fctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		g, err := c.client(0).Fork(fctx, f.ID)
+		cancel()
+		var apiErr *api.Error
+		switch {
+		case errors.As(err, &apiErr) && apiErr.Status < 500:
+			t.Fatalf("reading fork %s: %v (HTTP %d)", f.ID, err, apiErr.Status)
+		case err != nil:
+			if forkErr == nil {
+				forkErrSince = time.Now()
+			}
+			forkErr = err
+			if time.Since(forkErrSince) > 15*time.Second {
+				t.Fatalf("fork %s unreadable for %s under CPU load: %v", f.ID, time.Since(forkErrSince).Round(time.Second), err)
+			}
+		case g.Finished():
 			t.Fatalf("fork finished (%s) before the source ever paced down under CPU load", g.State)
+		default:
+			forkErr = nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if paced == nil {
 		out, _ := c.cli(ctx, 0, "status")
-		t.Fatalf("the source never paced below half its ceiling under CPU load; status:\n%s", out)
+		t.Fatalf("the source never paced below half its ceiling under CPU load (last fork read error: %v); status:\n%s", forkErr, out)
 	}
 	t.Logf("source paced at %d MiB/s of %d (%s)", paced.Pace.Rate/mib, paced.Pace.Ceiling/mib, paced.Pace.Congested)
 	if out, err := c.cli(ctx, 0, "status"); err != nil || !strings.Contains(out, "fork I/O pacing:") {

@@ -106,38 +106,64 @@ func TestSecurityForeignKeyCannotJoin(t *testing.T) {
 			t.Errorf("%s learnt of the intruder: %s", c.name(i), l[0])
 		}
 	}
+	// The intruder must still be running: one that died at once would
+	// pass everything above without ever having tried to join.
 	if intruder.Exited() {
-		t.Logf("the intruder exited: %v", intruder.err)
+		t.Fatalf("the intruder exited (%v) instead of trying to join (its log follows)", intruder.err)
+	}
+	// The intruder's own API (with its own token) answers and knows
+	// nothing of the real cluster.
+	ic := h.APIClient(t, "http://"+h.IP+":7948", strings.TrimSpace(otherTok))
+	ic.Timeout = 5 * time.Second
+	st, err := ic.Status(ctx)
+	if err != nil {
+		t.Errorf("the intruder's API did not answer its status: %v", err)
 	} else {
-		// The intruder's own API (with its own token) knows nothing of
-		// the real cluster.
-		ic := h.APIClient(t, "http://"+h.IP+":7948", strings.TrimSpace(otherTok))
-		ic.Timeout = 5 * time.Second
-		if st, err := ic.Status(ctx); err == nil {
-			for _, m := range st.Members {
-				if m.Name != "intruder" {
-					t.Errorf("the intruder sees member %s", m.Name)
-				}
-			}
-			if len(st.Hosts) > 0 {
-				t.Errorf("the intruder sees hosts %v", ftHostIDs(st))
+		var self bool
+		for _, m := range st.Members {
+			if m.Name == "intruder" {
+				self = true
+			} else {
+				t.Errorf("the intruder sees member %s", m.Name)
 			}
 		}
-		if vols, err := ic.Volumes(ctx); err == nil && len(vols) > 0 {
-			t.Errorf("the intruder reads volumes: %+v", vols)
+		if !self {
+			t.Errorf("the intruder's status does not list the intruder itself (members %v): not the intruder's API?", ftMemberNames(st))
+		}
+		if len(st.Hosts) > 0 {
+			t.Errorf("the intruder sees hosts %v", ftHostIDs(st))
 		}
 	}
-	shown := 0
-	for _, line := range c.logLines(0, h.IP) {
-		if shown < 3 && !strings.Contains(line, "DEBUG") {
-			t.Logf("n0: %s", line)
-			shown++
+	if vols, err := ic.Volumes(ctx); err != nil {
+		t.Errorf("the intruder's API did not answer its volume list: %v", err)
+	} else if len(vols) > 0 {
+		t.Errorf("the intruder reads volumes: %+v", vols)
+	}
+	// The intruder really knocked: it logged failed joins, and a real node
+	// logged the rejection of gossip (memberlist cannot decrypt a packet
+	// sealed with another key) or of a TLS handshake on the cluster port,
+	// from the intruder's address.
+	if l := c.logLines(2, "gossip join failed"); len(l) == 0 {
+		t.Errorf("the intruder never logged a failed gossip join")
+	} else {
+		t.Logf("intruder: %s", l[0])
+	}
+	rejected := func(line string) bool {
+		return strings.Contains(line, "no installed keys could decrypt the message from="+h.IP+":") ||
+			(strings.Contains(line, "rejected cluster connection") && strings.Contains(line, "remote="+h.IP+":"))
+	}
+	var rejections []string
+	for i := 0; i < c.n; i++ {
+		for _, line := range c.logLines(i, h.IP) {
+			if rejected(line) {
+				rejections = append(rejections, c.name(i)+": "+line)
+			}
 		}
 	}
-	for i, line := range c.logLines(2, "join") {
-		if i < 3 {
-			t.Logf("intruder: %s", line)
-		}
+	if len(rejections) == 0 {
+		t.Errorf("no real node logged a rejected gossip or TLS attempt from the intruder's address %s", h.IP)
+	} else {
+		t.Logf("%d rejections of %s, first: %s", len(rejections), h.IP, rejections[0])
 	}
 }
 
