@@ -621,6 +621,7 @@ func (c *pgCluster) leaks(ctx context.Context, allowAttached map[string]bool) st
 		for _, e := range ents {
 			n := e.Name()
 			switch {
+			case n == ".forknode-volumes": // the directory's marker (internal/cow)
 			case strings.HasPrefix(n, "snap_"):
 				problems = append(problems, fmt.Sprintf("%s: leftover snapshot file %s", c.name(i), n))
 			case strings.HasSuffix(n, ".img"):
