@@ -12,6 +12,7 @@ import (
 
 	"github.com/forknode/forknode/internal/cluster"
 	"github.com/forknode/forknode/internal/cow"
+	"github.com/forknode/forknode/internal/pace"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -186,6 +187,11 @@ func paceProbe(f agentFlags, be cow.Backend, logger hclog.Logger) string {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	path, err := pl.EnsureProbeLV(ctx)
+	if err == nil {
+		// The LV is the agent's own: an older release's, or one a crash
+		// left half-zeroed, is readied for the probe's check.
+		err = pace.ReclaimProbeDevice(path)
+	}
 	if err != nil {
 		fallback := paceProbePath(f)
 		logger.Warn("no probe LV for pacing: timing writes to DATA_DIR's disk instead, which may not be the VG's; give --pace-probe",

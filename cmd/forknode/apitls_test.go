@@ -103,12 +103,15 @@ func TestClientCAWantsHTTPS(t *testing.T) {
 	for _, tc := range []struct {
 		name, addr, ca, env string
 		wantBase, errText   string
+		wantTLS             bool
 	}{
 		{name: "--ca, no scheme", addr: "10.0.0.1:7948", ca: pemFile, wantBase: "https://10.0.0.1:7948"},
 		{name: "FORKNODE_CA, no scheme", addr: "10.0.0.1:7948", env: pemFile, wantBase: "https://10.0.0.1:7948"},
 		{name: "--ca, https", addr: "https://10.0.0.1:7948", ca: pemFile, wantBase: "https://10.0.0.1:7948"},
 		{name: "--ca, http", addr: "http://10.0.0.1:7948", ca: pemFile, errText: "plain http, which would send the token unencrypted"},
 		{name: "FORKNODE_CA, http", addr: "http://10.0.0.1:7948", env: pemFile, errText: "plain http"},
+		{name: "--ca, HTTP in capitals", addr: "HTTP://10.0.0.1:7948", ca: pemFile, errText: "plain http"},
+		{name: "--ca, HTTPS in capitals", addr: "HTTPS://10.0.0.1:7948", ca: pemFile, wantBase: "https://10.0.0.1:7948", wantTLS: true},
 		{name: "no CA, no scheme: http as before", addr: "127.0.0.1:7400", wantBase: "http://127.0.0.1:7400"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -126,6 +129,9 @@ func TestClientCAWantsHTTPS(t *testing.T) {
 			}
 			if c.BaseURL() != tc.wantBase {
 				t.Fatalf("base %s, want %s", c.BaseURL(), tc.wantBase)
+			}
+			if tc.wantTLS && !c.HasTLSConfig() {
+				t.Fatal("a CA was given for an https address and is not used")
 			}
 		})
 	}

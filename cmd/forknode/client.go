@@ -65,8 +65,8 @@ func (cf *clientFlags) client() (*api.Client, error) {
 	// scheme gets https, and a plain http:// one is refused rather than
 	// sending the token in clear while the CA goes unused.
 	if cf.ca != "" || os.Getenv("FORKNODE_CA") != "" {
-		switch {
-		case strings.HasPrefix(addr, "http://"):
+		switch lower := strings.ToLower(addr); {
+		case strings.HasPrefix(lower, "http://"):
 			return nil, usagef("a CA was given (--ca or FORKNODE_CA) but %s is plain http, which would send the token unencrypted: use https:// with an agent run with --api-tls, or drop the CA", addr)
 		case !strings.Contains(addr, "://"):
 			addr = "https://" + addr
@@ -76,7 +76,7 @@ func (cf *clientFlags) client() (*api.Client, error) {
 	if err != nil {
 		return nil, usagef("%v", err)
 	}
-	if strings.HasPrefix(addr, "https://") {
+	if strings.HasPrefix(strings.ToLower(addr), "https://") {
 		tlsCfg, err := cf.apiTLS()
 		if err != nil {
 			return nil, err

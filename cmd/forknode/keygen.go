@@ -137,6 +137,11 @@ func tokenRevoke(args []string) error {
 		}
 		id, exp = c.ID, c.Expires
 	}
+	if !keys.ValidTokenID(id) {
+		// Perhaps the cluster token itself: it is revoked by its id, and
+		// is not sent anywhere from here.
+		return usagef("token revoke: that is neither an issued token (fkt1.…) nor a token id (tok_…, or %q for the cluster token)", keys.ClusterTokenID)
+	}
 	c, err := cf.client()
 	if err != nil {
 		return err

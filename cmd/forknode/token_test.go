@@ -64,7 +64,14 @@ func TestTokenIssue(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &js) != nil || js.Scope != keys.ScopeRead || !strings.HasPrefix(js.Token, "fkt1.") || js.ID == "" {
 		t.Fatalf("--json: %d %q", code, out)
 	}
-	if code, _, errOut := capture(t, "token", "revoke"); code != 2 || !strings.Contains(errOut, "TOKEN or ID") {
+	code, _, errOut := capture(t, "token", "revoke")
+	if code != 2 || !strings.Contains(errOut, "TOKEN or ID") {
 		t.Fatalf("revoke without an argument: %d %q", code, errOut)
+	}
+	// The cluster token itself (a secret) is refused before anything is
+	// sent: the address given is not even dialled.
+	code, _, errOut = capture(t, "token", "revoke", m.APIToken(), "--addr", "127.0.0.1:1", "--token", "x")
+	if code != 2 || !strings.Contains(errOut, "neither an issued token") || strings.Contains(errOut, m.APIToken()) {
+		t.Fatalf("revoke of the cluster token's value: %d %q", code, errOut)
 	}
 }

@@ -58,6 +58,13 @@ func NewClient(addr, token string) (*Client, error) {
 // namespaces with it).
 func (c *Client) SetTransport(rt http.RoundTripper) { c.http = &http.Client{Transport: rt} }
 
+// HasTLSConfig reports whether the transport carries its own TLS settings
+// (a CA to verify the node with), rather than the system's.
+func (c *Client) HasTLSConfig() bool {
+	tr, ok := c.http.Transport.(*http.Transport)
+	return ok && tr.TLSClientConfig != nil
+}
+
 // BaseURL is the node's base URL.
 func (c *Client) BaseURL() string { return c.base.String() }
 

@@ -64,6 +64,8 @@ var codes = []struct {
 	{"invalid", fsm.ErrInvalid},
 	{"no_room", fsm.ErrNoRoom},
 	{"conflict", fsm.ErrConflict},
+	{"upgrade_required", fsm.ErrUpgradeRequired},
+	{"token_revoked", fsm.ErrTokenRevoked},
 	{"not_leader", raft.ErrNotLeader},
 	{"leadership_lost", raft.ErrLeadershipLost},
 	{"busy", cow.ErrBusy},

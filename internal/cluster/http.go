@@ -155,7 +155,7 @@ func (s *apiServer) auth(next http.Handler) http.Handler {
 				fmt.Sprintf("token %s may only read (scope %q); %s %s needs an admin token", claims.ID, claims.Scope, r.Method, r.URL.Path))
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenIDKey{}, claims.ID)))
 	})
 }
 
@@ -269,6 +269,8 @@ func classify(err error) (int, string) {
 	case errors.Is(err, fsm.ErrNoRoom), errors.Is(err, cow.ErrNoSpace):
 		// 409, not 507: see internal/api/doc.go.
 		return http.StatusConflict, api.CodeNoRoom
+	case errors.Is(err, fsm.ErrTokenRevoked):
+		return http.StatusUnauthorized, api.CodeUnauthorized
 	case errors.Is(err, fsm.ErrUpgradeRequired):
 		return http.StatusConflict, api.CodeUpgradeRequired
 	case errors.Is(err, fsm.ErrConflict), errors.Is(err, cow.ErrBusy):
@@ -479,7 +481,17 @@ func asFork(v any) (fsm.Fork, error) {
 }
 
 // apply runs one command with the write bound.
+// tokenIDKey carries the id of the request's API token in its context.
+type tokenIDKey struct{}
+
+// apply commits a client's command, carrying its token's id so that the
+// catalog refuses it if that token has been revoked by the time it applies.
 func (s *apiServer) apply(ctx context.Context, t fsm.CommandType, cmd any) (any, error) {
+	if id, ok := ctx.Value(tokenIDKey{}).(string); ok {
+		if h, ok := cmd.(interface{ SetTokenID(string) }); ok {
+			h.SetTokenID(id)
+		}
+	}
 	actx, cancel := context.WithTimeout(ctx, s.applyTO)
 	defer cancel()
 	return s.b.Apply(actx, t, cmd)
@@ -737,6 +749,12 @@ func (s *apiServer) revokeToken(w http.ResponseWriter, r *http.Request) {
 	var req api.RevokeTokenRequest
 	if err := decode(w, r, &req); err != nil {
 		s.fail(w, r, err)
+		return
+	}
+	if !keys.ValidTokenID(req.ID) {
+		// Never store what may be a secret pasted in the wrong place.
+		s.fail(w, r, fmt.Errorf("%w: not a token id (%s, or tok_ and 16 hex digits); to revoke a token, pass the token itself to `forknode token revoke`",
+			fsm.ErrInvalid, keys.ClusterTokenID))
 		return
 	}
 	ctx, cancel := s.ctx(r, s.reqTO)

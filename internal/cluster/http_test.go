@@ -956,3 +956,24 @@ func TestHTTPCancelFork(t *testing.T) {
 		t.Fatalf("raced fork: %v %+v", err, f)
 	}
 }
+
+// TestRevokedTokenRefusedAtApply: a node whose own check still accepts a
+// token (its catalog lags) passes the token's id with the command, and the
+// catalog, which has revoked it, refuses the write: 401, nothing made.
+func TestRevokedTokenRefusedAtApply(t *testing.T) {
+	e := newEnv(t)
+	e.mustApply(fsm.CmdSetCatalogVersion, &fsm.SetCatalogVersionCmd{Version: 2})
+	e.mustApply(fsm.CmdRevokeToken, &fsm.RevokeTokenCmd{ID: keys.ClusterTokenID}) // memNode's check knows nothing of it
+	r := do(t, e.srv1, "POST", "/v1/volumes", testToken, strings.NewReader(`{"name":"late","size":1048576}`))
+	if r.status != http.StatusUnauthorized || !strings.Contains(string(r.body), "revoked") {
+		t.Fatalf("write with a revoked token: %d %s", r.status, r.body)
+	}
+	e.n1.View(func(s *fsm.State) {
+		if _, ok := s.VolumeByName("late"); ok {
+			t.Fatal("the volume was made")
+		}
+	})
+	if r := do(t, e.srv1, "GET", "/v1/volumes", testToken, nil); r.status != http.StatusOK {
+		t.Fatalf("read: %d %s", r.status, r.body)
+	}
+}

@@ -194,7 +194,7 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 		}
 	}
 
-	n.raiseCatalogVersion(ctx, cf.Configuration().Servers, members, recorded)
+	n.raiseCatalogVersion(ctx, members, recorded)
 
 	// Fail forks stuck on a dead host.
 	var stuck []fsm.Fork
@@ -223,11 +223,15 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 
 // raiseCatalogVersion records the lowest catalog version that every raft
 // server gossips, when that is above the recorded one. A server whose
-// version gossip has not told yet holds the version where it is.
-func (n *Node) raiseCatalogVersion(ctx context.Context, servers []raft.Server, members []member, recorded uint32) {
-	if len(servers) == 0 {
+// version gossip has not told yet holds the version where it is. The
+// configuration is read again here: a server added earlier in this pass,
+// judged against the old version, must count.
+func (n *Node) raiseCatalogVersion(ctx context.Context, members []member, recorded uint32) {
+	cf := n.raft.GetConfiguration()
+	if cf.Error() != nil || len(cf.Configuration().Servers) == 0 {
 		return
 	}
+	servers := cf.Configuration().Servers
 	byName := map[string]member{}
 	for _, m := range members {
 		byName[m.name] = m

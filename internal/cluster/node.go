@@ -445,7 +445,7 @@ func (n *Node) GossipAddr() string {
 func (n *Node) APIToken() string { return n.cfg.Keys.APIToken() }
 
 // ErrTokenRevoked: an API token the catalog has revoked.
-var ErrTokenRevoked = errors.New("API token revoked")
+var ErrTokenRevoked = fsm.ErrTokenRevoked
 
 // VerifyToken checks a bearer token against the cluster key and the
 // catalog's revocations (this node's copy: a revocation takes effect here

@@ -28,9 +28,9 @@ func TestClusterIssuedTokens(t *testing.T) {
 		}
 		return tok
 	}
-	admin := issue(keys.TokenClaims{ID: "tok_admin", Scope: keys.ScopeAdmin, Expires: now.Add(time.Hour).Unix()})
-	read := issue(keys.TokenClaims{ID: "tok_read", Scope: keys.ScopeRead})
-	expired := issue(keys.TokenClaims{ID: "tok_old", Scope: keys.ScopeAdmin, Expires: now.Add(-time.Minute).Unix()})
+	admin := issue(keys.TokenClaims{ID: "tok_000000000000ad01", Scope: keys.ScopeAdmin, Expires: now.Add(time.Hour).Unix()})
+	read := issue(keys.TokenClaims{ID: "tok_00000000000000e1", Scope: keys.ScopeRead})
+	expired := issue(keys.TokenClaims{ID: "tok_00000000000000d1", Scope: keys.ScopeAdmin, Expires: now.Add(-time.Minute).Unix()})
 	client := func(n *Node, tok string) *api.Client {
 		c, err := api.NewClient(n.APIAddr(), tok)
 		if err != nil {
@@ -69,8 +69,13 @@ func TestClusterIssuedTokens(t *testing.T) {
 			t.Fatalf("%s: %v, want it to say %q", step.name, err, step.wantText)
 		}
 	}
-	if err := client(n2, read).RevokeToken(ctx, "tok_admin", 0); !api.IsCode(err, api.CodeForbidden) {
+	if err := client(n2, read).RevokeToken(ctx, "tok_000000000000ad01", 0); !api.IsCode(err, api.CodeForbidden) {
 		t.Fatalf("a read token revoked a token: %v", err)
+	}
+	// The cluster token pasted as an id: refused, not stored, not echoed.
+	if err := client(n1, n1.APIToken()).RevokeToken(ctx, n1.APIToken(), 0); !api.IsCode(err, api.CodeInvalid) ||
+		strings.Contains(err.Error(), n1.APIToken()[:8]) {
+		t.Fatalf("revoking a secret as an id: %v, want invalid without the secret", err)
 	}
 
 	// Revoke the admin token through n1; n2 refuses it too.
@@ -83,7 +88,7 @@ func TestClusterIssuedTokens(t *testing.T) {
 		return api.IsCode(err, api.CodeUnauthorized) && strings.Contains(err.Error(), "revoked")
 	})
 	// The cluster token can be revoked too, leaving issued tokens.
-	admin2 := issue(keys.TokenClaims{ID: "tok_admin2", Scope: keys.ScopeAdmin})
+	admin2 := issue(keys.TokenClaims{ID: "tok_000000000000ad02", Scope: keys.ScopeAdmin})
 	if err := client(n2, admin2).RevokeToken(ctx, keys.ClusterTokenID, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -94,12 +99,30 @@ func TestClusterIssuedTokens(t *testing.T) {
 		t.Fatalf("issued admin token after the cluster token's revocation: %v", err)
 	}
 	list, err := client(n1, read).RevokedTokens(ctx)
-	if err != nil || len(list) != 2 || list[0].ID != keys.ClusterTokenID || list[1].ID != "tok_admin" || list[1].Expires != claims.Expires {
+	if err != nil || len(list) != 2 || list[0].ID != keys.ClusterTokenID || list[1].ID != "tok_000000000000ad01" || list[1].Expires != claims.Expires {
 		t.Fatalf("revoked list %+v %v", list, err)
 	}
 	var n int
 	n1.View(func(s *fsm.State) { n = len(s.RevokedTokens()) })
 	if n != 2 {
 		t.Fatalf("catalog holds %d revocations", n)
+	}
+}
+
+// TestRevokeNeedsVersion2: on a cluster whose servers apply only catalog
+// version 1, a revocation is refused alike through the leader and through
+// a follower (which forwards it): 409 upgrade_required, not a 500.
+func TestRevokeNeedsVersion2(t *testing.T) {
+	tc := newTestClusterWith(t, []int64{100 * MiB, 100 * MiB}, nil, func(c *Config) { c.catalogVersion = 1 })
+	ctx := context.Background()
+	for _, n := range []*Node{tc.leader(), tc.follower()} {
+		c, err := api.NewClient(n.APIAddr(), n.APIToken())
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.RevokeToken(ctx, "tok_0123456789abcdef", 0)
+		if !api.IsCode(err, api.CodeUpgradeRequired) || !strings.Contains(err.Error(), "catalog version 2") {
+			t.Fatalf("revoke through %s on a version-1 cluster: %v, want upgrade_required", n.Name(), err)
+		}
 	}
 }

@@ -124,3 +124,41 @@ func TestClusterOwnAddressChange(t *testing.T) {
 	})
 	tc.createVolume(n, "after", "app", "n1", 4*MiB)
 }
+
+// TestCatalogVersionNotRaisedPastANewVoter: in one reconcile pass the
+// last old server turns out upgraded while an old member joins. The
+// member is judged against the version recorded before the pass and
+// added; the raise must then count it, not the server list read before.
+func TestCatalogVersionNotRaisedPastANewVoter(t *testing.T) {
+	versions := map[string]uint32{"n1": 2, "n2": 2, "n3": 1}
+	tc := newTestClusterWith(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil, func(c *Config) {
+		c.catalogVersion = versions[c.Name]
+	})
+	var l *Node
+	recorded := func() uint32 {
+		var v uint32
+		l.View(func(s *fsm.State) { v = s.RecordedCatalogVersion() })
+		return v
+	}
+	testutil.Eventually(t, 10*time.Second, "catalog version 1", func() bool {
+		l = tc.leader()
+		return l != nil && recorded() == 1
+	})
+	// The leader's gossip table at one instant: n3 upgraded, n9 on
+	// version 1 joined (at an address nothing listens on).
+	g := l.gossip
+	g.mu.Lock()
+	g.members["n3"].meta.Version = 2
+	g.members["n9"] = &member{name: "n9", addr: "127.0.0.1:1", state: "alive", since: time.Now(),
+		meta: nodeMeta{Region: "r1", ClusterAddr: "127.0.0.1:1", APIAddr: "127.0.0.1:2", Backend: "file", Budget: 100 * MiB, Version: 1}}
+	g.mu.Unlock()
+	from := l.reconciles.Load()
+	testutil.Eventually(t, 10*time.Second, "three reconcile passes", func() bool { return l.reconciles.Load() >= from+3 })
+	voter := false
+	for _, s := range l.raft.GetConfiguration().Configuration().Servers {
+		voter = voter || s.ID == "n9"
+	}
+	if v := recorded(); voter && v > 1 {
+		t.Fatalf("n9 applies catalog version 1 and is a raft voter, and the catalog records version %d", v)
+	}
+}

@@ -356,15 +356,31 @@ func syncDir(dir string) error {
 // A reflinked clone reports its shared blocks as its own, so its future
 // writes are not counted as unwritten: on XFS or btrfs, clones can still
 // overcommit the disk, and --capacity bounds them.
+//
+// Without reflink a snapshot is a full copy that holds disk space while a
+// fork runs. That space is forknode's and comes back when the fork ends,
+// so it is added back: else every fork would move the budget down and up
+// again (a catalog write each way) and show the planner less room than
+// the host has.
 func (b *FileBackend) capacityLocked() (Capacity, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(b.dir, &st); err != nil {
 		return Capacity{}, fmt.Errorf("statfs %s: %w", b.dir, err)
 	}
 	avail := int64(st.Bavail) * int64(st.Bsize)
-	var used, unwritten int64
+	var used, unwritten, snapshots int64
+	allocated := func(path string) int64 {
+		var st unix.Stat_t
+		if unix.Stat(path, &st) != nil {
+			return 0
+		}
+		return st.Blocks * 512
+	}
 	for _, v := range b.vols {
 		if v.Kind != KindVolume {
+			if !b.features.Clone {
+				snapshots += allocated(v.Path)
+			}
 			continue
 		}
 		used += v.Size
@@ -375,13 +391,15 @@ func (b *FileBackend) capacityLocked() (Capacity, error) {
 			unwritten += v.Size // cannot tell: assume it may all be written
 		}
 	}
-	for _, v := range b.pending {
+	for id, v := range b.pending {
 		if v.Kind == KindVolume {
 			used += v.Size
 			unwritten += v.Size
+		} else if !b.features.Clone {
+			snapshots += allocated(filepath.Join(b.dir, "."+id+".img.tmp")) // a copy in progress
 		}
 	}
-	eff := max(used+avail-unwritten, 0)
+	eff := max(used+avail+snapshots-unwritten, 0)
 	if b.budget > 0 && b.budget < eff {
 		eff = b.budget
 	}

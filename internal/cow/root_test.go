@@ -264,3 +264,44 @@ func TestDetachMountedIsBusy(t *testing.T) {
 	}
 	testutil.Unmount(t, mp)
 }
+
+// TestCopySnapshotKeepsBudget: without reflink a snapshot is a full copy,
+// held while a fork runs. Its space is forknode's and comes back, so the
+// budget the agent advertises must not dip by it (a catalog write down and
+// another up for every fork, and less room shown to the planner).
+func TestCopySnapshotKeepsBudget(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t, hostFS(t, "ext4"), 0)
+	if b.Features().Clone {
+		t.Fatal("ext4 host reports reflink")
+	}
+	v, err := b.Create(ctx, CreateSpec{ID: "vol_a", Name: "a", Size: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeSpots(t, v.Path, v.Size, 64) // 64 MiB of data
+	c0, err := b.Capacity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Snapshot(ctx, "vol_a", "snap_vol_b"); err != nil {
+		t.Fatal(err)
+	}
+	c1, err := b.Capacity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := c0.Budget - c1.Budget; d > 1<<20 || d < -(1<<20) {
+		t.Fatalf("a snapshot moved the budget from %d to %d", c0.Budget, c1.Budget)
+	}
+	if err := b.Remove(ctx, "snap_vol_b"); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := b.Capacity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := c0.Budget - c2.Budget; d > 1<<20 || d < -(1<<20) {
+		t.Fatalf("the budget went from %d to %d across a snapshot's life", c0.Budget, c2.Budget)
+	}
+}

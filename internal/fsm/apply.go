@@ -26,6 +26,8 @@ func (s *State) apply(t CommandType, cmd commander) (ApplyResult, bool) {
 	)
 	if need := t.Since(); need > s.CatalogVersion() {
 		err = fmt.Errorf("%w: %v needs catalog version %d, the cluster is at %d", ErrUpgradeRequired, t, need, s.CatalogVersion())
+	} else if h.TokenID != "" && s.TokenRevoked(h.TokenID) {
+		err = fmt.Errorf("%w: %s", ErrTokenRevoked, h.TokenID)
 	} else {
 		val, err = s.dispatch(cmd)
 	}

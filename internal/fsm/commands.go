@@ -69,6 +69,9 @@ var (
 	// ErrUpgradeRequired: the command is newer than the cluster's catalog
 	// version, because some server still runs an older forknode.
 	ErrUpgradeRequired = errors.New("not supported until every server is upgraded")
+	// ErrTokenRevoked: the command came with an API token the catalog has
+	// revoked.
+	ErrTokenRevoked = errors.New("API token revoked")
 )
 
 // Header is embedded in every command. The leader stamps Time (unix nanos)
@@ -82,7 +85,15 @@ type Header struct {
 	RequestID string `json:"request_id"`
 	Time      int64  `json:"time"`
 	Digest    string `json:"digest,omitempty"`
+	// TokenID names the API token a client's command came with. The node
+	// that took the request checked the token against its own copy of the
+	// catalog, which may lag; apply refuses the command, on every replica
+	// alike, if the catalog has revoked that token by then.
+	TokenID string `json:"token_id,omitempty"`
 }
+
+// SetTokenID records the API token a command came with (see Header).
+func (h *Header) SetTokenID(id string) { h.TokenID = id }
 
 type UpsertHostCmd struct {
 	Header

@@ -32,8 +32,8 @@ func populated(t testing.TB) *FSM {
 	mustApply(t, f, CmdFinishFork, FinishForkCmd{Header: hdr(), ForkID: fk3.ID, Error: "boom"})
 	apply(t, f, CmdCreateFork, forkCmd("nothing", "s4")) // remembered error
 	mustApply(t, f, CmdSetCatalogVersion, SetCatalogVersionCmd{Header: hdr(), Version: CatalogVersion})
-	mustApply(t, f, CmdRevokeToken, RevokeTokenCmd{Header: hdr(), ID: "tok_1"})
-	mustApply(t, f, CmdRevokeToken, RevokeTokenCmd{Header: hdr(), ID: "tok_2", Expires: 4e9})
+	mustApply(t, f, CmdRevokeToken, RevokeTokenCmd{Header: hdr(), ID: "tok_0000000000000001"})
+	mustApply(t, f, CmdRevokeToken, RevokeTokenCmd{Header: hdr(), ID: "tok_0000000000000002", Expires: 4e9})
 	return f
 }
 

@@ -259,6 +259,7 @@ var errKinds = []struct {
 	{"no_room", ErrNoRoom},
 	{"conflict", ErrConflict},
 	{"upgrade_required", ErrUpgradeRequired}, // append only: kinds are stored in snapshots
+	{"token_revoked", ErrTokenRevoked},
 }
 
 // appliedError is a domain error rebuilt from a resultRecord: same message,

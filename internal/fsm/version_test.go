@@ -75,6 +75,7 @@ func TestSince(t *testing.T) {
 func TestRevokeToken(t *testing.T) {
 	f := New(nil)
 	at := func(sec int64) Header { h := hdr(); h.Time = sec * 1e9; return h }
+	withToken := func(h Header, id string) Header { h.SetTokenID(id); return h }
 	revoked := func() []RevokedToken {
 		var out []RevokedToken
 		f.View(func(s *State) { out = s.RevokedTokens() })
@@ -100,6 +101,12 @@ func TestRevokeToken(t *testing.T) {
 			[]RevokedToken{{ID: "cluster"}, {ID: "tok_a"}, {ID: "tok_b", Expires: 200}}},
 		{"tok_b expired by then: dropped", CmdRevokeToken, RevokeTokenCmd{Header: at(200), ID: "tok_d", Expires: 900}, nil,
 			[]RevokedToken{{ID: "cluster"}, {ID: "tok_a"}, {ID: "tok_d", Expires: 900}}},
+		// A command that came with a revoked token (through a node whose
+		// catalog lagged) is refused at apply; another token's is not.
+		{"a revoked token's command", CmdUpsertHost, UpsertHostCmd{Header: withToken(at(300), "tok_a"), Host: mkHost("h1", "r", false, GiB)},
+			ErrTokenRevoked, []RevokedToken{{ID: "cluster"}, {ID: "tok_a"}, {ID: "tok_d", Expires: 900}}},
+		{"another token's command", CmdUpsertHost, UpsertHostCmd{Header: withToken(at(300), "tok_z"), Host: mkHost("h1", "r", false, GiB)},
+			nil, []RevokedToken{{ID: "cluster"}, {ID: "tok_a"}, {ID: "tok_d", Expires: 900}}},
 	}
 	for _, st := range steps {
 		res := apply(t, f, st.typ, st.cmd)

@@ -70,8 +70,8 @@ func (m *Material) IssueToken(c TokenClaims, now time.Time) (string, TokenClaims
 		}
 		c.ID = "tok_" + hex.EncodeToString(b[:])
 	}
-	if c.ID == ClusterTokenID || strings.ContainsAny(c.ID, ".") {
-		return "", c, fmt.Errorf("%w: id %q", ErrTokenInvalid, c.ID)
+	if c.ID == ClusterTokenID || !ValidTokenID(c.ID) {
+		return "", c, fmt.Errorf("%w: id %q: want tok_ and 16 hex digits", ErrTokenInvalid, c.ID)
 	}
 	c.Issued = now.Unix()
 	payload, err := json.Marshal(c)
@@ -103,13 +103,32 @@ func (m *Material) VerifyToken(tok string, now time.Time) (TokenClaims, error) {
 	if !hmac.Equal(mac, m.tokenMAC(payload)) {
 		return TokenClaims{}, ErrTokenInvalid
 	}
-	if c.Scope != ScopeAdmin && c.Scope != ScopeRead || c.ID == "" || c.ID == ClusterTokenID {
+	if c.Scope != ScopeAdmin && c.Scope != ScopeRead || c.ID == ClusterTokenID || !ValidTokenID(c.ID) {
 		return TokenClaims{}, ErrTokenInvalid
 	}
 	if c.Expires != 0 && now.Unix() >= c.Expires {
 		return c, fmt.Errorf("%w: token %s expired at %s", ErrTokenExpired, c.ID, time.Unix(c.Expires, 0).UTC().Format(time.RFC3339))
 	}
 	return c, nil
+}
+
+// ValidTokenID reports whether id can name a token: "cluster", or tok_
+// and 16 lowercase hex digits as IssueToken makes them. Revocations take
+// only these, so a secret pasted by mistake is refused, never stored.
+func ValidTokenID(id string) bool {
+	if id == ClusterTokenID {
+		return true
+	}
+	hexPart, ok := strings.CutPrefix(id, "tok_")
+	if !ok || len(hexPart) != 16 {
+		return false
+	}
+	for _, c := range hexPart {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // ParseTokenClaims reads an issued token's claims without verifying them

@@ -153,6 +153,47 @@ func probeBlocksOnly(f *os.File, n int64, path string) error {
 	return nil
 }
 
+// ReclaimProbeDevice readies a block device that is the agent's own probe
+// (the LV it makes for itself) when its first block says it is a probe's
+// or empty: the rest of the probe's first MiB is zeroed. An LV made by an
+// older release, whose later blocks kept what a removed LV left there, or
+// one whose zeroing a crash cut short, then passes OpenFileProbe's check.
+// A device whose first block holds anything else is left as it is.
+func ReclaimProbeDevice(path string) error {
+	if st, err := os.Stat(path); err != nil || st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0 {
+		return fmt.Errorf("%w: %s is not a block device", ErrNotProbeDevice, path)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("pace: open probe device: %w", err)
+	}
+	defer f.Close()
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return fmt.Errorf("pace: probe device %s: %w", path, err)
+	}
+	if size < probeBlock*probeSlots {
+		return fmt.Errorf("%w: %s is %d bytes, the probe needs %d", ErrNotProbeDevice, path, size, probeBlock*probeSlots)
+	}
+	first := make([]byte, probeBlock)
+	if _, err := f.ReadAt(first, 0); err != nil {
+		return fmt.Errorf("pace: read probe device %s: %w", path, err)
+	}
+	if !allZero(first) && string(first[:len(probeMagic)]) != probeMagic {
+		return fmt.Errorf("%w: %s holds data a probe did not write", ErrNotProbeDevice, path)
+	}
+	if probeBlocksOnly(f, probeBlock*probeSlots, path) == nil {
+		return nil // already clean
+	}
+	if _, err := f.WriteAt(make([]byte, probeBlock*probeSlots), 0); err != nil {
+		return fmt.Errorf("pace: clear probe device %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("pace: clear probe device %s: %w", path, err)
+	}
+	return nil
+}
+
 func allZero(b []byte) bool {
 	for _, c := range b {
 		if c != 0 {

@@ -354,3 +354,73 @@ func TestCPUSignalFiresUnderContention(t *testing.T) {
 	}
 	t.Fatalf("CPU signal never fired with %d hogs on %d CPUs (last sample %s)", ncpu+1, ncpu, last)
 }
+
+// TestReclaimProbeDevice: the agent's own probe LV, left by an older
+// release (a probe's first block, old data further on) or half-zeroed by
+// a crash (zeros, then old data), is readied for the probe; anything
+// whose first block is someone else's is left alone. Loop devices stand
+// in for the LV; TestLVMProbeLV runs the LVM side in the qemu guest.
+func TestReclaimProbeDevice(t *testing.T) {
+	testutil.RequireRoot(t)
+	stale := bytes.Repeat([]byte("left by a removed LV "), (4<<20)/21+1)[:4<<20]
+	withFirst := func(first string) []byte {
+		b := append([]byte(nil), stale...)
+		copy(b, make([]byte, probeBlock))
+		copy(b, first)
+		return b
+	}
+	for _, tc := range []struct {
+		name    string
+		content []byte
+		err     error
+	}{
+		{"an older release's probe LV", withFirst(probeMagic + "\x07"), nil},
+		{"zeroing cut short", withFirst(""), nil},
+		{"someone's data from the first block", stale, ErrNotProbeDevice},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img := filepath.Join(t.TempDir(), "lv.img")
+			if err := os.WriteFile(img, tc.content, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			dev := testutil.AttachLoop(t, img)
+			if p, err := OpenFileProbe(dev); err == nil {
+				p.Close()
+				t.Fatal("before: the probe took it; the case proves nothing")
+			}
+			err := ReclaimProbeDevice(dev)
+			if !errors.Is(err, tc.err) || (tc.err == nil) != (err == nil) {
+				t.Fatalf("reclaim: %v, want %v", err, tc.err)
+			}
+			read := func() []byte {
+				f, err := os.Open(dev)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				b := make([]byte, len(tc.content))
+				if _, err := io.ReadFull(f, b); err != nil {
+					t.Fatal(err)
+				}
+				return b
+			}
+			if err != nil {
+				if !bytes.Equal(read(), tc.content) {
+					t.Fatal("a refused device was written to")
+				}
+				return
+			}
+			p, err := OpenFileProbe(dev)
+			if err != nil {
+				t.Fatalf("after reclaim the probe refuses it: %v", err)
+			}
+			p.Close()
+			if got := read(); !bytes.Equal(got[probeBlock*probeSlots:], tc.content[probeBlock*probeSlots:]) {
+				t.Fatal("reclaim wrote past the probe's first MiB")
+			}
+		})
+	}
+	if err := ReclaimProbeDevice(filepath.Join(t.TempDir(), "file")); !errors.Is(err, ErrNotProbeDevice) {
+		t.Fatalf("a path that is not a block device: %v", err)
+	}
+}
