@@ -138,6 +138,17 @@ func runAgent(args []string) error {
 		lock.Release()
 		return err
 	}
+	probe := paceProbe(f, be, logger)
+	if f.paceProbe != "" && f.pace && f.rateLimit > 0 {
+		// Named by the operator: refused, it is an error, not a quiet
+		// fall-back to pacing on CPU alone.
+		p, err := pace.OpenFileProbe(probe)
+		if err != nil {
+			lock.Release()
+			return usagef("agent: --pace-probe %s: %v", probe, err)
+		}
+		p.Close()
+	}
 	var join []string
 	for _, a := range strings.Split(f.join, ",") {
 		if a = strings.TrimSpace(a); a != "" {
@@ -150,7 +161,7 @@ func runAgent(args []string) error {
 		Join: join, BootstrapExpect: f.bootstrapExpect,
 		Backend: be, Keys: km, Logger: logger,
 		RateLimit: f.rateLimit, StreamCodec: f.codec,
-		Pace: f.pace, PaceProbe: paceProbe(f, be, logger), PaceFloor: f.paceFloor,
+		Pace: f.pace, PaceProbe: probe, PaceFloor: f.paceFloor,
 		ForkRetention: forkRetention(f.forkRetention), SweepInterval: f.sweepInterval,
 	})
 	if err != nil {

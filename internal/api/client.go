@@ -135,6 +135,9 @@ func decodeError(status int, data []byte) error {
 	if msg == "" {
 		msg = http.StatusText(status)
 	}
+	if status == http.StatusBadRequest && strings.Contains(msg, "HTTP request to an HTTPS server") {
+		msg += " (the node serves its API over TLS, --api-tls: use an https:// address)"
+	}
 	return &Error{Status: status, Code: codeForStatus(status), Message: fmt.Sprintf("HTTP %d: %s", status, msg)}
 }
 

@@ -242,3 +242,20 @@ func TestHTTPClientCancelFork(t *testing.T) {
 		t.Fatalf("escaped id: %v path=%q", err, gotPath)
 	}
 }
+
+func TestDecodeErrorHints(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		body   string
+		want   string
+	}{
+		{400, "Client sent an HTTP request to an HTTPS server.\n", "use an https:// address"},
+		{502, "<html>bad gateway</html>", "HTTP 502: <html>bad gateway</html>"},
+		{409, `{"error":"no host has room","code":"no_room"}`, "no host has room"},
+	} {
+		err := decodeError(tc.status, []byte(tc.body))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("decodeError(%d, %q) = %v, want %q", tc.status, tc.body, err, tc.want)
+		}
+	}
+}

@@ -42,6 +42,7 @@ type Node struct {
 	// lagWarned: members already warned about for running older catalog
 	// rules, with the version warned about. Only the leader loop uses it.
 	lagWarned map[string]uint32
+	claimed   claimer // the backend's storage, bound to this node
 	// reconciles counts the leader's reconcile passes (tests wait on it).
 	reconciles atomic.Int64
 	// sweeps counts the leader's completed janitor sweeps (tests wait on it).
@@ -107,6 +108,15 @@ func New(cfg Config) (*Node, error) {
 			n.shutdown(false)
 		}
 	}()
+	// A backend whose storage could be shared by mistake (a directory)
+	// is bound to this node before the executor takes anything there it
+	// does not know for a stray.
+	if c, isClaimer := cfg.Backend.(claimer); isClaimer {
+		if err := c.Claim(cfg.Name); err != nil {
+			return nil, err
+		}
+		n.claimed = c
+	}
 
 	srvTLS, cliTLS, err := cfg.Keys.TLS(cfg.Name)
 	if err != nil {
@@ -416,6 +426,9 @@ func (n *Node) shutdown(graceful bool) error {
 			errs = append(errs, err)
 		}
 	}
+	if n.claimed != nil {
+		n.claimed.Unclaim()
+	}
 	n.lock.Release() // last: the raft log is closed
 	return errors.Join(errs...)
 }
@@ -443,6 +456,13 @@ func (n *Node) GossipAddr() string {
 
 // APIToken is the cluster's own bearer token (see keys.Material.APIToken).
 func (n *Node) APIToken() string { return n.cfg.Keys.APIToken() }
+
+// claimer is a backend whose storage is bound to one node while it runs
+// (cow.FileBackend's volume directory).
+type claimer interface {
+	Claim(node string) error
+	Unclaim()
+}
 
 // ErrTokenRevoked: an API token the catalog has revoked.
 var ErrTokenRevoked = fsm.ErrTokenRevoked

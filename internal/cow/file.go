@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -39,6 +40,10 @@ type FileBackend struct {
 	vols    map[string]*Volume
 	pending map[string]Volume // ids being made: reserve name, id and budget
 	sources map[string]int    // ids being read by a snapshot or clone
+
+	claimMu sync.Mutex
+	claim   *os.File // the marker, flocked, once a node claimed the directory
+	owner   string
 }
 
 var _ Backend = (*FileBackend)(nil)
@@ -196,9 +201,21 @@ func claimDir(dir string) error {
 		return fmt.Errorf("read backend dir: %w", err)
 	}
 	var foreign []string
+	names := map[string]bool{}
 	for _, e := range entries {
-		if !ownName(e.Name()) && !knownName(e.Name()) {
-			foreign = append(foreign, e.Name())
+		names[e.Name()] = true
+	}
+	for _, e := range entries {
+		n := e.Name()
+		id, img := strings.CutSuffix(n, ".img")
+		switch {
+		case !ownName(n) && !knownName(n):
+			foreign = append(foreign, n)
+		case img && !names[id+".json"]:
+			// An image without metadata would be removed as the debris of
+			// an interrupted create, but in an unmarked directory nothing
+			// says forknode made it: a user's vol_backup.img looks the same.
+			foreign = append(foreign, n+" (an image without metadata)")
 		}
 	}
 	if len(foreign) > 0 {
@@ -703,4 +720,68 @@ func (b *FileBackend) Detach(ctx context.Context, id string) error {
 	b.log.Info("detached", "id", id, "device", v.Device)
 	*v = nv
 	return nil
+}
+
+// Claim binds the directory to the node that runs on it: the marker gets
+// the node's name, and an exclusive lock on it is held until Release. Two
+// agents on one directory would each take the other's volumes for
+// strays and remove them at start; the second is refused instead, and so
+// is a node of another name on a directory that a node used before.
+// Claiming again for the same node (a restart in the same process) is a
+// no-op.
+func (b *FileBackend) Claim(node string) error {
+	b.claimMu.Lock()
+	defer b.claimMu.Unlock()
+	if b.claim != nil {
+		if b.owner != node {
+			return fmt.Errorf("%w: volume directory %s is claimed by node %s in this process", ErrBusy, b.dir, b.owner)
+		}
+		return nil
+	}
+	f, err := os.OpenFile(filepath.Join(b.dir, markerName), os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("volume directory marker: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("%w: volume directory %s is in use by another agent; give each agent a directory of its own", ErrBusy, b.dir)
+		}
+		return fmt.Errorf("lock the volume directory marker: %w", err)
+	}
+	raw, err := io.ReadAll(f)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("volume directory marker: %w", err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if owner, ok := strings.CutPrefix(line, "node: "); ok && owner != node {
+			f.Close()
+			return fmt.Errorf("%w: volume directory %s belongs to node %s, not %s: its volumes are that node's; give this node a directory of its own",
+				ErrBusy, b.dir, owner, node)
+		} else if ok {
+			b.claim, b.owner = f, node
+			return nil
+		}
+	}
+	if _, err := f.WriteAt([]byte("node: "+node+"\n"), int64(len(raw))); err != nil {
+		f.Close()
+		return fmt.Errorf("volume directory marker: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("volume directory marker: %w", err)
+	}
+	b.claim, b.owner = f, node
+	return nil
+}
+
+// Unclaim drops the lock Claim took.
+func (b *FileBackend) Unclaim() {
+	b.claimMu.Lock()
+	defer b.claimMu.Unlock()
+	if b.claim != nil {
+		b.claim.Close()
+		b.claim, b.owner = nil, ""
+	}
 }

@@ -330,8 +330,10 @@ func TestVolumeDirOfSomeoneElse(t *testing.T) {
 		{"a mounted filesystem's lost+found", []string{"lost+found/"}, "", []string{"lost+found"}},
 		{"VM disk images", []string{"guest-disk.img", "notes.txt", ".swap.tmp"}, "holds files forknode did not make (.swap.tmp, guest-disk.img, notes.txt)",
 			[]string{".swap.tmp", "guest-disk.img", "notes.txt"}},
-		{"one foreign image among forknode's", []string{"vol_a.img", "disk.img"}, "(disk.img)", []string{"disk.img", "vol_a.img"}},
-		{"only forknode's debris: adopted and cleaned", []string{"vol_a.img", ".vol_b.img.tmp", ".snap_vol_c.json.tmp"}, "", nil},
+		{"one foreign image among forknode's", []string{"vol_a.img", "vol_a.json", "disk.img"}, "(disk.img)", []string{"disk.img", "vol_a.img", "vol_a.json"}},
+		{"only forknode's debris: adopted and cleaned", []string{".vol_b.img.tmp", ".snap_vol_c.json.tmp"}, "", nil},
+		{"a user's image named like a volume", []string{"vol_backup.img", "snap_old.img"}, "(snap_old.img (an image without metadata), vol_backup.img (an image without metadata))",
+			[]string{"snap_old.img", "vol_backup.img"}},
 		{"the pacing probe of an older version", []string{ProbeFileName}, "", []string{ProbeFileName}},
 	}
 	for _, tc := range tests {
@@ -380,5 +382,42 @@ func TestVolumeDirOfSomeoneElse(t *testing.T) {
 	}
 	if got := dirFiles(t, dir); !reflect.DeepEqual(got, []string{".other.tmp", "guest-disk.img"}) {
 		t.Errorf("marked directory holds %q after a restart", got)
+	}
+}
+
+// TestVolumeDirClaim: a volume directory is one node's. A second agent on
+// it is refused while the first runs, and a node of another name is
+// refused for good: each would take the other's volumes for strays.
+func TestVolumeDirClaim(t *testing.T) {
+	dir := t.TempDir()
+	b1 := newTestBackend(t, dir, 0)
+	if err := b1.Claim("n1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b1.Claim("n1"); err != nil {
+		t.Fatalf("claiming again for the same node (a restart in process): %v", err)
+	}
+	b2 := newTestBackend(t, dir, 0)
+	for _, tc := range []struct {
+		node, want string
+	}{
+		{"n1", "in use by another agent"},
+		{"n9", "in use by another agent"},
+	} {
+		if err := b2.Claim(tc.node); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("second agent as %s while n1 runs: %v, want %q", tc.node, err, tc.want)
+		}
+	}
+	b1.Unclaim()
+	if err := b2.Claim("n9"); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "belongs to node n1") {
+		t.Fatalf("another node after n1 stopped: %v", err)
+	}
+	if err := b2.Claim("n1"); err != nil {
+		t.Fatalf("n1 again: %v", err)
+	}
+	b2.Unclaim()
+	raw, err := os.ReadFile(filepath.Join(dir, markerName))
+	if err != nil || strings.Count(string(raw), "node: n1\n") != 1 {
+		t.Fatalf("marker %q %v", raw, err)
 	}
 }
