@@ -120,8 +120,8 @@ func tokenIssue(args []string) error {
 // expiry then bounds how long the catalog keeps the revocation) or its id.
 func tokenRevoke(args []string) error {
 	var cf clientFlags
-	fs := newFlagSet("token revoke", "token revoke TOKEN|ID   (ID \""+keys.ClusterTokenID+"\": the cluster token)")
-	addClientFlags(fs, &cf, false)
+	fs := newFlagSet("token revoke", "token revoke TOKEN|ID [--json]   (ID \""+keys.ClusterTokenID+"\": the cluster token)")
+	addClientFlags(fs, &cf, true)
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -146,10 +146,18 @@ func tokenRevoke(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := c.RevokeToken(context.Background(), id, exp); err != nil {
+	res, err := c.RevokeToken(context.Background(), id, exp)
+	if err != nil {
 		return err
 	}
-	fmt.Printf("token %s revoked\n", id)
+	if cf.json {
+		return printJSON(res)
+	}
+	if res.Already {
+		fmt.Printf("token %s was already revoked\n", id)
+	} else {
+		fmt.Printf("token %s revoked\n", id)
+	}
 	return nil
 }
 

@@ -226,8 +226,12 @@ func (c *Client) SetTTL(ctx context.Context, idOrName string, ttl time.Duration)
 
 // RevokeToken revokes an API token by id until exp (unix seconds; 0: for
 // ever). Every node refuses it once the revocation has replicated.
-func (c *Client) RevokeToken(ctx context.Context, id string, exp int64) error {
-	return c.Do(ctx, http.MethodPost, "/v1/tokens/revoke", RevokeTokenRequest{ID: id, Expires: exp}, nil, nil)
+func (c *Client) RevokeToken(ctx context.Context, id string, exp int64) (*RevokeTokenResponse, error) {
+	var out RevokeTokenResponse
+	if err := c.Do(ctx, http.MethodPost, "/v1/tokens/revoke", RevokeTokenRequest{ID: id, Expires: exp}, &out, nil); err != nil {
+		return nil, err
+	}
+	return &out, nil
 }
 
 // RevokedTokens lists the catalog's revocations.

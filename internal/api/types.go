@@ -48,6 +48,14 @@ type RevokeTokenRequest struct {
 	Expires int64  `json:"expires,omitempty"`
 }
 
+// RevokeTokenResponse answers a revocation. Already: the token was
+// revoked before (the request changed nothing but, perhaps, how long the
+// revocation is kept).
+type RevokeTokenResponse struct {
+	ID      string `json:"id"`
+	Already bool   `json:"already,omitempty"`
+}
+
 // RevokedToken is one revocation in the catalog.
 type RevokedToken struct {
 	ID      string `json:"id"`

@@ -759,12 +759,17 @@ func (s *apiServer) revokeToken(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := s.ctx(r, s.reqTO)
 	defer cancel()
+	already := false
+	s.freshen(w, r)
+	s.b.View(func(st *fsm.State) { already = st.TokenRevoked(req.ID) })
 	if _, err := s.apply(ctx, fsm.CmdRevokeToken, &fsm.RevokeTokenCmd{ID: req.ID, Expires: req.Expires}); err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	s.log.Info("API token revoked", "id", req.ID)
-	writeJSON(w, http.StatusOK, map[string]string{"revoked": req.ID})
+	if !already {
+		s.log.Info("API token revoked", "id", req.ID)
+	}
+	writeJSON(w, http.StatusOK, api.RevokeTokenResponse{ID: req.ID, Already: already})
 }
 
 func (s *apiServer) revokedTokens(w http.ResponseWriter, r *http.Request) {

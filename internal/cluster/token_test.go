@@ -69,19 +69,22 @@ func TestClusterIssuedTokens(t *testing.T) {
 			t.Fatalf("%s: %v, want it to say %q", step.name, err, step.wantText)
 		}
 	}
-	if err := client(n2, read).RevokeToken(ctx, "tok_000000000000ad01", 0); !api.IsCode(err, api.CodeForbidden) {
+	if _, err := client(n2, read).RevokeToken(ctx, "tok_000000000000ad01", 0); !api.IsCode(err, api.CodeForbidden) {
 		t.Fatalf("a read token revoked a token: %v", err)
 	}
 	// The cluster token pasted as an id: refused, not stored, not echoed.
-	if err := client(n1, n1.APIToken()).RevokeToken(ctx, n1.APIToken(), 0); !api.IsCode(err, api.CodeInvalid) ||
+	if _, err := client(n1, n1.APIToken()).RevokeToken(ctx, n1.APIToken(), 0); !api.IsCode(err, api.CodeInvalid) ||
 		strings.Contains(err.Error(), n1.APIToken()[:8]) {
 		t.Fatalf("revoking a secret as an id: %v, want invalid without the secret", err)
 	}
 
 	// Revoke the admin token through n1; n2 refuses it too.
 	claims, _ := keys.ParseTokenClaims(admin)
-	if err := client(n1, n1.APIToken()).RevokeToken(ctx, claims.ID, claims.Expires); err != nil {
-		t.Fatal(err)
+	if res, err := client(n1, n1.APIToken()).RevokeToken(ctx, claims.ID, claims.Expires); err != nil || res.Already {
+		t.Fatalf("revoke: %+v %v", res, err)
+	}
+	if res, err := client(n1, n1.APIToken()).RevokeToken(ctx, claims.ID, claims.Expires); err != nil || !res.Already {
+		t.Fatalf("revoke again: %+v %v, want already", res, err)
 	}
 	testutil.Eventually(t, 10*time.Second, "the revoked token refused on n2", func() bool {
 		err := read1(client(n2, admin))
@@ -89,7 +92,7 @@ func TestClusterIssuedTokens(t *testing.T) {
 	})
 	// The cluster token can be revoked too, leaving issued tokens.
 	admin2 := issue(keys.TokenClaims{ID: "tok_000000000000ad02", Scope: keys.ScopeAdmin})
-	if err := client(n2, admin2).RevokeToken(ctx, keys.ClusterTokenID, 0); err != nil {
+	if _, err := client(n2, admin2).RevokeToken(ctx, keys.ClusterTokenID, 0); err != nil {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, 10*time.Second, "the cluster token refused on n1", func() bool {
@@ -120,7 +123,7 @@ func TestRevokeNeedsVersion2(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = c.RevokeToken(ctx, "tok_0123456789abcdef", 0)
+		_, err = c.RevokeToken(ctx, "tok_0123456789abcdef", 0)
 		if !api.IsCode(err, api.CodeUpgradeRequired) || !strings.Contains(err.Error(), "catalog version 2") {
 			t.Fatalf("revoke through %s on a version-1 cluster: %v, want upgrade_required", n.Name(), err)
 		}
