@@ -12,6 +12,14 @@
 // retried command returns its first result instead of acting twice, on every
 // replica alike.
 //
+// Command types are append-only. A type or rule that a release adds waits
+// for the catalog version (CatalogVersion, recorded by the leader with
+// SetCatalogVersion once every raft server supports it): until then apply
+// refuses it with ErrUpgradeRequired on every replica, as an older replica
+// refuses a type it does not know, so replicas of different releases agree.
+// RevokeToken (version 2) keeps revoked API token ids; a command carrying a
+// revoked token's id in its header is refused at apply.
+//
 // Capacity reservations live in the catalog: a volume counts against its
 // host's budget from the moment it is created (state creating) until it fails
 // or is deleted. CreateFork runs PlanFork inside Apply, so forks racing for

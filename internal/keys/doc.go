@@ -8,7 +8,9 @@
 //     as CommonName, for mutually authenticated TLS 1.3 on raft, forwarding
 //     and transfer connections. A peer without a CA-signed certificate cannot
 //     complete a handshake, so it cannot join, vote, read or pull.
-//   - the API bearer token (HMAC of the secret), which the CLI presents.
+//   - the cluster's API bearer token (HMAC of the secret), and the key that
+//     signs issued tokens (token.go): scoped (admin or read), expiring,
+//     revocable by id through the catalog.
 //
 // Holding the file is holding the cluster: it is written 0600.
 package keys
