@@ -236,7 +236,7 @@ func openBackend(f agentFlags, logger hclog.Logger) (cow.Backend, error) {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return nil, fmt.Errorf("volume dir: %w", err)
 		}
-		b, err := cow.NewFileBackend(dir, f.capacity, logger.Named("file"))
+		b, err := cow.OpenFileBackend(dir, f.capacity, f.name, logger.Named("file"))
 		if err != nil {
 			return nil, fmt.Errorf("file backend in %s: %w", dir, err)
 		}

@@ -199,7 +199,7 @@ func startDev(dir string, base int, km *keys.Material, logger hclog.Logger) (nod
 		if err := os.MkdirAll(volDir, 0o750); err != nil {
 			return nodes, fmt.Errorf("%s: %w", name, err)
 		}
-		be, err := cow.NewFileBackend(volDir, devCapacity[i], logger.Named(name))
+		be, err := cow.OpenFileBackend(volDir, devCapacity[i], name, logger.Named(name))
 		if err != nil {
 			return nodes, fmt.Errorf("%s: file backend: %w", name, err)
 		}

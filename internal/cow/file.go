@@ -54,6 +54,14 @@ var _ Backend = (*FileBackend)(nil)
 // metadata, re-discovers loop devices that survived a restart and removes
 // debris of interrupted operations.
 func NewFileBackend(dir string, budget int64, logger hclog.Logger) (*FileBackend, error) {
+	return OpenFileBackend(dir, budget, "", logger)
+}
+
+// OpenFileBackend is NewFileBackend for a node: the directory is claimed
+// for node (see Claim) before anything in it is removed as debris, so a
+// second agent pointed at a directory in use is refused before it touches
+// the first one's files. An empty node claims nothing.
+func OpenFileBackend(dir string, budget int64, node string, logger hclog.Logger) (*FileBackend, error) {
 	if budget < 0 {
 		return nil, fmt.Errorf("%w: budget %d is negative", ErrInvalid, budget)
 	}
@@ -82,6 +90,11 @@ func NewFileBackend(dir string, budget int64, logger hclog.Logger) (*FileBackend
 	}
 	if err := claimDir(abs); err != nil {
 		return nil, err
+	}
+	if node != "" {
+		if err := b.Claim(node); err != nil {
+			return nil, err
+		}
 	}
 	b.features = Features{Backend: "file", Filesystem: fsName(abs)}
 	b.features.Clone, err = probeReflink(abs)

@@ -421,3 +421,27 @@ func TestVolumeDirClaim(t *testing.T) {
 		t.Fatalf("marker %q %v", raw, err)
 	}
 }
+
+// TestOpenClaimsBeforeCleaning: a second agent opened on a directory in
+// use is refused before it removes anything, such as the first agent's
+// create in flight, as debris.
+func TestOpenClaimsBeforeCleaning(t *testing.T) {
+	dir := t.TempDir()
+	b1, err := OpenFileBackend(dir, 0, "n1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b1.Unclaim()
+	inFlight := filepath.Join(dir, ".vol_0000000000000001.img.tmp")
+	if err := os.WriteFile(inFlight, []byte("being written"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, node := range []string{"n9", "n1"} {
+		if _, err := OpenFileBackend(dir, 0, node, nil); !errors.Is(err, ErrBusy) {
+			t.Fatalf("second open as %s: %v, want ErrBusy", node, err)
+		}
+	}
+	if _, err := os.Stat(inFlight); err != nil {
+		t.Fatalf("the first agent's create in flight was removed: %v", err)
+	}
+}
