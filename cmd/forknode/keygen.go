@@ -110,7 +110,7 @@ func tokenIssue(args []string) error {
 	fmt.Println(tok)
 	expires := "never expires"
 	if c.Expires != 0 {
-		expires = "expires " + time.Unix(c.Expires, 0).UTC().Format(time.RFC3339)
+		expires = "expires " + expiresAt(c.Expires*int64(time.Second))
 	}
 	fmt.Fprintf(os.Stderr, "token %s (%s scope) %s; revoke it with: forknode token revoke %s\n", c.ID, c.Scope, expires, c.ID)
 	return nil
@@ -188,7 +188,7 @@ func tokenRevoked(args []string) error {
 	for _, r := range list {
 		until := "for ever"
 		if r.Expires != 0 {
-			until = time.Unix(r.Expires, 0).UTC().Format(time.RFC3339) + " (the token's expiry)"
+			until = expiresAt(r.Expires * int64(time.Second)) // the token's own expiry
 		}
 		fmt.Fprintf(tw, "%s\t%s\n", r.ID, until)
 	}

@@ -34,13 +34,14 @@ func (n *Node) capacityLoop() {
 		}
 		failing = false
 		var old int64
+		moved := false
 		n.gossip.setMeta(func(m *nodeMeta) {
 			old = m.Budget
-			if budgetMoved(old, c.Budget) {
+			if moved = budgetMoved(old, c.Budget); moved {
 				m.Budget = c.Budget
 			}
 		})
-		if !budgetMoved(old, c.Budget) {
+		if !moved {
 			continue
 		}
 		var used int64

@@ -143,7 +143,7 @@ func (s *apiServer) auth(next http.Handler) http.Handler {
 		}
 		if !ok || err != nil {
 			msg := "missing or invalid bearer token (see `forknode token`)"
-			if errors.Is(err, keys.ErrTokenExpired) || errors.Is(err, ErrTokenRevoked) {
+			if errors.Is(err, keys.ErrTokenExpired) || errors.Is(err, fsm.ErrTokenRevoked) {
 				msg = err.Error() + " (issue a new one with `forknode token issue`)"
 			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="forknode"`)
@@ -480,12 +480,12 @@ func asFork(v any) (fsm.Fork, error) {
 	return fsm.Fork{}, fmt.Errorf("catalog returned %T, want a fork", v)
 }
 
-// apply runs one command with the write bound.
 // tokenIDKey carries the id of the request's API token in its context.
 type tokenIDKey struct{}
 
-// apply commits a client's command, carrying its token's id so that the
-// catalog refuses it if that token has been revoked by the time it applies.
+// apply commits a client's command within the write bound, carrying its
+// token's id so that the catalog refuses it if that token has been revoked
+// by the time it applies.
 func (s *apiServer) apply(ctx context.Context, t fsm.CommandType, cmd any) (any, error) {
 	if id, ok := ctx.Value(tokenIDKey{}).(string); ok {
 		if h, ok := cmd.(interface{ SetTokenID(string) }); ok {

@@ -464,9 +464,6 @@ type claimer interface {
 	Unclaim()
 }
 
-// ErrTokenRevoked: an API token the catalog has revoked.
-var ErrTokenRevoked = fsm.ErrTokenRevoked
-
 // VerifyToken checks a bearer token against the cluster key and the
 // catalog's revocations (this node's copy: a revocation takes effect here
 // once replicated, within milliseconds on a healthy cluster).
@@ -478,7 +475,7 @@ func (n *Node) VerifyToken(tok string) (keys.TokenClaims, error) {
 	revoked := false
 	n.fsm.View(func(s *fsm.State) { revoked = s.TokenRevoked(c.ID) })
 	if revoked {
-		return c, fmt.Errorf("%w: %s", ErrTokenRevoked, c.ID)
+		return c, fmt.Errorf("%w: %s", fsm.ErrTokenRevoked, c.ID)
 	}
 	return c, nil
 }

@@ -399,25 +399,25 @@ func (b *FileBackend) capacityLocked() (Capacity, error) {
 	}
 	avail := int64(st.Bavail) * int64(st.Bsize)
 	var used, unwritten, snapshots int64
-	allocated := func(path string) int64 {
+	allocated := func(path string) (int64, bool) {
 		var st unix.Stat_t
 		if unix.Stat(path, &st) != nil {
-			return 0
+			return 0, false
 		}
-		return st.Blocks * 512
+		return st.Blocks * 512, true
 	}
 	for _, v := range b.vols {
-		if v.Kind != KindVolume {
+		a, ok := allocated(v.Path)
+		switch {
+		case v.Kind != KindVolume:
 			if !b.features.Clone {
-				snapshots += allocated(v.Path)
+				snapshots += a
 			}
-			continue
-		}
-		used += v.Size
-		var fst unix.Stat_t
-		if err := unix.Stat(v.Path, &fst); err == nil {
-			unwritten += max(v.Size-fst.Blocks*512, 0)
-		} else {
+		case ok:
+			used += v.Size
+			unwritten += max(v.Size-a, 0)
+		default:
+			used += v.Size
 			unwritten += v.Size // cannot tell: assume it may all be written
 		}
 	}
@@ -426,7 +426,8 @@ func (b *FileBackend) capacityLocked() (Capacity, error) {
 			used += v.Size
 			unwritten += v.Size
 		} else if !b.features.Clone {
-			snapshots += allocated(filepath.Join(b.dir, "."+id+".img.tmp")) // a copy in progress
+			a, _ := allocated(filepath.Join(b.dir, "."+id+".img.tmp")) // a copy in progress
+			snapshots += a
 		}
 	}
 	eff := max(used+avail+snapshots-unwritten, 0)
@@ -736,7 +737,7 @@ func (b *FileBackend) Detach(ctx context.Context, id string) error {
 }
 
 // Claim binds the directory to the node that runs on it: the marker gets
-// the node's name, and an exclusive lock on it is held until Release. Two
+// the node's name, and an exclusive lock on it is held until Unclaim. Two
 // agents on one directory would each take the other's volumes for
 // strays and remove them at start; the second is refused instead, and so
 // is a node of another name on a directory that a node used before.
@@ -755,37 +756,40 @@ func (b *FileBackend) Claim(node string) error {
 	if err != nil {
 		return fmt.Errorf("volume directory marker: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	if err := claimMarker(f, b.dir, node); err != nil {
 		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return fmt.Errorf("%w: volume directory %s is in use by another agent; give each agent a directory of its own", ErrBusy, b.dir)
-		}
+		return err
+	}
+	b.claim, b.owner = f, node
+	return nil
+}
+
+// claimMarker locks the marker f and checks or records its node.
+func claimMarker(f *os.File, dir, node string) error {
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); errors.Is(err, unix.EWOULDBLOCK) {
+		return fmt.Errorf("%w: volume directory %s is in use by another agent; give each agent a directory of its own", ErrBusy, dir)
+	} else if err != nil {
 		return fmt.Errorf("lock the volume directory marker: %w", err)
 	}
 	raw, err := io.ReadAll(f)
 	if err != nil {
-		f.Close()
 		return fmt.Errorf("volume directory marker: %w", err)
 	}
 	for _, line := range strings.Split(string(raw), "\n") {
-		if owner, ok := strings.CutPrefix(line, "node: "); ok && owner != node {
-			f.Close()
-			return fmt.Errorf("%w: volume directory %s belongs to node %s, not %s: its volumes are that node's; give this node a directory of its own",
-				ErrBusy, b.dir, owner, node)
-		} else if ok {
-			b.claim, b.owner = f, node
+		if owner, ok := strings.CutPrefix(line, "node: "); ok {
+			if owner != node {
+				return fmt.Errorf("%w: volume directory %s belongs to node %s, not %s: its volumes are that node's; give this node a directory of its own",
+					ErrBusy, dir, owner, node)
+			}
 			return nil
 		}
 	}
 	if _, err := f.WriteAt([]byte("node: "+node+"\n"), int64(len(raw))); err != nil {
-		f.Close()
 		return fmt.Errorf("volume directory marker: %w", err)
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
 		return fmt.Errorf("volume directory marker: %w", err)
 	}
-	b.claim, b.owner = f, node
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package keys
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -70,7 +71,7 @@ func (m *Material) IssueToken(c TokenClaims, now time.Time) (string, TokenClaims
 		}
 		c.ID = "tok_" + hex.EncodeToString(b[:])
 	}
-	if c.ID == ClusterTokenID || !ValidTokenID(c.ID) {
+	if !issuedID(c.ID) {
 		return "", c, fmt.Errorf("%w: id %q: want tok_ and 16 hex digits", ErrTokenInvalid, c.ID)
 	}
 	c.Issued = now.Unix()
@@ -103,7 +104,7 @@ func (m *Material) VerifyToken(tok string, now time.Time) (TokenClaims, error) {
 	if !hmac.Equal(mac, m.tokenMAC(payload)) {
 		return TokenClaims{}, ErrTokenInvalid
 	}
-	if c.Scope != ScopeAdmin && c.Scope != ScopeRead || c.ID == ClusterTokenID || !ValidTokenID(c.ID) {
+	if c.Scope != ScopeAdmin && c.Scope != ScopeRead || !issuedID(c.ID) {
 		return TokenClaims{}, ErrTokenInvalid
 	}
 	if c.Expires != 0 && now.Unix() >= c.Expires {
@@ -115,10 +116,10 @@ func (m *Material) VerifyToken(tok string, now time.Time) (TokenClaims, error) {
 // ValidTokenID reports whether id can name a token: "cluster", or tok_
 // and 16 lowercase hex digits as IssueToken makes them. Revocations take
 // only these, so a secret pasted by mistake is refused, never stored.
-func ValidTokenID(id string) bool {
-	if id == ClusterTokenID {
-		return true
-	}
+func ValidTokenID(id string) bool { return id == ClusterTokenID || issuedID(id) }
+
+// issuedID reports an id as IssueToken makes them: tok_ and 16 hex digits.
+func issuedID(id string) bool {
 	hexPart, ok := strings.CutPrefix(id, "tok_")
 	if !ok || len(hexPart) != 16 {
 		return false
@@ -156,7 +157,7 @@ func parseToken(tok string) (TokenClaims, []byte, []byte, error) {
 	if err1 != nil || err2 != nil || len(mac) != sha256.Size {
 		return c, nil, nil, fmt.Errorf("%w: malformed", ErrTokenInvalid)
 	}
-	dec := json.NewDecoder(strings.NewReader(string(payload)))
+	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
 		return c, nil, nil, fmt.Errorf("%w: malformed claims", ErrTokenInvalid)

@@ -145,7 +145,7 @@ func probeBlocksOnly(f *os.File, n int64, path string) error {
 		if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
 			return fmt.Errorf("pace: read probe %s: %w", path, err)
 		}
-		if !allZero(b) && (len(b) < len(probeMagic) || string(b[:len(probeMagic)]) != probeMagic) {
+		if !probeOrEmpty(b) {
 			return fmt.Errorf("%w: %s holds data a probe did not write at byte %d; give the probe a new file, or an empty device (lvcreate zeroes a new LV)",
 				ErrNotProbeDevice, path, off)
 		}
@@ -179,7 +179,7 @@ func ReclaimProbeDevice(path string) error {
 	if _, err := f.ReadAt(first, 0); err != nil {
 		return fmt.Errorf("pace: read probe device %s: %w", path, err)
 	}
-	if !allZero(first) && string(first[:len(probeMagic)]) != probeMagic {
+	if !probeOrEmpty(first) {
 		return fmt.Errorf("%w: %s holds data a probe did not write", ErrNotProbeDevice, path)
 	}
 	if probeBlocksOnly(f, probeBlock*probeSlots, path) == nil {
@@ -192,6 +192,12 @@ func ReclaimProbeDevice(path string) error {
 		return fmt.Errorf("pace: clear probe device %s: %w", path, err)
 	}
 	return nil
+}
+
+// probeOrEmpty reports a block (or a file's short tail) that is all zeros
+// or starts as every block a probe writes does.
+func probeOrEmpty(b []byte) bool {
+	return allZero(b) || len(b) >= len(probeMagic) && string(b[:len(probeMagic)]) == probeMagic
 }
 
 func allZero(b []byte) bool {
