@@ -20,6 +20,7 @@ import (
 	"github.com/forknode/forknode/internal/api"
 	"github.com/forknode/forknode/internal/cluster"
 	"github.com/forknode/forknode/internal/cow"
+	"github.com/forknode/forknode/internal/fsm"
 	"github.com/forknode/forknode/internal/keys"
 	"github.com/hashicorp/go-hclog"
 )
@@ -97,10 +98,19 @@ func runDev(args []string) error {
 		fmt.Printf("  %s  api http://%s  capacity %s  volumes %s\n", n.Name(), n.APIAddr(), humanSize(devCapacity[i]),
 			filepath.Join(*dir, n.Name(), "volumes"))
 	}
-	fmt.Printf("\nexport FORKNODE_ADDR=http://%s FORKNODE_TOKEN=%s\n\n", nodes[0].APIAddr(), km.APIToken())
+	token, note, err := devToken(nodes[0], km, time.Now())
+	if err != nil {
+		closeAll()
+		undo()
+		return err
+	}
+	if note != "" {
+		fmt.Printf("\n%s\n", note)
+	}
+	fmt.Printf("\nexport FORKNODE_ADDR=http://%s FORKNODE_TOKEN=%s\n\n", nodes[0].APIAddr(), token)
 
 	if *demo {
-		err := runDemo(nodes, km.APIToken())
+		err := runDemo(nodes, token)
 		// Shutdown chatter (peers leaving, connections dropping) is not
 		// what the demo shows; keep errors only.
 		logger.SetLevel(hclog.Off)
@@ -220,6 +230,37 @@ func startDev(dir string, base int, km *keys.Material, logger hclog.Logger) (nod
 		nodes = append(nodes, n)
 	}
 	return nodes, nil
+}
+
+// devTokenTTL is how long the token dev issues when the cluster token of
+// its directory has been revoked stays valid.
+const devTokenTTL = 7 * 24 * time.Hour
+
+// devToken is the token dev prints and the demo uses: the cluster token,
+// unless `forknode token revoke cluster` retired it in this directory's
+// catalog. Then dev issues an admin token (it holds the key) and says so,
+// so that a dev directory stays usable after its cluster token is revoked.
+// It waits for the catalog to catch up, since a restarted directory learns
+// of the revocation only by replaying its log.
+func devToken(n *cluster.Node, km *keys.Material, now time.Time) (token, note string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n.Barrier(ctx); err != nil {
+		return "", "", fmt.Errorf("dev: wait for the catalog: %w", err)
+	}
+	_, err = n.VerifyToken(km.APIToken())
+	switch {
+	case err == nil:
+		return km.APIToken(), "", nil
+	case !errors.Is(err, fsm.ErrTokenRevoked):
+		return "", "", fmt.Errorf("dev: check the cluster token: %w", err)
+	}
+	tok, c, err := km.IssueToken(keys.TokenClaims{Name: "forknode-dev", Scope: keys.ScopeAdmin, Expires: now.Add(devTokenTTL).Unix()}, now)
+	if err != nil {
+		return "", "", fmt.Errorf("dev: issue a token: %w", err)
+	}
+	return tok, fmt.Sprintf("The cluster token is revoked in this directory; dev issued admin token %s, valid until %s.",
+		c.ID, time.Unix(c.Expires, 0).UTC().Format(time.RFC3339)), nil
 }
 
 // ---- the demo

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -8,8 +9,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/forknode/forknode/internal/api"
+	"github.com/forknode/forknode/internal/keys"
 	"github.com/forknode/forknode/internal/testutil"
+	"github.com/hashicorp/go-hclog"
 )
 
 // freeBase finds a base port whose dev layout (P..P+22) is free right now.
@@ -154,5 +159,58 @@ func TestDemoPattern(t *testing.T) {
 	b, _ := demoPattern(5)
 	if string(a) != string(b) {
 		t.Error("pattern is not deterministic")
+	}
+}
+
+// After `forknode token revoke cluster` in a dev directory, dev prints a
+// token it issued instead of the revoked one, and the demo runs with it.
+func TestDevAfterClusterTokenRevoked(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 3-node cluster twice")
+	}
+	base := freeBase(t)
+	dir := t.TempDir()
+	km, err := devKey(filepath.Join(dir, "cluster.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := startDev(dir, base, km, hclog.NewNullLogger())
+	closeAll := func() {
+		for i := len(nodes) - 1; i >= 0; i-- {
+			nodes[i].Close()
+		}
+	}
+	defer closeAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, note, err := devToken(nodes[0], km, time.Now())
+	if err != nil || tok != km.APIToken() || note != "" {
+		t.Fatalf("before revocation: token is the cluster token %v, note %q, err %v", tok == km.APIToken(), note, err)
+	}
+	c, err := api.NewClient(nodes[1].APIAddr(), km.APIToken())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RevokeToken(context.Background(), keys.ClusterTokenID, 0); err != nil {
+		t.Fatal(err)
+	}
+	tok, note, err = devToken(nodes[0], km, time.Now())
+	if err != nil || tok == km.APIToken() || !strings.Contains(note, "revoked") {
+		t.Fatalf("after revocation: token is the cluster token %v, note %q, err %v", tok == km.APIToken(), note, err)
+	}
+	if cl, err := nodes[2].VerifyToken(tok); err != nil || cl.Scope != keys.ScopeAdmin {
+		t.Fatalf("dev's issued token: %+v %v", cl, err)
+	}
+	closeAll()
+	nodes = nil
+
+	// A restart learns of the revocation from its log, and the demo works.
+	code, out, errOut := capture(t, "dev", "--demo", "--dir", dir, "--base-port", fmt.Sprint(base))
+	if code != 0 {
+		t.Fatalf("dev --demo after revoking the cluster token exited %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	if !strings.Contains(out, "cluster token is revoked") || strings.Contains(out, "FORKNODE_TOKEN="+km.APIToken()) {
+		t.Errorf("dev printed the revoked cluster token or no note:\n%s", out)
 	}
 }
