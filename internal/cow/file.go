@@ -104,7 +104,12 @@ func OpenFileBackend(dir string, budget int64, node string, logger hclog.Logger)
 	if err := b.load(); err != nil {
 		return nil, err
 	}
-	b.log.Info("file backend open", "dir", abs, "budget", budget, "fs", b.features.Filesystem,
+	// budget 0 means "the directory's free space", measured on every refresh.
+	shown := any(budget)
+	if budget == 0 {
+		shown = "free space"
+	}
+	b.log.Info("file backend open", "dir", abs, "budget", shown, "fs", b.features.Filesystem,
 		"reflink", b.features.Clone, "volumes", len(b.vols))
 	return b, nil
 }
