@@ -42,8 +42,10 @@ const (
 // both sides agree instead of diverging. The recorded version never goes
 // down, and the leader adds no server that gossips an older one.
 //
-// Version 2 added CmdRevokeToken.
-const CatalogVersion uint32 = 2
+// Version 2 added CmdRevokeToken. Version 3 changed how a fork's source
+// resolves (resolveSource): "app:" names an app, and a name that is both
+// an app and another app's volume is refused as ambiguous.
+const CatalogVersion uint32 = 3
 
 // since is the catalog version that introduced each command type. A type
 // missing here is from version 1.

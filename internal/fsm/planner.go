@@ -11,7 +11,8 @@ import (
 // equals falls back to the smaller id, never to map order.
 //
 // req.Source resolves as "app:vol_id" (that volume, pinned), else a volume
-// id, else a volume name, else an app name (the app's best ready volume).
+// id, else a volume name, else an app name (the app's best ready volume);
+// see resolveSource for what catalog version 3 changed.
 // req.Name must be a free, valid volume name.
 func PlanFork(s *State, req ForkRequest) (Plan, error) {
 	if s == nil {
@@ -106,14 +107,28 @@ type source struct {
 }
 
 // resolveSource: "app:vol_id" pins one volume of that app; otherwise a
-// volume id, then a volume name, then an app name.
+// volume id, then a volume name, then an app name. From catalog version 3,
+// "app:" names the app alone, and a name that is both an app and the name
+// of another app's volume is refused as ambiguous: forking the wrong
+// database because of a name clash is worse than asking.
 func (s *State) resolveSource(src string) (source, error) {
 	if src == "" {
 		return source{}, fmt.Errorf("%w: fork source is empty", ErrInvalid)
 	}
+	v3 := s.CatalogVersion() >= 3
 	if app, id, ok := strings.Cut(src, ":"); ok {
+		if v3 && app != "" && id == "" {
+			if len(s.byApp[app]) == 0 {
+				return source{}, fmt.Errorf("%w: source %q: no app %q", ErrNotFound, src, app)
+			}
+			return source{app: app}, nil
+		}
 		if app == "" || id == "" {
-			return source{}, fmt.Errorf("%w: source %q: want app:vol_id", ErrInvalid, src)
+			want := "app:vol_id"
+			if v3 {
+				want = "app:vol_id, or app: for the app"
+			}
+			return source{}, fmt.Errorf("%w: source %q: want %s", ErrInvalid, src, want)
 		}
 		v := s.volumes[id]
 		if v == nil {
@@ -133,6 +148,10 @@ func (s *State) resolveSource(src string) (source, error) {
 	v := s.volumes[src]
 	if v == nil {
 		v = s.byName[src]
+		if v != nil && v3 && v.App != src && len(s.byApp[src]) > 0 {
+			return source{}, fmt.Errorf("%w: source %q is both the name of volume %s (app %q) and an app: fork %s for that volume, or %s: for the app",
+				ErrInvalid, src, v.ID, v.App, v.ID, src)
+		}
 	}
 	if v != nil {
 		if err := readySource(v); err != nil {

@@ -28,6 +28,7 @@ func TestPlanFork(t *testing.T) {
 		hosts []Host
 		vols  []Volume
 		dead  []string
+		v     uint32 // catalog version to record (0: none, i.e. 1)
 		req   ForkRequest
 		want  Plan
 		err   error
@@ -197,6 +198,25 @@ func TestPlanFork(t *testing.T) {
 			req: ForkRequest{Source: "shop:vol_q", Name: "f"}, err: ErrNotFound, frags: []string{"vol_q"}},
 		{name: "app:", hosts: std(), vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB)},
 			req: ForkRequest{Source: "shop:", Name: "f"}, err: ErrInvalid},
+		{name: "v3: app: names the app", v: 3, hosts: std(), vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB)},
+			req: ForkRequest{Source: "shop:", Name: "f"}, want: plan("vol_a", "h2", "h2", PathCopy, GiB)},
+		{name: "v3: app: of no app", v: 3, hosts: std(), vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB)},
+			req: ForkRequest{Source: "blog:", Name: "f"}, err: ErrNotFound, frags: []string{`no app "blog"`}},
+		{name: "v3: :vol_id", v: 3, hosts: std(), vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB)},
+			req: ForkRequest{Source: ":vol_a", Name: "f"}, err: ErrInvalid, frags: []string{"app: for the app"}},
+		{name: "v3: a name that is an app and another app's volume is ambiguous", v: 3, hosts: std(),
+			vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB), mkVol("vol_b", "shop", "other", "h1", GiB)},
+			req:  ForkRequest{Source: "shop", Name: "f"}, err: ErrInvalid,
+			frags: []string{"both the name of volume vol_b", "fork vol_b", "shop: for the app"}},
+		{name: "v1: the volume's name wins, as before", hosts: std(),
+			vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB), mkVol("vol_b", "shop", "other", "h1", GiB)},
+			req:  ForkRequest{Source: "shop", Name: "f"}, want: plan("vol_b", "h1", "h1", PathClone, GiB)},
+		{name: "v3: a volume named as its own app is no clash", v: 3, hosts: std(),
+			vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB), mkVol("vol_b", "shop", "shop", "h1", GiB)},
+			req:  ForkRequest{Source: "shop", Name: "f"}, want: plan("vol_b", "h1", "h1", PathClone, GiB)},
+		{name: "v3: the app form with a clash", v: 3, hosts: std(),
+			vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB), mkVol("vol_b", "shop", "other", "h1", GiB)},
+			req:  ForkRequest{Source: "shop:", Name: "f"}, want: plan("vol_a", "h2", "h2", PathCopy, GiB)},
 		{name: "app prefers a clone host with room", hosts: with(std(), "h2", 100*GiB),
 			vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB), mkVol("vol_b", "db2", "shop", "h3", GiB), mkVol("vol_c", "db3", "shop", "h1", GiB)},
 			req:  ForkRequest{Source: "shop", Name: "f"},
@@ -246,6 +266,9 @@ func TestPlanFork(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			f := newCatalog(t, c.hosts, c.vols, c.dead...)
+			if c.v != 0 {
+				mustApply(t, f, CmdSetCatalogVersion, SetCatalogVersionCmd{Header: hdr(), Version: c.v})
+			}
 			f.View(func(s *State) {
 				var first Plan
 				for i := 0; i < 20; i++ { // map order must never matter
