@@ -12,6 +12,7 @@ import (
 
 	"github.com/forknode/forknode/internal/cluster"
 	"github.com/forknode/forknode/internal/cow"
+	"github.com/forknode/forknode/internal/fsm"
 	"github.com/forknode/forknode/internal/pace"
 	"github.com/hashicorp/go-hclog"
 )
@@ -55,10 +56,10 @@ func runAgent(args []string) error {
 	fs.StringVar(&f.clusterAddr, "cluster-addr", ":7947", "mTLS address for raft, forwarding and block streams")
 	fs.IntVar(&f.nice, "nice", 10, "CPU niceness of the agent (0 keeps it): fork work yields to the databases on this host")
 	fs.StringVar(&f.advertise, "advertise", "", "IP peers use to reach this node when an address binds all interfaces (default: the host's private IP)")
-	fs.StringVar(&f.apiAddr, "api-addr", "127.0.0.1:7948", "HTTP API address")
+	fs.StringVar(&f.apiAddr, "api-addr", defaultAPIAddr, "HTTP API address")
 	fs.BoolVar(&f.apiTLS, "api-tls", false, "serve the API over TLS with this node's certificate from the cluster CA (clients: https:// and --ca)")
 	fs.StringVar(&f.join, "join", "", "comma-separated gossip addresses of existing members")
-	fs.IntVar(&f.bootstrapExpect, "bootstrap-expect", 1, "servers to wait for before bootstrapping a new cluster")
+	fs.IntVar(&f.bootstrapExpect, "bootstrap-expect", 1, "servers to wait for before bootstrapping a new cluster (0: never bootstrap, only join one through --join)")
 	fs.StringVar(&f.region, "region", "default", "region of this host")
 	fs.StringVar(&f.backend, "backend", "file", "storage backend: file or lvm")
 	fs.StringVar(&f.volumeDir, "volume-dir", "", "file backend: directory of volume images (default DATA_DIR/volumes)")
@@ -72,8 +73,8 @@ func runAgent(args []string) error {
 	fs.StringVar(&f.paceProbe, "pace-probe", "", "file on the volumes' disk, or an empty block device there, that pacing times small synchronous writes in (default VOLUME_DIR/.forknode-ioprobe; lvm: the LV VG/forknode-ioprobe, made at first start)")
 	fs.StringVar(&f.keyFile, "key", "", "cluster key file (required; create one with: forknode keygen)")
 	fs.StringVar(&f.codec, "codec", "auto", "stream compression: zstd, s2 or auto")
-	fs.DurationVar(&f.sweepInterval, "sweep-interval", 30*time.Second, "how often the leader deletes expired volumes and prunes old forks")
-	fs.DurationVar(&f.forkRetention, "fork-retention", cluster.DefaultForkRetention, "how long the catalog keeps finished forks before the leader prunes them (0: forever); volumes go by their own --ttl")
+	durationVar(fs, &f.sweepInterval, "sweep-interval", 30*time.Second, "how often the leader deletes expired volumes and prunes old forks")
+	durationVar(fs, &f.forkRetention, "fork-retention", cluster.DefaultForkRetention, "how long the catalog keeps finished forks before the leader prunes them, e.g. 7d (0: forever); volumes go by their own --ttl")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
 	pos, err := parseInterspersed(fs, args)
@@ -93,6 +94,17 @@ func runAgent(args []string) error {
 	}
 	if f.name == "" {
 		return usagef("agent: --name is empty (and the hostname is unknown)")
+	}
+	// The catalog refuses such a host record at apply, which would leave
+	// the node running but never a host: refuse it here instead.
+	if err := fsm.ValidateNodeName("--name", f.name); err != nil {
+		return usagef("agent: %v (letters, digits, and _ . - after the first)", strings.TrimPrefix(err.Error(), fsm.ErrInvalid.Error()+": "))
+	}
+	if err := fsm.ValidateNodeName("--region", f.region); err != nil {
+		return usagef("agent: %v", strings.TrimPrefix(err.Error(), fsm.ErrInvalid.Error()+": "))
+	}
+	if f.bootstrapExpect < 1 && f.join == "" && !cluster.HasRaftLog(f.dataDir) {
+		return usagef("agent: --bootstrap-expect %d never bootstraps a cluster and there is no --join to find one: give --join ADDR, or --bootstrap-expect 1 for a new single-node cluster", f.bootstrapExpect)
 	}
 	if f.rateLimit < 0 || f.capacity < 0 || f.paceFloor < 0 {
 		return usagef("agent: --rate-limit, --pace-floor and --capacity must not be negative")

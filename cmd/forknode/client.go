@@ -19,8 +19,9 @@ import (
 	"github.com/forknode/forknode/internal/keys"
 )
 
-// defaultAddr is the API of `forknode dev`'s first node.
-const defaultAddr = "http://127.0.0.1:7400"
+// defaultAddr is the API of an agent with default flags, and of `forknode
+// dev`'s first node (its --base-port default is that port).
+const defaultAddr = "http://" + defaultAPIAddr
 
 // clientFlags are shared by every client command.
 type clientFlags struct {
@@ -31,8 +32,8 @@ type clientFlags struct {
 
 func addClientFlags(fs *flag.FlagSet, cf *clientFlags, read bool) {
 	fs.StringVar(&cf.addr, "addr", "", "node API address (default $FORKNODE_ADDR, else "+defaultAddr+")")
-	fs.StringVar(&cf.token, "token", "", "API token (default $FORKNODE_TOKEN); other users see it in ps, so prefer the variable or --token-file")
-	fs.StringVar(&cf.tokenFile, "token-file", "", "file holding the API token, or the cluster key file itself")
+	fs.StringVar(&cf.token, "token", "", "API token (default: --token-file, else $FORKNODE_TOKEN); other users see it in ps, so prefer the variable or --token-file")
+	fs.StringVar(&cf.tokenFile, "token-file", "", "file holding the API token, or the cluster key file itself (wins over $FORKNODE_TOKEN)")
 	fs.StringVar(&cf.ca, "ca", "", "for an https:// address of an agent run with --api-tls: the cluster CA PEM (from: forknode ca --key K) or the cluster key file (default $FORKNODE_CA, else the --token-file key, else the system's CAs)")
 	fs.DurationVar(&cf.timeout, "timeout", 30*time.Second, "bound on each API request")
 	if read {
@@ -48,7 +49,9 @@ func (cf *clientFlags) client() (*api.Client, error) {
 	if addr == "" {
 		addr = defaultAddr
 	}
-	tok := cf.token
+	// Stray whitespace (a newline from $(...) or a pasted value) is never
+	// part of a token, and net/http refuses a header that holds it.
+	tok := strings.TrimSpace(cf.token)
 	if tok == "" && cf.tokenFile != "" {
 		var err error
 		if tok, err = readTokenFile(cf.tokenFile); err != nil {
@@ -56,10 +59,10 @@ func (cf *clientFlags) client() (*api.Client, error) {
 		}
 	}
 	if tok == "" {
-		tok = os.Getenv("FORKNODE_TOKEN")
+		tok = strings.TrimSpace(os.Getenv("FORKNODE_TOKEN"))
 	}
 	if tok == "" {
-		return nil, usagef("no API token: set FORKNODE_TOKEN=$(forknode token --key cluster.key), or pass --token or --token-file")
+		return nil, usagef("no API token: set FORKNODE_TOKEN=$(forknode token issue --key cluster.key --ttl 30d), or pass --token or --token-file")
 	}
 	// A CA named explicitly means TLS is wanted: an address without a
 	// scheme gets https, and a plain http:// one is refused rather than
@@ -514,7 +517,15 @@ func runFork(args []string) error {
 	var cf clientFlags
 	var req api.CreateForkRequest
 	var ttl time.Duration
-	fs := newFlagSet("fork", "fork SOURCE NAME [--host H] [--region R] [--via clone|copy|replica|stream] [--app A] [--rate-limit SIZE] [--ttl DUR] [--checkpoint DSN] [--wait]")
+	fs := newFlagSet("fork", `fork SOURCE NAME [--host H] [--region R] [--via clone|copy|replica|stream] [--app A] [--rate-limit SIZE] [--ttl DUR] [--checkpoint DSN] [--idempotency-key K] [--wait]
+
+SOURCE is a volume id (vol_...), a volume name, an app (its best ready
+volume; "app:" always means the app), or app:vol_id (that volume, never a
+replica). A name that is both an app and another app's volume is refused
+as ambiguous. Examples:
+  forknode fork shop pg-staging --wait             # the app's best volume
+  forknode fork pg pg-far --via stream --wait      # the volume named pg, streamed
+  forknode fork shop:vol_0123 pg-pr42 --ttl 3d     # pinned, deleted after 3 days`)
 	addClientFlags(fs, &cf, true)
 	fs.StringVar(&req.Host, "host", "", "target host")
 	fs.StringVar(&req.Region, "region", "", "target region")
@@ -584,15 +595,20 @@ func runFork(args []string) error {
 	return nil
 }
 
+// forkDuration is how long a fork took, or for one still running how
+// long it has been running: by this machine's clock, since its last
+// progress update may be seconds old (a clock behind the leader's falls
+// back to that update).
 func forkDuration(f api.Fork) string {
-	end := f.FinishedAt
+	end, round := f.FinishedAt, time.Millisecond
 	if end == 0 {
-		end = f.UpdatedAt
+		end = max(f.UpdatedAt, time.Now().UnixNano())
+		round = time.Second
 	}
 	if end <= f.CreatedAt {
 		return "-"
 	}
-	return time.Duration(end - f.CreatedAt).Round(time.Millisecond).String()
+	return time.Duration(end - f.CreatedAt).Round(round).String()
 }
 
 func ratioText(f api.Fork) string {

@@ -31,6 +31,13 @@ var devCapacity = [3]int64{256 << 20, 1 << 30, 1 << 30}
 
 const devRegion = "dev"
 
+// defaultAPIAddr is an agent's API address, and devDefaultBase puts dev's
+// first node there too, so that the CLI's default address reaches either.
+const (
+	defaultAPIAddr = "127.0.0.1:7948"
+	devDefaultBase = 7948
+)
+
 // Port layout from --base-port P: APIs on P..P+2 (so the CLI's default
 // address is dev1), gossip on P+10.., cluster on P+20...
 func devAddrs(base, i int) (api, gossip, clusterAddr string) {
@@ -41,7 +48,7 @@ func devAddrs(base, i int) (api, gossip, clusterAddr string) {
 func runDev(args []string) error {
 	fset := newFlagSet("dev", "dev [--dir D] [--base-port P] [--demo]")
 	dir := fset.String("dir", "", "state directory (default ./forknode-dev; with --demo a fresh temporary directory)")
-	base := fset.Int("base-port", 7400, "first port: APIs on P..P+2, gossip on P+10.., cluster on P+20..")
+	base := fset.Int("base-port", devDefaultBase, "first port: APIs on P..P+2, gossip on P+10.., cluster on P+20..")
 	demo := fset.Bool("demo", false, "seed a volume, fork it through every path, verify every fork byte for byte, print a summary, exit")
 	logLevel := fset.String("log-level", "warn", "node log level")
 	pos, err := parseInterspersed(fset, args)

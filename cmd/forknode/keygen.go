@@ -47,8 +47,9 @@ func runKeygen(args []string) error {
 		return err
 	}
 	fmt.Printf("wrote %s (fingerprint %s)\n", *out, m.Fingerprint())
-	fmt.Printf("copy it to every node (agent --key %s), and for the CLI:\n", *out)
-	fmt.Printf("  export FORKNODE_TOKEN=$(forknode token --key %s)\n", *out)
+	fmt.Printf("copy it to every node (agent --key %s), and give the CLI an issued token:\n", *out)
+	fmt.Printf("  export FORKNODE_TOKEN=$(forknode token issue --key %s --ttl 30d --name ops)\n", *out)
+	fmt.Printf("(forknode token --key %s prints the cluster token: admin, never expires)\n", *out)
 	return nil
 }
 
@@ -61,6 +62,9 @@ func runToken(args []string) error {
 			return tokenRevoke(args[1:])
 		case "revoked":
 			return tokenRevoked(args[1:])
+		}
+		if !strings.HasPrefix(args[0], "-") {
+			return usagef("token: unknown subcommand %q: want issue, revoke or revoked, or flags only (token --key FILE)", args[0])
 		}
 	}
 	fs := newFlagSet("token", "token --key FILE   (the cluster token; see also: token issue | revoke | revoked)")
@@ -157,6 +161,9 @@ func tokenRevoke(args []string) error {
 		fmt.Printf("token %s was already revoked\n", id)
 	} else {
 		fmt.Printf("token %s revoked\n", id)
+	}
+	if id == keys.ClusterTokenID {
+		fmt.Println("the cluster token (forknode token --key, --token-file with the key file) no longer works; use issued tokens: forknode token issue --key K")
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"flag"
@@ -10,6 +11,9 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"syscall"
+
+	"github.com/forknode/forknode/internal/api"
 )
 
 // version is set at build time: -ldflags "-X main.version=v1.2.3". Left
@@ -107,7 +111,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `  help     show this help
 
 Client commands talk to --addr or $FORKNODE_ADDR (default `+defaultAddr+`) with the
-token from --token, $FORKNODE_TOKEN or --token-file. Run 'forknode COMMAND -h' for flags.
+token from --token, else --token-file, else $FORKNODE_TOKEN. Run 'forknode COMMAND -h' for flags.
 `)
 }
 
@@ -139,19 +143,70 @@ func run(args []string) int {
 		case errors.Is(err, flag.ErrHelp):
 			return 0
 		}
-		fmt.Fprintf(os.Stderr, "forknode: %s\n", strings.TrimPrefix(err.Error(), "forknode: "))
-		var ce *tls.CertificateVerificationError
-		if errors.As(err, &ce) {
-			fmt.Fprintln(os.Stderr, "forknode: an agent run with --api-tls is verified with the cluster CA: pass --ca FILE (from `forknode ca --key cluster.key`), set FORKNODE_CA, or use --token-file with the key file")
+		msg := strings.TrimPrefix(err.Error(), "forknode: ")
+		fmt.Fprintf(os.Stderr, "forknode: %s\n", msg)
+		hint := errorHint(err)
+		if hint != "" {
+			fmt.Fprintf(os.Stderr, "forknode: %s\n", hint)
 		}
 		var ue *usageError
-		if errors.As(err, &ue) {
+		isUsage := errors.As(err, &ue)
+		if wantsJSON(args[1:]) {
+			// A script that asked for JSON gets its error as JSON too, on
+			// stdout, with the API's stable code to branch on.
+			body := jsonError{Error: msg, Hint: hint}
+			var ae *api.Error
+			switch {
+			case errors.As(err, &ae):
+				body.Code, body.Status = ae.Code, ae.Status
+			case isUsage:
+				body.Code = "usage"
+			}
+			_ = printJSON(body)
+		}
+		if isUsage {
 			return 2
 		}
 		return 1
 	}
 	fmt.Fprintf(os.Stderr, "forknode: unknown command %q (run 'forknode help')\n", name)
 	return 2
+}
+
+// jsonError is what a command run with --json prints on stdout when it
+// fails (its text goes to stderr as always).
+type jsonError struct {
+	Error  string `json:"error"`
+	Code   string `json:"code,omitempty"`   // the API's code (api.Code*), or "usage"
+	Status int    `json:"status,omitempty"` // HTTP status, for errors from a node
+	Hint   string `json:"hint,omitempty"`
+}
+
+// wantsJSON reports whether the command's own arguments ask for --json.
+func wantsJSON(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "--json", "-json", "--json=true", "-json=true":
+			return true
+		}
+	}
+	return false
+}
+
+// errorHint suggests the fix for errors whose message alone does not.
+func errorHint(err error) string {
+	var ce *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &ce):
+		return "an agent run with --api-tls is verified with the cluster CA: pass --ca FILE (from `forknode ca --key cluster.key`), set FORKNODE_CA, or use --token-file with the key file"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "no forknode API listens there: is the agent (or forknode dev) running? Check --addr or FORKNODE_ADDR (default " + defaultAddr + "; forknode dev prints its address)"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "no answer in time: the node may be overloaded or unreachable; --timeout raises the bound (default 30s)"
+	}
+	return ""
 }
 
 // parseInterspersed parses flags that may come before, between or after the

@@ -54,6 +54,11 @@ func TestUsageAndExitCodes(t *testing.T) {
 		{args: []string{"agent", "--bogus"}, code: 2, errText: "flag provided but not defined"},
 		{args: []string{"agent", "--key", "k", "--fork-retention", "-1h"}, code: 2, errText: "--fork-retention -1h0m0s is negative"},
 		{args: []string{"agent", "--key", "k", "--sweep-interval", "1ms"}, code: 2, errText: "--sweep-interval 1ms"},
+		{args: []string{"agent", "--key", "k", "--fork-retention", "7days"}, code: 2, errText: `"7days": want a duration such as`},
+		{args: []string{"agent", "--key", "k", "--name", "Bad!"}, code: 2, errText: `--name "Bad!": character '!'`},
+		{args: []string{"agent", "--key", "k", "--region", "eu west"}, code: 2, errText: `--region "eu west"`},
+		{args: []string{"agent", "--key", "k", "--name", "n", "--data-dir", "/nonexistent/forknode", "--bootstrap-expect", "0"}, code: 2, errText: "no --join"},
+		{args: []string{"token", "bogus"}, code: 2, errText: "unknown subcommand"},
 		{args: []string{"volume"}, code: 2, errText: "want a subcommand"},
 		{args: []string{"volume", "create", "x", "--token", "t"}, code: 2, errText: "--size is required"},
 		{args: []string{"volume", "create", "x", "--size", "0", "--token", "t"}, code: 2, errText: "--size must be positive"},
@@ -182,7 +187,8 @@ func fakeAPI(t *testing.T) *httptest.Server {
 				BytesDone: 1 << 30, BytesTotal: 1 << 30, WireBytes: 1 << 28, RateLimit: 64 << 20, CreatedAt: 1e9, FinishedAt: 3e9}))
 		case "GET /v1/forks/fork_run", "GET /v1/forks/fork_race":
 			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: r.URL.Path[len("/v1/forks/"):], Name: "pr-run", State: fsm.ForkRunning, Path: fsm.PathStream,
-				TargetVolume: "vol_t", TargetHost: "n2", BytesTotal: 1 << 30, WireBytes: 40 << 10, CreatedAt: 1e9, UpdatedAt: 3e9}))
+				TargetVolume: "vol_t", TargetHost: "n2", BytesTotal: 1 << 30, WireBytes: 40 << 10,
+				CreatedAt: time.Now().Add(-65 * time.Second).UnixNano(), UpdatedAt: time.Now().Add(-60 * time.Second).UnixNano()}))
 		case "POST /v1/forks/fork_race/cancel": // failed on its own since the GET
 			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_race", Name: "pr-run", State: fsm.ForkFailed,
 				TargetVolume: "vol_t", TargetHost: "n2", Error: "source host died"}))
@@ -259,7 +265,7 @@ func TestClientCommands(t *testing.T) {
 		{args: []string{"status", "--json"}, out: []string{`"leader": "n1"`, `"budget": 10737418240`}},
 		{args: []string{"volume", "ls"}, out: []string{"ID", "vol_1", "db", "1 GiB", "ready"}},
 		{args: []string{"forks", "show", "fork_1"}, out: []string{"compression ratio 4.00", "rate:", "512 MiB/s", "rate limit:", "64 MiB/s (this fork's own cap)", "took:"}},
-		{args: []string{"forks", "show", "fork_run"}, out: []string{"running for:  2s", "wire:         40 KiB\n"}, notOut: []string{"took:", "ratio"}},
+		{args: []string{"forks", "show", "fork_run"}, out: []string{"running for:  1m5s", "wire:         40 KiB\n"}, notOut: []string{"took:", "ratio"}},
 		{args: []string{"forks", "show", "fork_run", "--json"}, notOut: []string{"compression_ratio"}},
 		{args: []string{"volume", "rm", "db", "--wait"}, out: []string{"volume db (vol_1) on n1: deleted"}},
 		{args: []string{"volume", "rm", "db", "--wait", "--json"}, out: []string{`"state": "deleted"`}},
@@ -343,5 +349,58 @@ func TestBuildVersion(t *testing.T) {
 	}
 	if _, out, _ := capture(t, "-h"); !strings.HasPrefix(out, "forknode: block-level forks") || strings.Contains(out, "v9.9.9") {
 		t.Errorf("help: %q", out)
+	}
+}
+
+// The token's sources in order (--token, --token-file, $FORKNODE_TOKEN),
+// each trimmed of the newline a $(...) or a paste leaves.
+func TestClientTokenSources(t *testing.T) {
+	srv := fakeAPI(t)
+	t.Setenv("FORKNODE_ADDR", srv.URL)
+	file := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(file, []byte("tok\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		env  string
+		args []string
+		code int
+	}{
+		{env: "tok\n", code: 0},
+		{env: " tok ", code: 0},
+		{env: "wrong", args: []string{"--token-file", file}, code: 0},
+		{env: "wrong", args: []string{"--token", "tok\n"}, code: 0},
+		{env: "tok", args: []string{"--token", "wrong"}, code: 1},
+	} {
+		t.Setenv("FORKNODE_TOKEN", tc.env)
+		code, _, errOut := capture(t, append([]string{"status"}, tc.args...)...)
+		if code != tc.code {
+			t.Errorf("env %q args %q: exit %d, want %d: %s", tc.env, tc.args, code, tc.code, errOut)
+		}
+	}
+}
+
+// With --json a failure is a JSON document on stdout too, carrying the
+// API's code; some failures get a hint naming the fix.
+func TestClientErrorsJSONAndHints(t *testing.T) {
+	srv := fakeAPI(t)
+	t.Setenv("FORKNODE_ADDR", srv.URL)
+	t.Setenv("FORKNODE_TOKEN", "wrong")
+	code, out, _ := capture(t, "status", "--json")
+	var e jsonError
+	if err := json.Unmarshal([]byte(out), &e); code != 1 || err != nil || e.Code != api.CodeUnauthorized || e.Status != 401 || e.Error == "" {
+		t.Fatalf("status --json with a wrong token: exit %d, %+v, %v:\n%s", code, e, err, out)
+	}
+	code, out, _ = capture(t, "volume", "create", "x", "--size", "1.5", "--json")
+	if err := json.Unmarshal([]byte(out), &e); code != 2 || err != nil || e.Code != "usage" {
+		t.Fatalf("a usage error under --json: exit %d, %+v, %v:\n%s", code, e, err, out)
+	}
+	if code, out, _ = capture(t, "status"); code != 1 || out != "" {
+		t.Fatalf("without --json a failure prints nothing on stdout: exit %d:\n%s", code, out)
+	}
+	// Port 1 on loopback: nothing listens there.
+	code, _, errOut := capture(t, "status", "--addr", "127.0.0.1:1")
+	if code != 1 || !strings.Contains(errOut, "no forknode API listens there") || strings.Count(errOut, "127.0.0.1:1/v1/status") != 1 {
+		t.Fatalf("connection refused: exit %d:\n%s", code, errOut)
 	}
 }

@@ -17,7 +17,8 @@ var sizeUnits = map[string]int64{
 }
 
 // parseSize reads "10GiB", "512M", "1.5g", "4096". Units are powers of
-// 1024 whatever the spelling: volume sizes are block counts, not marketing.
+// 1024 whatever the spelling ("GB" is GiB): volume sizes are block
+// counts, not marketing. A fraction must make a whole number of bytes.
 func parseSize(s string) (int64, error) {
 	in := strings.TrimSpace(s)
 	i := 0
@@ -46,6 +47,11 @@ func parseSize(s string) (int64, error) {
 	v := f * float64(mult)
 	if v >= math.MaxInt64 {
 		return 0, fmt.Errorf("size %q is out of range", s)
+	}
+	// "1.5" would otherwise be read as 1 byte: a size is a whole number of
+	// bytes, so a fraction must come out whole once the unit applies.
+	if v != math.Trunc(v) {
+		return 0, fmt.Errorf("size %q is %.1f bytes, not a whole number: use a larger unit or a whole number (e.g. 1536KiB for 1.5MiB)", s, v)
 	}
 	return int64(v), nil
 }

@@ -24,6 +24,10 @@ func TestParseSize(t *testing.T) {
 		{in: "-1G", bad: true},
 		{in: "99999999999999TiB", bad: true},
 		{in: "1.2.3G", bad: true},
+		{in: "1.5", bad: true},    // 1.5 bytes, once read as 1
+		{in: "1.1MiB", bad: true}, // 1153433.6 bytes
+		{in: "0.5KiB", want: 512}, // a fraction that comes out whole
+		{in: "1.0", want: 1},
 	} {
 		got, err := parseSize(tc.in)
 		if tc.bad {

@@ -103,3 +103,32 @@ func expiresText(unixNanos int64, now time.Time) string {
 	}
 	return "in " + d.Round(time.Second).String()
 }
+
+// durationFlag is a flag.Value for agent durations: Go's forms ("30s",
+// "36h", "0") and, as --ttl takes them, days ("7d", "1d12h").
+type durationFlag struct{ v *time.Duration }
+
+func (f durationFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return f.v.String()
+}
+
+func (f durationFlag) Set(s string) error {
+	if d, err := time.ParseDuration(strings.TrimSpace(s)); err == nil {
+		*f.v = d
+		return nil
+	}
+	d, err := parseTTL(s)
+	if err != nil {
+		return fmt.Errorf("%q: want a duration such as 30s, 36h, 7d or 1d12h", s)
+	}
+	*f.v = d
+	return nil
+}
+
+func durationVar(fs *flag.FlagSet, p *time.Duration, name string, def time.Duration, usage string) {
+	*p = def
+	fs.Var(durationFlag{p}, name, usage)
+}

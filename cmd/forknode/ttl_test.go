@@ -83,3 +83,26 @@ func TestExpiresText(t *testing.T) {
 		}
 	}
 }
+
+func TestDurationFlag(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		bad  bool
+	}{
+		{in: "30s", want: 30 * time.Second},
+		{in: "100ms", want: 100 * time.Millisecond},
+		{in: "0", want: 0},
+		{in: "7d", want: 7 * 24 * time.Hour},
+		{in: "1d12h", want: 36 * time.Hour},
+		{in: "-1h", want: -time.Hour}, // the agent's own check refuses it, naming the flag
+		{in: "7 days", bad: true},
+		{in: "", bad: true},
+	} {
+		var d time.Duration
+		err := durationFlag{&d}.Set(tc.in)
+		if tc.bad != (err != nil) || (!tc.bad && d != tc.want) {
+			t.Errorf("Set(%q) = %v, %v; want %v (bad %v)", tc.in, d, err, tc.want, tc.bad)
+		}
+	}
+}

@@ -103,6 +103,11 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any, hea
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
+		// *url.Error repeats the method and URL this message already gives.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return fmt.Errorf("%s %s: %w", method, u.Redacted(), err)
 	}
 	defer resp.Body.Close()

@@ -62,3 +62,10 @@ func (l *DataDirLock) Release() {
 		l.f = nil
 	}
 }
+
+// HasRaftLog reports whether dir holds a node's raft log, i.e. the node
+// has been a member before and finds its peers there on restart.
+func HasRaftLog(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "raft.db"))
+	return err == nil
+}

@@ -91,10 +91,10 @@ func forkCopy(f *Fork) *Fork       { c := *f; return &c }
 // so a re-registration cannot revive a host gossip declared dead.
 func (s *State) upsertHost(c *UpsertHostCmd) (any, error) {
 	h := c.Host
-	if err := validateNodeName("host id", h.ID); err != nil {
+	if err := ValidateNodeName("host id", h.ID); err != nil {
 		return nil, err
 	}
-	if err := validateNodeName("region", h.Region); err != nil {
+	if err := ValidateNodeName("region", h.Region); err != nil {
 		return nil, fmt.Errorf("host %s: %w", h.ID, err)
 	}
 	if h.Budget < 0 {

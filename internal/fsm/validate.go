@@ -41,9 +41,10 @@ func ValidateName(what, name string) error {
 	return nil
 }
 
-// validateNodeName checks host ids and regions: node names may carry
+// ValidateNodeName checks host ids and regions (the agent checks its --name
+// and --region with it at start): node names may carry
 // upper-case letters, so they get a slightly looser rule than volume names.
-func validateNodeName(what, name string) error {
+func ValidateNodeName(what, name string) error {
 	if name == "" {
 		return fmt.Errorf("%w: %s is empty", ErrInvalid, what)
 	}
@@ -109,7 +110,8 @@ func validateSize(size int64) error {
 		return fmt.Errorf("%w: size %d must be > 0", ErrInvalid, size)
 	}
 	if size%blockSize != 0 {
-		return fmt.Errorf("%w: size %d is not a multiple of %d", ErrInvalid, size, blockSize)
+		up := (size/blockSize + 1) * blockSize
+		return fmt.Errorf("%w: size %d is not a multiple of %d (4 KiB): round it up to %d (%s)", ErrInvalid, size, blockSize, up, FormatBytes(up))
 	}
 	return nil
 }
