@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -262,7 +263,13 @@ func (n *Node) joinLoop() {
 			n.logger.Info("joined gossip pool", "contacted", cnt)
 			return
 		}
-		n.logger.Warn("gossip join failed, retrying", "addrs", n.cfg.Join, "error", err, "in", backoff)
+		if strings.Contains(err.Error(), "no installed keys could decrypt") {
+			// memberlist's words for "the peer's gossip key is another".
+			n.logger.Warn("gossip join failed: the peers use another cluster key (their gossip cannot be decrypted with this node's --key); give every node the same key file, retrying",
+				"addrs", n.cfg.Join, "fingerprint", n.cfg.Keys.Fingerprint(), "error", err, "in", backoff)
+		} else {
+			n.logger.Warn("gossip join failed, retrying", "addrs", n.cfg.Join, "error", err, "in", backoff)
+		}
 		select {
 		case <-n.ctx.Done():
 			return
