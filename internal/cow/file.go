@@ -96,6 +96,11 @@ func OpenFileBackend(dir string, budget int64, node string, logger hclog.Logger)
 			return nil, err
 		}
 	}
+	// First of all: a database must not stay frozen because an earlier
+	// agent died mid-snapshot.
+	if err := b.thawMarked(); err != nil {
+		return nil, err
+	}
 	b.features = Features{Backend: "file", Filesystem: fsName(abs)}
 	b.features.Clone, err = probeReflink(abs)
 	if err != nil {
@@ -181,7 +186,7 @@ const ProbeFileName = ".forknode-ioprobe"
 // knownName: a name in the volume directory that is not a volume's but is
 // expected there, and never removed.
 func knownName(name string) bool {
-	return name == markerName || name == ProbeFileName || name == "lost+found"
+	return name == markerName || name == ProbeFileName || name == "lost+found" || isFreezeMark(name)
 }
 
 // ownName reports whether name is one the file backend makes: an image or

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"math/rand"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -363,4 +364,66 @@ func assertFrozen(mp string) error {
 		return fmt.Errorf("FIFREEZE %s: %w, want EBUSY (already frozen)", mp, err)
 	}
 	return nil
+}
+
+// TestFreezeMarkThawsAfterCrash: an agent killed while a snapshot holds
+// the source frozen (no defer runs) leaves a freeze mark; the next start
+// of the backend thaws the filesystem and drops the mark. Before marks,
+// the database stayed frozen until someone ran fsfreeze -u by hand.
+func TestFreezeMarkThawsAfterCrash(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireCmd(t, "mkfs.ext4")
+	ctx := context.Background()
+	b := newTestBackend(t, hostFS(t, "ext4"), 0)
+	if _, err := b.Create(ctx, CreateSpec{ID: "pg", Name: "pg", Size: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	dev := attachVolume(t, b, "pg")
+	testutil.Run(t, "mkfs.ext4", "-q", "-F", dev)
+	mp := testutil.Mount(t, dev, "ext4")
+
+	// A snapshot's mark exists exactly while the source is frozen.
+	frozenHook = func() error {
+		if _, err := os.Stat(b.freezeMarkPath("snap_ok")); err != nil {
+			return fmt.Errorf("no freeze mark while frozen: %w", err)
+		}
+		return nil
+	}
+	_, err := b.Snapshot(ctx, "pg", "snap_ok")
+	frozenHook = nil
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(b.freezeMarkPath("snap_ok")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("freeze mark left after the thaw: %v", err)
+	}
+
+	// The crash: marked and frozen, and nothing thaws.
+	if err := b.markFreeze("snap_crash", mp); err != nil {
+		t.Fatal(err)
+	}
+	thaw, err := freezeFS(mp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = thaw() }) // never leave the test machine frozen
+	if err := assertFrozen(mp); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewFileBackend(b.Dir(), 0, nil); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- os.WriteFile(filepath.Join(mp, "after"), []byte("x"), 0o600) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("filesystem still frozen after the backend restarted")
+	}
+	if _, err := os.Stat(b.freezeMarkPath("snap_crash")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("freeze mark left after the restart thawed: %v", err)
+	}
 }

@@ -158,8 +158,12 @@ func (b *FileBackend) materialize(ctx context.Context, src, dst Volume, allowCop
 			return err
 		}
 		if len(mps) > 0 {
+			if err := b.markFreeze(dst.ID, mps[0]); err != nil {
+				return err
+			}
 			thaw, err := freezeFS(mps[0])
 			if err != nil {
+				_ = os.Remove(b.freezeMarkPath(dst.ID))
 				return err
 			}
 			frozen = true
@@ -167,10 +171,13 @@ func (b *FileBackend) materialize(ctx context.Context, src, dst Volume, allowCop
 			// Deferred so that errors and panics thaw too.
 			defer func() {
 				if terr := thaw(); terr != nil {
+					// The mark stays: the next start tries the thaw again.
 					b.log.Error("thaw failed", "mountpoint", mps[0], "error", terr)
 					if err == nil {
 						err = terr
 					}
+				} else {
+					_ = os.Remove(b.freezeMarkPath(dst.ID))
 				}
 				b.log.Debug("thawed", "mountpoint", mps[0], "frozen_for", time.Since(freezeStart))
 			}()
