@@ -395,15 +395,27 @@ func runDemo(nodes []*cluster.Node, token string) error {
 	fork("demo-stream", "stream", api.CreateForkRequest{Source: "demo-src", Via: "stream", Host: "dev2", App: "demo"})
 
 	// Fill dev1, so the next fork of demo-src cannot stay on its host: the
-	// planner forks demo-stream (same app, on dev2) there instead.
+	// planner forks demo-stream (same app, on dev2) there instead. Without
+	// reflink a fork's snapshot is a full copy that the catalog reserves
+	// on the source host, and a stream from dev1 (demo-stream3) reads from
+	// one: leave room for that snapshot, but not for a fork beside it.
+	leave := int64(0)
+	if !feat.Clone {
+		leave = demoSize
+	}
 	if free, err := hostFree(ctx, c, "dev1"); err != nil {
 		return err
-	} else if free >= 4096 {
-		fill, err := c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "demo-filler", App: "filler", Size: free &^ 4095, Host: "dev1"}, true)
+	} else if free-leave >= 4096 {
+		fill, err := c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "demo-filler", App: "filler", Size: (free - leave) &^ 4095, Host: "dev1"}, true)
 		if err != nil {
 			return fmt.Errorf("fill dev1: %w", err)
 		}
-		fmt.Printf("filled dev1 with %s (%s)\n", fill.Name, humanSize(fill.Size))
+		if leave > 0 {
+			fmt.Printf("filled dev1 with %s (%s), leaving room for one snapshot (%s: a full copy without reflink) but not for a fork beside it\n",
+				fill.Name, humanSize(fill.Size), humanSize(leave))
+		} else {
+			fmt.Printf("filled dev1 with %s (%s)\n", fill.Name, humanSize(fill.Size))
+		}
 	}
 	fork("demo-replica", "replica", api.CreateForkRequest{Source: "demo-src"})
 	fork("demo-stream3", "stream", api.CreateForkRequest{Source: "demo-src", Region: devRegion, Host: "dev3"})

@@ -222,9 +222,25 @@ func (tc *testCluster) waitFork(via *Node, id string, timeout time.Duration) fsm
 	return f
 }
 
+// snapshotCost is what a fork's snapshot of size holds on a test host:
+// the size itself where t's temporary directories have no reflink (the
+// catalog reserves a full copy), else nothing.
+func snapshotCost(t *testing.T, size int64) int64 {
+	t.Helper()
+	b, err := cow.NewFileBackend(t.TempDir(), 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Features().Clone {
+		return 0
+	}
+	return size
+}
+
 func TestClusterForkPaths(t *testing.T) {
-	// n1 has room for one more 16 MiB volume only, so its second fork streams.
-	tc := newTestCluster(t, []int64{40 * MiB, 200 * MiB, 200 * MiB}, nil)
+	// n1 has room for one more 16 MiB volume only (and its snapshot, where
+	// a snapshot is a copy), so its second fork streams.
+	tc := newTestCluster(t, []int64{40*MiB + snapshotCost(t, 16*MiB), 200 * MiB, 200 * MiB}, nil)
 	f := tc.follower()
 	src := tc.createVolume(f, "pg", "app", "n1", 16*MiB)
 	tc.fill(src, 1)
@@ -469,7 +485,8 @@ func TestClusterRestartReconciles(t *testing.T) {
 // The source dies mid-stream: the fork fails within a bound, the target's
 // partial volume is removed, and the source drops its snapshot on restart.
 func TestClusterStreamSourceDies(t *testing.T) {
-	tc := newTestClusterWith(t, []int64{40 * MiB, 200 * MiB, 200 * MiB}, nil, func(c *Config) {
+	// n1 has room for the stream's snapshot of its 32 MiB volume.
+	tc := newTestClusterWith(t, []int64{40*MiB + snapshotCost(t, 32*MiB), 200 * MiB, 200 * MiB}, nil, func(c *Config) {
 		c.RateLimit = 4 * MiB
 		c.StreamCodec = "none"
 	})
@@ -524,7 +541,7 @@ func TestClusterStreamSourceDies(t *testing.T) {
 func TestClusterLeaderFailsForksOfDeadHosts(t *testing.T) {
 	for _, victim := range []string{"n1", "n2"} { // the source, the target
 		t.Run("dead "+victim, func(t *testing.T) {
-			tc := newTestClusterWith(t, []int64{40 * MiB, 200 * MiB, 200 * MiB}, nil, func(c *Config) {
+			tc := newTestClusterWith(t, []int64{40*MiB + snapshotCost(t, 32*MiB), 200 * MiB, 200 * MiB}, nil, func(c *Config) {
 				c.RateLimit = 2 * MiB
 				c.StreamCodec = "none"
 				c.streamPatience = 5 * time.Minute

@@ -378,19 +378,20 @@ func (s *State) createFork(c *CreateForkCmd) (any, error) {
 	// made).
 	app := c.Request.App
 	f := &Fork{
-		ID:           c.ForkID,
-		Request:      c.Request.Source,
-		Name:         c.Request.Name,
-		SourceVolume: plan.SourceVolume,
-		SourceHost:   plan.SourceHost,
-		TargetVolume: c.TargetVolumeID,
-		TargetHost:   plan.TargetHost,
-		Path:         plan.Path,
-		State:        ForkPending,
-		BytesTotal:   plan.Size,
-		RateLimit:    c.Request.RateLimit,
-		CreatedAt:    c.Time,
-		UpdatedAt:    c.Time,
+		ID:              c.ForkID,
+		Request:         c.Request.Source,
+		Name:            c.Request.Name,
+		SourceVolume:    plan.SourceVolume,
+		SourceHost:      plan.SourceHost,
+		TargetVolume:    c.TargetVolumeID,
+		TargetHost:      plan.TargetHost,
+		Path:            plan.Path,
+		State:           ForkPending,
+		BytesTotal:      plan.Size,
+		RateLimit:       c.Request.RateLimit,
+		SnapshotReserve: plan.SnapshotReserve,
+		CreatedAt:       c.Time,
+		UpdatedAt:       c.Time,
 	}
 	v := &Volume{
 		ID:        c.TargetVolumeID,

@@ -179,7 +179,27 @@ type planner struct {
 }
 
 func (p *planner) plan(v *Volume, target string, path Path) Plan {
-	return Plan{SourceVolume: v.ID, SourceHost: v.Host, TargetHost: target, Path: path, Size: v.Size}
+	return Plan{SourceVolume: v.ID, SourceHost: v.Host, TargetHost: target, Path: path, Size: v.Size,
+		SnapshotReserve: p.s.snapshotCost(p.s.hosts[v.Host], v.Size)}
+}
+
+// snapshotCost is the space a fork's snapshot of a volume of size takes on
+// its host h while the fork runs: a full copy on a file backend without
+// reflink, next to nothing elsewhere (a reflink, an LVM snapshot). From
+// catalog version 3 the planner counts it and the fork holds it; before,
+// a fork admitted for the target's size alone could fill the source's
+// disk with its snapshot, under volumes promised that space.
+func (s *State) snapshotCost(h *Host, size int64) int64 {
+	if h == nil || s.CatalogVersion() < 3 || h.Backend != "file" || h.CanClone {
+		return 0
+	}
+	return size
+}
+
+// localNeed is what a fork of v in place needs free on v's host h: the
+// new volume and its snapshot.
+func (p *planner) localNeed(v *Volume, h *Host) int64 {
+	return v.Size + p.s.snapshotCost(h, v.Size)
 }
 
 // localOK: v's host may fork it in place (alive, room, allowed by location).
@@ -188,7 +208,7 @@ func (p *planner) localOK(v *Volume) (*Host, bool) {
 	if h == nil || !h.Alive || !p.loc.allows(h) {
 		return h, false
 	}
-	return h, p.s.Free(h.ID) >= v.Size
+	return h, p.s.Free(h.ID) >= p.localNeed(v, h)
 }
 
 // planVolume plans a fork of one named volume v.
@@ -197,7 +217,7 @@ func (p *planner) planVolume(v *Volume, pinned bool) (Plan, error) {
 	h := s.hosts[v.Host]
 	alive := h != nil && h.Alive
 	here := p.loc.any() || (h != nil && p.loc.allows(h))
-	room := alive && s.Free(h.ID) >= v.Size
+	room := alive && s.Free(h.ID) >= p.localNeed(v, h)
 
 	switch p.req.Via {
 	case "":
@@ -260,8 +280,12 @@ func (p *planner) localErr(v *Volume, h *Host, via Path) error {
 	case via == PathClone && !h.CanClone:
 		return fmt.Errorf("%w: via clone: host %s (%s backend) cannot clone", ErrConflict, h.ID, backendName(h))
 	}
-	if free := p.s.Free(h.ID); free < v.Size {
-		return fmt.Errorf("%w: via %s: host %s has no room: need %s, free %s", ErrNoRoom, via, h.ID, FormatBytes(v.Size), FormatBytes(free))
+	if free, need := p.s.Free(h.ID), p.localNeed(v, h); free < need {
+		what := ""
+		if need != v.Size {
+			what = fmt.Sprintf(" (%s for the fork and as much for its snapshot, a full copy without reflink)", FormatBytes(v.Size))
+		}
+		return fmt.Errorf("%w: via %s: host %s has no room: need %s%s, free %s", ErrNoRoom, via, h.ID, FormatBytes(need), what, FormatBytes(free))
 	}
 	return nil
 }
@@ -313,6 +337,12 @@ func betterLocal(h *Host, free int64, id string, bh *Host, bfree int64, bid stri
 // with room; the source's region first, then the most free, then the id.
 func (p *planner) stream(v *Volume, prefix string) (Plan, error) {
 	src := p.s.hosts[v.Host]
+	if cost := p.s.snapshotCost(src, v.Size); cost > 0 {
+		if free := p.s.Free(src.ID); free < cost {
+			return Plan{}, fmt.Errorf("%w: %ssource host %s has no room for the snapshot a stream reads from: need %s (a full copy: no reflink on its filesystem), free %s; XFS with reflink, btrfs or LVM snapshot in place",
+				ErrNoRoom, prefix, src.ID, FormatBytes(cost), FormatBytes(free))
+		}
+	}
 	var best *Host
 	var bestFree int64
 	for _, t := range p.s.hosts {

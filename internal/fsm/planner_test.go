@@ -37,6 +37,7 @@ func TestPlanFork(t *testing.T) {
 	plan := func(src, srcHost, target string, path Path, size int64) Plan {
 		return Plan{SourceVolume: src, SourceHost: srcHost, TargetHost: target, Path: path, Size: size}
 	}
+	reserve := func(p Plan) Plan { p.SnapshotReserve = p.Size; return p }
 	cases := []tc{
 		// --- the four paths, unforced ---
 		{name: "clone on a clone host with room", hosts: std(),
@@ -199,7 +200,7 @@ func TestPlanFork(t *testing.T) {
 		{name: "app:", hosts: std(), vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB)},
 			req: ForkRequest{Source: "shop:", Name: "f"}, err: ErrInvalid},
 		{name: "v3: app: names the app", v: 3, hosts: std(), vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB)},
-			req: ForkRequest{Source: "shop:", Name: "f"}, want: plan("vol_a", "h2", "h2", PathCopy, GiB)},
+			req: ForkRequest{Source: "shop:", Name: "f"}, want: reserve(plan("vol_a", "h2", "h2", PathCopy, GiB))},
 		{name: "v3: app: of no app", v: 3, hosts: std(), vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB)},
 			req: ForkRequest{Source: "blog:", Name: "f"}, err: ErrNotFound, frags: []string{`no app "blog"`}},
 		{name: "v3: :vol_id", v: 3, hosts: std(), vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB)},
@@ -216,7 +217,26 @@ func TestPlanFork(t *testing.T) {
 			req:  ForkRequest{Source: "shop", Name: "f"}, want: plan("vol_b", "h1", "h1", PathClone, GiB)},
 		{name: "v3: the app form with a clash", v: 3, hosts: std(),
 			vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB), mkVol("vol_b", "shop", "other", "h1", GiB)},
-			req:  ForkRequest{Source: "shop:", Name: "f"}, want: plan("vol_a", "h2", "h2", PathCopy, GiB)},
+			req:  ForkRequest{Source: "shop:", Name: "f"}, want: reserve(plan("vol_a", "h2", "h2", PathCopy, GiB))},
+
+		// --- catalog version 3: a file host without reflink needs room for the snapshot too ---
+		{name: "v3: a copy needs room for its snapshot: 1.5 GiB free is not enough", v: 3, hosts: with(std(), "h2", 2*GiB+GiB/2),
+			vols: []Volume{mkVol("vol_a", "db", "", "h2", GiB)},
+			req:  ForkRequest{Source: "db", Name: "f", Via: PathCopy}, err: ErrNoRoom,
+			frags: []string{"need 2.0 GiB", "as much for its snapshot", "free 1.5 GiB"}},
+		{name: "v1: the same copy fits, as before", hosts: with(std(), "h2", 2*GiB+GiB/2),
+			vols: []Volume{mkVol("vol_a", "db", "", "h2", GiB)},
+			req:  ForkRequest{Source: "db", Name: "f", Via: PathCopy}, want: plan("vol_a", "h2", "h2", PathCopy, GiB)},
+		{name: "v3: unforced, no room for fork and snapshot: stream, the snapshot fits", v: 3, hosts: with(std(), "h2", 2*GiB+GiB/2),
+			vols: []Volume{mkVol("vol_a", "db", "", "h2", GiB)},
+			req:  ForkRequest{Source: "db", Name: "f"}, want: reserve(plan("vol_a", "h2", "h1", PathStream, GiB))},
+		{name: "v3: a stream from a full file host without reflink is refused up front", v: 3, hosts: with(std(), "h2", GiB+GiB/2),
+			vols: []Volume{mkVol("vol_a", "db", "", "h2", GiB)},
+			req:  ForkRequest{Source: "db", Name: "f"}, err: ErrNoRoom,
+			frags: []string{"source host h2 has no room for the snapshot a stream reads from", "need 1.0 GiB", "free 512 MiB"}},
+		{name: "v3: a stream from a clone host reserves nothing", v: 3, hosts: with(std(), "h1", GiB),
+			vols: []Volume{mkVol("vol_a", "db", "", "h1", GiB)},
+			req:  ForkRequest{Source: "db", Name: "f"}, want: plan("vol_a", "h1", "h2", PathStream, GiB)},
 		{name: "app prefers a clone host with room", hosts: with(std(), "h2", 100*GiB),
 			vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB), mkVol("vol_b", "db2", "shop", "h3", GiB), mkVol("vol_c", "db3", "shop", "h1", GiB)},
 			req:  ForkRequest{Source: "shop", Name: "f"},

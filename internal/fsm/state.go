@@ -131,7 +131,8 @@ func sortedForks(m map[string]*Fork) []Fork {
 }
 
 // Used is the sum of sizes of the host's volumes that are not failed (a
-// creating volume is a reservation). Free is Budget-Used, never negative.
+// creating volume is a reservation), plus the snapshot reservations of
+// forks in flight from it. Free is Budget-Used, never negative.
 func (s *State) Used(hostID string) int64 { return s.used[hostID] }
 
 func (s *State) Free(hostID string) int64 {
@@ -209,6 +210,14 @@ func (s *State) addUsed(host string, delta int64) {
 }
 
 func (s *State) putFork(f *Fork) {
+	// An active fork's snapshot reservation counts against its source
+	// host until the fork finishes.
+	if old := s.active[f.ID]; old != nil && old.SnapshotReserve != 0 {
+		s.addUsed(old.SourceHost, -old.SnapshotReserve)
+	}
+	if (f.State == ForkPending || f.State == ForkRunning) && f.SnapshotReserve != 0 {
+		s.addUsed(f.SourceHost, f.SnapshotReserve)
+	}
 	s.forks[f.ID] = f
 	if f.State == ForkPending || f.State == ForkRunning {
 		s.active[f.ID] = f

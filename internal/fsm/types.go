@@ -82,11 +82,15 @@ type Fork struct {
 	WireBytes    int64     `json:"wire_bytes,omitempty"`
 	// RateLimit caps this fork's copy or stream in bytes/s of volume data,
 	// under the hosts' own --rate-limit; 0 leaves only the hosts' limits.
-	RateLimit  int64  `json:"rate_limit,omitempty"`
-	Error      string `json:"error,omitempty"`
-	CreatedAt  int64  `json:"created_at"`
-	UpdatedAt  int64  `json:"updated_at"`
-	FinishedAt int64  `json:"finished_at,omitempty"`
+	RateLimit int64 `json:"rate_limit,omitempty"`
+	// SnapshotReserve is space held on the source host while the fork is
+	// in flight, for a snapshot that is a full copy (a file backend
+	// without reflink). Set at creation from catalog version 3 on.
+	SnapshotReserve int64  `json:"snapshot_reserve,omitempty"`
+	Error           string `json:"error,omitempty"`
+	CreatedAt       int64  `json:"created_at"`
+	UpdatedAt       int64  `json:"updated_at"`
+	FinishedAt      int64  `json:"finished_at,omitempty"`
 }
 
 // Finished reports whether the fork reached a final state (ready or failed).
@@ -120,4 +124,7 @@ type Plan struct {
 	TargetHost   string `json:"target_host"`
 	Path         Path   `json:"path"`
 	Size         int64  `json:"size"`
+	// SnapshotReserve is what the fork's snapshot holds on SourceHost
+	// while it runs (see Fork.SnapshotReserve).
+	SnapshotReserve int64 `json:"snapshot_reserve,omitempty"`
 }
