@@ -72,6 +72,9 @@ func (d *fileDevice) WriteAt(p []byte, off int64) (int, error) {
 // with SEEK_DATA.
 func (d *fileDevice) Fd() uintptr { return d.f.Fd() }
 
+// Name is the image's (or device's) path, for error messages.
+func (d *fileDevice) Name() string { return d.f.Name() }
+
 func (d *fileDevice) Close() error { return d.f.Close() }
 func (d *fileDevice) Size() int64  { return d.size }
 func (d *fileDevice) Sync() error  { return d.f.Sync() }

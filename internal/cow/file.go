@@ -276,39 +276,37 @@ func (b *FileBackend) load() error {
 		return fmt.Errorf("read backend dir: %w", err)
 	}
 	haveMeta := map[string]bool{}
+	removed := map[string]bool{}
 	for _, e := range entries {
 		name := e.Name()
 		if strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".tmp") && ownName(name) {
 			b.log.Warn("removing debris of an interrupted operation", "file", name)
 			_ = os.Remove(filepath.Join(b.dir, name))
+			removed[name] = true
 			continue
 		}
 		if !strings.HasSuffix(name, ".json") {
 			continue
 		}
-		raw, err := os.ReadFile(filepath.Join(b.dir, name))
+		// One volume's damaged files must not take the host's other
+		// volumes down with it: that volume is left alone (its image is
+		// never removed as debris) and not served, and the log says so.
+		id := strings.TrimSuffix(name, ".json")
+		v, err := b.readMeta(name)
 		if err != nil {
-			return fmt.Errorf("read metadata %s: %w", name, err)
-		}
-		var v Volume
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return fmt.Errorf("parse metadata %s: %w", name, err)
-		}
-		if v.ID+".json" != name {
-			return fmt.Errorf("metadata %s holds id %q", name, v.ID)
-		}
-		v.Path = b.imgPath(v.ID)
-		if _, err := os.Stat(v.Path); err != nil {
-			return fmt.Errorf("volume %s: image missing: %w", v.ID, err)
+			b.log.Error("volume left in place and not served: fix or remove its files by hand, then restart",
+				"volume", id, "error", err)
+			haveMeta[id] = true
+			continue
 		}
 		haveMeta[v.ID] = true
-		b.vols[v.ID] = &v
+		b.vols[v.ID] = v
 	}
 	for _, e := range entries {
 		name := e.Name()
 		id, ok := strings.CutSuffix(name, ".img")
 		switch {
-		case ok && haveMeta[id]:
+		case ok && haveMeta[id], removed[name]:
 		case ok && ownName(name):
 			b.log.Warn("removing image without metadata (interrupted create)", "file", name)
 			_ = os.Remove(filepath.Join(b.dir, name))
@@ -320,6 +318,26 @@ func (b *FileBackend) load() error {
 		b.rediscover(v)
 	}
 	return nil
+}
+
+// readMeta reads the metadata file name and checks its image is there.
+func (b *FileBackend) readMeta(name string) (*Volume, error) {
+	raw, err := os.ReadFile(filepath.Join(b.dir, name))
+	if err != nil {
+		return nil, fmt.Errorf("read metadata %s: %w", name, err)
+	}
+	var v Volume
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return nil, fmt.Errorf("parse metadata %s: %w", name, err)
+	}
+	if v.ID+".json" != name {
+		return nil, fmt.Errorf("metadata %s holds id %q", name, v.ID)
+	}
+	v.Path = b.imgPath(v.ID)
+	if _, err := os.Stat(v.Path); err != nil {
+		return nil, fmt.Errorf("volume %s: image missing: %w", v.ID, err)
+	}
+	return &v, nil
 }
 
 // rediscover makes v.Device match what the loop driver really has bound,

@@ -83,10 +83,18 @@ func TestMetadataDurableAcrossReopen(t *testing.T) {
 	if files := dirFiles(t, dir); !reflect.DeepEqual(files, []string{"snap_1.img", "snap_1.json", "vol_a.img", "vol_a.json"}) {
 		t.Fatalf("debris not cleaned: %v", files)
 	}
-	// A corrupt metadata file is an error, not a silent loss.
+	// A corrupt metadata file is not a silent loss: the volume is not
+	// served, and its files stay (TestDamagedVolumeLeftAlone has more).
 	os.WriteFile(filepath.Join(dir, "vol_a.json"), []byte("{"), 0o600)
-	if _, err := NewFileBackend(dir, 0, nil); err == nil || !strings.Contains(err.Error(), "vol_a.json") {
-		t.Fatalf("corrupt metadata: %v", err)
+	b3, err := NewFileBackend(dir, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b3.Get(ctx, "vol_a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("volume with corrupt metadata served: %v", err)
+	}
+	if files := dirFiles(t, dir); !reflect.DeepEqual(files, []string{"snap_1.img", "snap_1.json", "vol_a.img", "vol_a.json"}) {
+		t.Fatalf("files of a volume with corrupt metadata: %v", files)
 	}
 }
 
@@ -443,5 +451,44 @@ func TestOpenClaimsBeforeCleaning(t *testing.T) {
 	}
 	if _, err := os.Stat(inFlight); err != nil {
 		t.Fatalf("the first agent's create in flight was removed: %v", err)
+	}
+}
+
+// TestDamagedVolumeLeftAlone: one volume's truncated metadata, or its
+// missing image, no longer stops the backend (and with it every other
+// volume on the host). The damaged volume is not served, and its files
+// stay where they are: an image is never removed as debris because its
+// metadata could not be read.
+func TestDamagedVolumeLeftAlone(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b := newTestBackend(t, dir, 0)
+	for _, id := range []string{"vol_good", "vol_torn", "vol_gone"} {
+		if _, err := b.Create(ctx, CreateSpec{ID: id, Name: id, Size: 1 << 20}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "vol_torn.json"), []byte(`{"id":"vol_t`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "vol_gone.img")); err != nil {
+		t.Fatal(err)
+	}
+	b2, err := NewFileBackend(dir, 0, testLogger(t))
+	if err != nil {
+		t.Fatalf("one damaged volume stopped the backend: %v", err)
+	}
+	if _, err := b2.Get(ctx, "vol_good"); err != nil {
+		t.Fatalf("the undamaged volume: %v", err)
+	}
+	for _, id := range []string{"vol_torn", "vol_gone"} {
+		if _, err := b2.Get(ctx, id); !errors.Is(err, ErrNotFound) {
+			t.Errorf("damaged %s served: %v", id, err)
+		}
+	}
+	for _, name := range []string{"vol_torn.img", "vol_torn.json", "vol_gone.json"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Errorf("%s of a damaged volume was removed: %v", name, err)
+		}
 	}
 }

@@ -582,6 +582,9 @@ type fdBlockDevice struct{ *blockDevice }
 // Fd is the open device's descriptor.
 func (d fdBlockDevice) Fd() uintptr { return d.f.Fd() }
 
+// Name is the LV's device path, for error messages.
+func (d fdBlockDevice) Name() string { return d.f.Name() }
+
 // Attach activates the LV and returns its block device: an LV already is
 // one, no loop device is needed.
 func (b *LVMBackend) Attach(ctx context.Context, id string) (string, error) {

@@ -86,7 +86,7 @@ func openDirect(s Sink) *os.File {
 	default:
 		return nil
 	}
-	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", fd), os.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	f, err := reopen(fd, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, s)
 	if err != nil {
 		return nil
 	}
@@ -137,4 +137,19 @@ func dataExtents(s Source, size int64) []Extent {
 		out = []Extent{} // all holes: known, not unknown
 	}
 	return out
+}
+
+// reopen opens descriptor fd again (through /proc/self/fd) with flags,
+// named after what x calls itself, so that an error of the new file (say
+// ENOSPC) names the volume's path, not /proc/self/fd/N.
+func reopen(fd int, flags int, x any) (*os.File, error) {
+	nfd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), flags, 0)
+	if err != nil {
+		return nil, err
+	}
+	name := fmt.Sprintf("fd %d", fd)
+	if n, ok := x.(interface{ Name() string }); ok && n.Name() != "" {
+		name = n.Name()
+	}
+	return os.NewFile(uintptr(nfd), name), nil
 }

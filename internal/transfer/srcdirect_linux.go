@@ -1,7 +1,6 @@
 package transfer
 
 import (
-	"fmt"
 	"io"
 	"os"
 	"sync"
@@ -53,7 +52,7 @@ func openDirectSource(s Source, log hclog.Logger) *directSource {
 		log.Debug("odd logical block size, reading the block device through the page cache", "lbs", lbs)
 		return nil
 	}
-	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", fd), os.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	f, err := reopen(fd, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, s)
 	if err != nil {
 		log.Debug("O_DIRECT refused, reading the block device through the page cache", "error", err)
 		return nil

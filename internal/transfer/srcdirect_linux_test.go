@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 
 	"github.com/forknode/forknode/internal/testutil"
 )
@@ -193,5 +194,27 @@ func TestAlignedBufTo(t *testing.T) {
 				t.Fatalf("alignedBufTo(%d, %d): len %d cap %d at %p", n, a, len(b), cap(b), unsafe.SliceData(b))
 			}
 		}
+	}
+}
+
+// An error of a reopened descriptor names the sink's path, not
+// /proc/self/fd/N: "write /proc/self/fd/18: no space left on device" told
+// an operator nothing.
+func TestReopenKeepsTheName(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "sink")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	g, err := reopen(int(f.Fd()), unix.O_RDONLY|unix.O_CLOEXEC, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if g.Name() != f.Name() {
+		t.Fatalf("reopened file is named %q, want %q", g.Name(), f.Name())
+	}
+	if _, err := g.Write([]byte("x")); err == nil || !strings.Contains(err.Error(), f.Name()) {
+		t.Fatalf("an error of the reopened file: %v, want it to name %s", err, f.Name())
 	}
 }
