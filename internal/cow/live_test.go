@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"math/rand"
 	"os"
@@ -425,5 +426,46 @@ func TestFreezeMarkThawsAfterCrash(t *testing.T) {
 	}
 	if _, err := os.Stat(b.freezeMarkPath("snap_crash")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("freeze mark left after the restart thawed: %v", err)
+	}
+}
+
+// TestCopyRefusesRawWriters: a copy snapshot of an attached volume nobody
+// has mounted cannot freeze anything, so one that another process has
+// open for writing (a VM, a database on the raw device, dd) is refused
+// rather than copied torn. A reader does not stop it.
+func TestCopyRefusesRawWriters(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireCmd(t, "mkfs.ext4")
+	ctx := context.Background()
+	b := newTestBackend(t, hostFS(t, "ext4"), 0) // no reflink: snapshots copy
+	if _, err := b.Create(ctx, CreateSpec{ID: "raw", Name: "raw", Size: 16 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	dev := attachVolume(t, b, "raw")
+	hold := func(mode string) func() {
+		cmd := exec.Command("sh", "-c", "exec 3"+mode+dev+"; echo held; exec sleep 60")
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(out, buf); err != nil {
+			t.Fatal(err)
+		}
+		return func() { cmd.Process.Kill(); cmd.Wait() }
+	}
+	stop := hold("<>")
+	_, err := b.Snapshot(ctx, "raw", "snap_w")
+	stop()
+	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "open for writing by pid") {
+		t.Fatalf("copy with a raw writer: %v, want ErrBusy naming it", err)
+	}
+	stop = hold("<")
+	defer stop()
+	if _, err := b.Snapshot(ctx, "raw", "snap_r"); err != nil {
+		t.Fatalf("copy with a reader only: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -196,6 +197,16 @@ func (b *FileBackend) materialize(ctx context.Context, src, dst Volume, allowCop
 					return fmt.Errorf("open %s: %w", src.Device, err)
 				}
 				defer excl.Close()
+				// O_EXCL keeps mounts out, not writers: one writing the raw
+				// device during the copy would tear it.
+				writers, err := deviceWriters(src.Device)
+				if err != nil {
+					return err
+				}
+				if len(writers) > 0 {
+					return fmt.Errorf("%w: %s is attached as %s and open for writing by %s, with no mounted filesystem to freeze: a copy would be torn; stop the writer, or mount the filesystem here (forknode freezes it), or use a reflink filesystem (xfs -m reflink=1, btrfs)",
+						ErrBusy, src.ID, src.Device, strings.Join(writers, ", "))
+				}
 			}
 			if err := syncBlockDev(src.Device); err != nil {
 				return err
