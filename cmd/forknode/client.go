@@ -91,6 +91,13 @@ func (cf *clientFlags) client() (*api.Client, error) {
 		}
 	}
 	c.Timeout = cf.timeout
+	var warned bool
+	c.OnStale = func(_, _ string) {
+		if !warned { // once per command, however many requests it makes
+			warned = true
+			fmt.Fprintf(os.Stderr, "forknode: warning: %s could not reach the cluster's leader and answered from its own copy of the catalog, which may miss recent changes\n", addr)
+		}
+	}
 	return c, nil
 }
 

@@ -404,3 +404,20 @@ func TestClientErrorsJSONAndHints(t *testing.T) {
 		t.Fatalf("connection refused: exit %d:\n%s", code, errOut)
 	}
 }
+
+// An answer from a node that could not reach the leader carries
+// X-Forknode-Stale; the CLI says so on stderr, once, and still prints it.
+func TestClientWarnsOnStale(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(api.StaleHeader, "true")
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(api.VolumeList{Volumes: []api.Volume{{ID: "vol_1", Name: "db", Host: "n1", State: fsm.VolumeReady}}})
+	}))
+	t.Cleanup(srv.Close)
+	t.Setenv("FORKNODE_ADDR", srv.URL)
+	t.Setenv("FORKNODE_TOKEN", "tok")
+	code, out, errOut := capture(t, "volume", "ls")
+	if code != 0 || !strings.Contains(out, "vol_1") || strings.Count(errOut, "may miss recent changes") != 1 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+}

@@ -24,7 +24,15 @@ type Client struct {
 	http  *http.Client
 	// Timeout bounds each request whose context has no deadline (0: none).
 	Timeout time.Duration
+	// OnStale, when set, is called for an answer the node served from a
+	// catalog it could not bring up to date with the leader
+	// (StaleHeader): it may miss the latest changes.
+	OnStale func(method, path string)
 }
+
+// StaleHeader marks an answer served from a catalog that could not catch
+// up with the leader.
+const StaleHeader = "X-Forknode-Stale"
 
 // NewClient returns a client for addr ("host:port" or an http:// URL) with
 // bearer token.
@@ -111,6 +119,9 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any, hea
 		return fmt.Errorf("%s %s: %w", method, u.Redacted(), err)
 	}
 	defer resp.Body.Close()
+	if c.OnStale != nil && resp.Header.Get(StaleHeader) == "true" {
+		c.OnStale(method, path)
+	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return fmt.Errorf("%s %s: read response: %w", method, u.Redacted(), err)

@@ -53,7 +53,7 @@ const (
 	// or with 503 (lookups of unknown ids).
 	barrierTimeout = 2 * time.Second
 	// staleHeader marks a list served from a catalog that may lag the leader.
-	staleHeader = "X-Forknode-Stale"
+	staleHeader = api.StaleHeader
 )
 
 // httpHandler is the API the node serves on APIAddr. Server timeouts
