@@ -32,7 +32,7 @@ type agentFlags struct {
 	overprovision                                                            float64
 	capacity, rateLimit, paceFloor                                           int64
 	keyFile, codec, logLevel                                                 string
-	logJSON, pace, apiTLS                                                    bool
+	logJSON, pace, apiTLS, leaveOnStop                                       bool
 	paceProbe                                                                string
 	nice                                                                     int
 	forkRetention, sweepInterval                                             time.Duration
@@ -75,6 +75,7 @@ func runAgent(args []string) error {
 	fs.StringVar(&f.codec, "codec", "auto", "stream compression: zstd, s2 or auto")
 	durationVar(fs, &f.sweepInterval, "sweep-interval", 30*time.Second, "how often the leader deletes expired volumes and prunes old forks")
 	durationVar(fs, &f.forkRetention, "fork-retention", cluster.DefaultForkRetention, "how long the catalog keeps finished forks before the leader prunes them, e.g. 7d (0: forever); volumes go by their own --ttl")
+	fs.BoolVar(&f.leaveOnStop, "leave-on-stop", false, "on SIGTERM/SIGINT leave the cluster for good (decommission); by default a stopped node stays a voter and rejoins when restarted")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.BoolVar(&f.logJSON, "log-json", false, "log as JSON lines")
 	pos, err := parseInterspersed(fs, args)
@@ -184,14 +185,18 @@ func runAgent(args []string) error {
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	s := <-sig
-	logger.Info("leaving the cluster", "signal", s.String())
 	go func() {
-		// A second signal skips the graceful leave.
+		// A second signal skips the graceful stop.
 		<-sig
 		logger.Warn("second signal: exiting now")
 		os.Exit(1)
 	}()
-	return node.Close()
+	if f.leaveOnStop {
+		logger.Info("leaving the cluster for good (--leave-on-stop)", "signal", s.String())
+		return node.Close()
+	}
+	logger.Info("stopping; this node stays a cluster member and rejoins when restarted (remove it for good with --leave-on-stop, or forknode node rm)", "signal", s.String())
+	return node.Stop()
 }
 
 // probeLVer is the LVM backend's side of the pacing probe.

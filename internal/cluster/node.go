@@ -375,9 +375,26 @@ func (n *Node) Close() error {
 	return n.closeErr
 }
 
-func (n *Node) shutdown(graceful bool) error {
+// Stop stops the node but keeps it a member: it hands leadership over
+// and shuts down without leaving, so the cluster counts it as a voter that
+// is down, as after a crash, and it takes its place again when restarted.
+// That is what a restart for maintenance or an upgrade wants: a node that
+// left must be re-added by a leader, and with one more node down there
+// may be none (two of three voters up still make a quorum only if the
+// restarted one is still a voter). Close is for leaving for good.
+func (n *Node) Stop() error {
+	n.once.Do(func() { n.closeErr = n.shutdownMode(true, false) })
+	return n.closeErr
+}
+
+func (n *Node) shutdown(graceful bool) error { return n.shutdownMode(graceful, graceful) }
+
+// shutdownMode stops the node; handOver transfers leadership first, leave
+// leaves gossip and raft (Close), else the node just stops (Stop, crash).
+func (n *Node) shutdownMode(handOver, leave bool) error {
+	graceful := leave
 	var errs []error
-	if graceful && n.raft != nil && n.raft.State() == raft.Leader && n.gossip != nil {
+	if handOver && n.raft != nil && n.raft.State() == raft.Leader && n.gossip != nil {
 		// Hand leadership over first, so the cluster keeps a leader.
 		if err := n.raft.LeadershipTransfer().Error(); err != nil {
 			n.logger.Debug("leadership transfer", "error", err)

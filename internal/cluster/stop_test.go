@@ -1,0 +1,57 @@
+package cluster
+
+import (
+	"testing"
+	"time"
+
+	"github.com/forknode/forknode/internal/testutil"
+)
+
+// TestStopKeepsTheVoter: a node stopped with Stop (the agent's default on
+// SIGTERM) stays a raft voter, so after a restart it and one other node
+// still make a quorum of three even while the third is down. With Close
+// it would have left, and the cluster would have been stuck until the
+// third came back (found by a failure walkthrough).
+func TestStopKeepsTheVoter(t *testing.T) {
+	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil)
+	voters := func(l *Node) int {
+		cf := l.raft.GetConfiguration()
+		if cf.Error() != nil {
+			return -1
+		}
+		return len(cf.Configuration().Servers)
+	}
+	// Stop the leader itself: the hardest case for a graceful stop.
+	idx := 0
+	for i, n := range tc.nodes {
+		if n.IsLeader() {
+			idx = i
+		}
+	}
+	// An agent restarts on its configured ports.
+	cfg := tc.cfgs[idx]
+	cfg.ClusterAddr, cfg.GossipAddr = tc.nodes[idx].ClusterAddr(), tc.nodes[idx].GossipAddr()
+	if err := tc.nodes[idx].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	tc.nodes[idx] = nil
+	var l *Node
+	testutil.Eventually(t, 10*time.Second, "a new leader", func() bool { l = tc.leader(); return l != nil })
+	from := l.reconciles.Load()
+	testutil.Eventually(t, 10*time.Second, "three reconcile passes", func() bool { return l.reconciles.Load() >= from+3 })
+	if got := voters(l); got != 3 {
+		t.Fatalf("after Stop the raft configuration has %d servers, want 3", got)
+	}
+
+	// Restart the stopped node, then crash another: two of three remain.
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.nodes[idx] = n
+	other := (idx + 1) % 3
+	tc.nodes[other].shutdown(false)
+	tc.nodes[other] = nil
+	testutil.Eventually(t, 15*time.Second, "a leader among the restarted node and the third", func() bool { return tc.leader() != nil })
+	tc.createVolume(tc.leader(), "after", "app", tc.cfgs[idx].Name, 4*MiB)
+}
