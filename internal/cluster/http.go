@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"runtime/debug"
 	"strconv"
@@ -300,6 +301,15 @@ func (s *apiServer) fail(w http.ResponseWriter, r *http.Request, err error) {
 // decode reads one JSON object into dst: at most api.MaxBodyBytes, no
 // unknown fields, nothing after the object. Errors name the problem.
 func decode(w http.ResponseWriter, r *http.Request, dst any) error {
+	// A body sent as something else (a form, plain text; also curl -d
+	// without -H) is refused with the fix; a request with no Content-Type
+	// at all is taken as JSON.
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			return &httpError{status: http.StatusUnsupportedMediaType, code: api.CodeInvalid,
+				err: fmt.Errorf("Content-Type %q: the API takes application/json (curl: -H 'Content-Type: application/json')", ct)}
+		}
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()

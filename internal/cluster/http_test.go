@@ -385,6 +385,8 @@ func TestHTTPErrors(t *testing.T) {
 		{"delete a fork's source", "DELETE", "/v1/volumes/db", testToken, "", 409, api.CodeConflict, "forks cancel"},
 		{"fork source not ready", "POST", "/v1/forks", testToken, `{"source":"fresh","name":"y"}`, 409, api.CodeConflict, "creating"},
 		{"bad idempotency key", "POST", "/v1/forks", testToken, `{"source":"db","name":"z"}`, 400, api.CodeInvalid, "Idempotency-Key"},
+		{"form body", "POST", "/v1/volumes", testToken, `{"name":"ct","size":4096}`, 415, api.CodeInvalid, "takes application/json"},
+		{"json with charset", "POST", "/v1/volumes", testToken, `{"name":"ct2","size":4096,"host":"h1"}`, 201, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var body io.Reader
@@ -392,8 +394,13 @@ func TestHTTPErrors(t *testing.T) {
 				body = strings.NewReader(tc.body)
 			}
 			var hdr []string
-			if tc.name == "bad idempotency key" {
+			switch tc.name {
+			case "bad idempotency key":
 				hdr = []string{api.IdempotencyHeader, "has space"}
+			case "form body":
+				hdr = []string{"Content-Type", "application/x-www-form-urlencoded"}
+			case "json with charset":
+				hdr = []string{"Content-Type", "application/json; charset=utf-8"}
 			}
 			r := do(t, e.srv1, tc.method, tc.path, tc.token, body, hdr...)
 			if r.status != tc.status {

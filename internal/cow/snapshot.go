@@ -259,11 +259,11 @@ func (b *FileBackend) materialize(ctx context.Context, src, dst Volume, allowCop
 func (b *FileBackend) checkCopySpace(path string) error {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
-		return err
+		return fmt.Errorf("source image %s: %w", path, err)
 	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(b.dir, &fs); err != nil {
-		return err
+		return fmt.Errorf("statfs %s: %w", b.dir, err)
 	}
 	need := st.Blocks * 512
 	avail := int64(fs.Bavail) * int64(fs.Bsize)
