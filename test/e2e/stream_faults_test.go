@@ -30,16 +30,29 @@ import (
 // fork (no --via, no --host) must leave it over the stream, and the copy
 // must equal the source byte for byte.
 func TestStreamForcedByFullHost(t *testing.T) {
-	const srcSize, fillSize = 64 * mib, 32 * mib
+	const srcSize, capacity = 64 * mib, 160 * mib
 	c := startFaultCluster(t, faultOpts{nodes: 3, extra: func(i int) []string {
 		if i == 0 {
-			return []string{"--capacity", fmt.Sprintf("%dMiB", (srcSize+fillSize)/mib)}
+			return []string{"--capacity", fmt.Sprintf("%dMiB", capacity/mib)}
 		}
 		return []string{"--capacity", "1GiB"}
 	}})
 	src := c.createVolume("full-src", srcSize, 0)
 	c.fillImage(0, src.ID, srcSize, 1, nil)
-	c.createVolume("full-filler", fillSize, 0) // n0 is now exactly full
+	// n0 is now full for a fork. Without reflink a fork's snapshot is a
+	// full copy, which the catalog reserves on the source: leave room for
+	// the stream's snapshot, but not for a local fork and its snapshot.
+	st, err := c.client(0).Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	leave := int64(srcSize)
+	for _, h := range st.Hosts {
+		if h.ID == "n0" && h.CanClone {
+			leave = 0
+		}
+	}
+	c.createVolume("full-filler", capacity-srcSize-leave, 0)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
