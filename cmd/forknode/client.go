@@ -838,14 +838,14 @@ func waitVolumeGone(ctx context.Context, c *api.Client, id string, bound time.Du
 func runNode(args []string) error {
 	if len(args) == 0 || (args[0] != "rm" && args[0] != "remove") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-			fmt.Println("Usage: forknode node rm NAME   (a dead node only; a running node leaves when stopped)")
+			fmt.Println("Usage: forknode node rm NAME [--json]   (a stopped or dead node only; or stop a running one with agent --leave-on-stop)")
 			return nil
 		}
 		return usagef("node: want 'node rm NAME'")
 	}
 	var cf clientFlags
-	fs := newFlagSet("node rm", "node rm NAME")
-	addClientFlags(fs, &cf, false)
+	fs := newFlagSet("node rm", "node rm NAME [--json]   (a stopped or dead node: it leaves raft and the hosts for good)")
+	addClientFlags(fs, &cf, true)
 	pos, err := parseInterspersed(fs, args[1:])
 	if err != nil {
 		return err
@@ -859,6 +859,12 @@ func runNode(args []string) error {
 	}
 	if err := c.RemoveNode(context.Background(), pos[0]); err != nil {
 		return err
+	}
+	if cf.json {
+		return printJSON(struct {
+			Node    string `json:"node"`
+			Removed bool   `json:"removed"`
+		}{pos[0], true})
 	}
 	fmt.Printf("node %s removed from the cluster\n", pos[0])
 	return nil

@@ -205,6 +205,8 @@ func fakeAPI(t *testing.T) *httptest.Server {
 		case "GET /v1/forks/fork_nope":
 			w.WriteHeader(404)
 			json.NewEncoder(w).Encode(api.ErrorBody{Error: `fork "fork_nope": not found`, Code: api.CodeNotFound})
+		case "DELETE /v1/nodes/n9":
+			w.WriteHeader(204)
 		case "DELETE /v1/volumes/db":
 			json.NewEncoder(w).Encode(api.Volume{ID: "vol_1", Name: "db", Host: "n1", Size: 1 << 30, State: fsm.VolumeDeleting})
 		case "POST /v1/forks/fork_run/cancel":
@@ -267,6 +269,8 @@ func TestClientCommands(t *testing.T) {
 		{args: []string{"forks", "show", "fork_1"}, out: []string{"compression ratio 4.00", "rate:", "512 MiB/s", "rate limit:", "64 MiB/s (this fork's own cap)", "took:"}},
 		{args: []string{"forks", "show", "fork_run"}, out: []string{"running for:  1m5s", "wire:         40 KiB\n"}, notOut: []string{"took:", "ratio"}},
 		{args: []string{"forks", "show", "fork_run", "--json"}, notOut: []string{"compression_ratio"}},
+		{args: []string{"node", "rm", "n9"}, out: []string{"node n9 removed from the cluster"}},
+		{args: []string{"node", "rm", "n9", "--json"}, out: []string{`"node": "n9"`, `"removed": true`}},
 		{args: []string{"volume", "rm", "db", "--wait"}, out: []string{"volume db (vol_1) on n1: deleted"}},
 		{args: []string{"volume", "rm", "db", "--wait", "--json"}, out: []string{`"state": "deleted"`}},
 		{args: []string{"volume", "rm", "db", "--json"}, out: []string{`"state": "deleting"`}},
