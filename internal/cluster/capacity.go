@@ -3,6 +3,8 @@ package cluster
 import (
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/forknode/forknode/internal/fsm"
 )
 
@@ -17,7 +19,7 @@ import (
 func (n *Node) capacityLoop() {
 	t := time.NewTicker(n.cfg.CapacityInterval)
 	defer t.Stop()
-	failing := false
+	failing, lowData := false, false
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -33,6 +35,19 @@ func (n *Node) capacityLoop() {
 			continue
 		}
 		failing = false
+		// A node whose raft log cannot grow lags the catalog and would sit
+		// on work placed on it; it takes no new work until it has room.
+		if free, err := n.dataDirFree(); err == nil && free < DataDirReserve {
+			if !lowData {
+				n.logger.Error("the data directory's disk is nearly full: advertising no capacity, so no new volumes or forks are placed here, until it has room again",
+					"data_dir", n.cfg.DataDir, "free", free, "reserve", int64(DataDirReserve))
+			}
+			lowData = true
+			c.Budget = 0
+		} else if lowData {
+			n.logger.Info("the data directory has room again", "data_dir", n.cfg.DataDir)
+			lowData = false
+		}
 		var old int64
 		moved := false
 		n.gossip.setMeta(func(m *nodeMeta) {
@@ -55,6 +70,23 @@ func (n *Node) capacityLoop() {
 			n.logger.Info("capacity budget changed", "old", old, "new", c.Budget, "provisioned", used)
 		}
 	}
+}
+
+// DataDirReserve is the free space the data directory's filesystem must
+// keep for the raft log and snapshots before the node takes new work.
+const DataDirReserve = 64 << 20
+
+// dataDirFree measures the data directory's free space (Config's test
+// hook stands in for a disk that fills).
+func (n *Node) dataDirFree() (int64, error) {
+	if n.cfg.dataDirFree != nil {
+		return n.cfg.dataDirFree()
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(n.cfg.DataDir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
 }
 
 // budgetMoved reports a change worth a catalog entry: any change to or

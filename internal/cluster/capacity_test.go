@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,4 +121,38 @@ func TestClusterCapacityRefresh(t *testing.T) {
 	if done := tc.waitFork(tc.nodes[0], fk.ID, 20*time.Second); done.State != fsm.ForkReady {
 		t.Fatalf("fork %+v", done)
 	}
+}
+
+// TestDataDirFullTakesNoWork: a node whose data directory's disk is nearly
+// full (its raft log cannot grow, so its catalog lags) advertises no
+// capacity, so nothing new is placed there, and takes work again once it
+// has room (found by a failure walkthrough: volumes placed on such a node
+// sat in "creating" for minutes).
+func TestDataDirFullTakesNoWork(t *testing.T) {
+	var free atomic.Int64
+	free.Store(1 << 40)
+	tc := newTestClusterWith(t, []int64{100 * MiB, 100 * MiB}, nil, func(c *Config) {
+		if c.Name == "n2" {
+			c.dataDirFree = func() (int64, error) { return free.Load(), nil }
+		}
+	})
+	budget := func() int64 {
+		var b int64
+		tc.nodes[0].View(func(s *fsm.State) {
+			if h, ok := s.Host("n2"); ok {
+				b = h.Budget
+			}
+		})
+		return b
+	}
+	free.Store(DataDirReserve - 1)
+	testutil.Eventually(t, 10*time.Second, "n2 advertises no capacity", func() bool { return budget() == 0 })
+	_, err := tc.nodes[0].Apply(context.Background(), fsm.CmdCreateVolume, &fsm.CreateVolumeCmd{
+		Volume: fsm.Volume{ID: NewID("vol_"), Name: "v", Host: "n2", Size: 4 * MiB},
+	})
+	if !errors.Is(err, fsm.ErrNoRoom) {
+		t.Fatalf("volume on n2 with its data disk full: %v, want ErrNoRoom", err)
+	}
+	free.Store(1 << 40)
+	testutil.Eventually(t, 10*time.Second, "n2's capacity back", func() bool { return budget() == 100*MiB })
 }

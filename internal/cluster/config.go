@@ -73,6 +73,9 @@ type Config struct {
 	// catalogVersion, when set (tests only), replaces fsm.CatalogVersion
 	// in what this node gossips, to stand in for an older or newer build.
 	catalogVersion uint32
+	// dataDirFree, for tests, replaces measuring the data directory's free
+	// space (nil: statfs).
+	dataDirFree func() (int64, error)
 	// DeadHostTimeout: forks touching a host dead this long are failed.
 	DeadHostTimeout time.Duration
 	// ForkRetention is how long the catalog keeps a finished fork before the
