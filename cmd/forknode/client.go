@@ -9,8 +9,10 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/signal"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -585,8 +587,14 @@ as ambiguous. Examples:
 	if cf.json {
 		p = nil // JSON callers get only the final document
 	}
-	final, werr := c.WaitFork(ctx, f.ID, 300*time.Millisecond, p.update)
+	// Ctrl-C stops the waiting, not the fork: say so, and how to stop it.
+	wctx, stop := interruptible(ctx)
+	defer stop()
+	final, werr := c.WaitFork(wctx, f.ID, 300*time.Millisecond, p.update)
 	p.done()
+	if werr != nil && wctx.Err() != nil && ctx.Err() == nil {
+		return fmt.Errorf("interrupted: fork %s goes on in the cluster; follow it with `forknode forks show %s`, stop it with `forknode forks cancel %s`", f.ID, f.ID, f.ID)
+	}
 	if final != nil && cf.json {
 		if err := printJSON(final); err != nil {
 			return err
@@ -600,6 +608,11 @@ as ambiguous. Examples:
 			humanSize(final.BytesTotal), forkDuration(*final), ratioText(*final))
 	}
 	return nil
+}
+
+// interruptible is ctx cancelled by SIGINT or SIGTERM (a test swaps it).
+var interruptible = func(ctx context.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 }
 
 // forkDuration is how long a fork took, or for one still running how

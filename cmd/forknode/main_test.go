@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -235,6 +236,11 @@ func fakeAPI(t *testing.T) *httptest.Server {
 				json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_ttl", Name: fmt.Sprintf("ttl-%d", req.TTLSeconds), State: fsm.ForkPending, Path: fsm.PathStream}))
 				return
 			}
+			if req.Name == "pr-run" { // one that runs on
+				w.WriteHeader(201)
+				json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_run", Name: req.Name, State: fsm.ForkPending, Path: fsm.PathStream}))
+				return
+			}
 			if req.RateLimit != 0 { // the flag's value arrives parsed
 				w.WriteHeader(201)
 				json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_rl", Name: req.Name, State: fsm.ForkPending, Path: fsm.PathStream, RateLimit: req.RateLimit}))
@@ -423,5 +429,24 @@ func TestClientWarnsOnStale(t *testing.T) {
 	code, out, errOut := capture(t, "volume", "ls")
 	if code != 0 || !strings.Contains(out, "vol_1") || strings.Count(errOut, "may miss recent changes") != 1 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+}
+
+// Ctrl-C during fork --wait stops the waiting, says the fork goes on and
+// how to stop it.
+func TestForkWaitInterrupted(t *testing.T) {
+	srv := fakeAPI(t)
+	t.Setenv("FORKNODE_ADDR", srv.URL)
+	t.Setenv("FORKNODE_TOKEN", "tok")
+	old := interruptible
+	t.Cleanup(func() { interruptible = old })
+	interruptible = func(ctx context.Context) (context.Context, context.CancelFunc) {
+		ctx, cancel := context.WithCancel(ctx)
+		time.AfterFunc(500*time.Millisecond, cancel) // the operator's Ctrl-C
+		return ctx, cancel
+	}
+	code, _, errOut := capture(t, "fork", "db", "pr-run", "--via", "stream", "--wait")
+	if code != 1 || !strings.Contains(errOut, "interrupted: fork fork_run goes on in the cluster") || !strings.Contains(errOut, "forks cancel fork_run") {
+		t.Fatalf("exit %d:\n%s", code, errOut)
 	}
 }
