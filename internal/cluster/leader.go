@@ -111,6 +111,17 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 		cur, known := servers[m.name]
 		leaving := n.gossip.isLeaving(m)
 		switch {
+		case m.state == "alive" && known && m.name != n.cfg.Name && m.meta.catalogVersion() < active:
+			// A voter that came back on an older build (a rollback: a
+			// stopped node stays a voter) would apply the log by older
+			// rules than the rest. It leaves raft; lagging keeps it out
+			// until it is upgraded, and then it is added back.
+			lagging(m)
+			n.logger.Error("raft server runs older catalog rules than the cluster (downgraded?): removing it from raft until it is upgraded",
+				"server", m.name, "member_catalog_version", m.meta.catalogVersion(), "catalog_version", active)
+			if err := n.raft.RemoveServer(raft.ServerID(m.name), 0, 0).Error(); err != nil {
+				n.logger.Warn("remove server", "server", m.name, "error", err)
+			}
 		case m.state == "alive" && !leaving && m.meta.ClusterAddr != "" && (!known || cur != addr) && lagging(m):
 			// kept out until upgraded
 		case m.state == "alive" && !leaving && m.meta.ClusterAddr != "" && (!known || cur != addr):

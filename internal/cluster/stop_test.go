@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forknode/forknode/internal/fsm"
 	"github.com/forknode/forknode/internal/testutil"
 )
 
@@ -54,4 +55,58 @@ func TestStopKeepsTheVoter(t *testing.T) {
 	tc.nodes[other] = nil
 	testutil.Eventually(t, 15*time.Second, "a leader among the restarted node and the third", func() bool { return tc.leader() != nil })
 	tc.createVolume(tc.leader(), "after", "app", tc.cfgs[idx].Name, 4*MiB)
+}
+
+// TestDowngradedVoterRemoved: a stopped node stays a voter, so one
+// restarted on an older build (a rollback) would apply the log by older
+// rules. The leader removes it from raft, and adds it back once it runs
+// the cluster's rules again (found by a review of Stop).
+func TestDowngradedVoterRemoved(t *testing.T) {
+	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil)
+	testutil.Eventually(t, 10*time.Second, "catalog version recorded", func() bool {
+		l := tc.leader()
+		var v uint32
+		if l != nil {
+			l.View(func(s *fsm.State) { v = s.RecordedCatalogVersion() })
+		}
+		return v == fsm.CatalogVersion
+	})
+	idx := 0
+	for i, n := range tc.nodes {
+		if !n.IsLeader() {
+			idx = i
+		}
+	}
+	name := tc.cfgs[idx].Name
+	cfg := tc.cfgs[idx]
+	cfg.ClusterAddr, cfg.GossipAddr = tc.nodes[idx].ClusterAddr(), tc.nodes[idx].GossipAddr()
+	if err := tc.nodes[idx].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	isVoter := func() bool {
+		l := tc.leader()
+		if l == nil {
+			return false
+		}
+		for _, s := range l.raft.GetConfiguration().Configuration().Servers {
+			if string(s.ID) == name {
+				return true
+			}
+		}
+		return false
+	}
+	restart := func(version uint32) {
+		c := cfg
+		c.catalogVersion = version
+		n, err := New(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.nodes[idx] = n
+	}
+	restart(fsm.CatalogVersion - 1)
+	testutil.Eventually(t, 15*time.Second, name+" on an older build removed from raft", func() bool { return !isVoter() })
+	tc.nodes[idx].shutdown(false)
+	restart(0)
+	testutil.Eventually(t, 15*time.Second, name+" upgraded again is a voter again", isVoter)
 }
