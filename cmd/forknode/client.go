@@ -165,7 +165,13 @@ func readTokenFile(path string) (string, error) {
 	return tok, nil
 }
 
+// jsonPrinted records that this command printed its JSON document, so
+// that a failure after it (a fork that failed under --wait --json) adds
+// no second document to stdout.
+var jsonPrinted bool
+
 func printJSON(v any) error {
+	jsonPrinted = true
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)

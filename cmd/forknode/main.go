@@ -136,6 +136,7 @@ func run(args []string) int {
 		if c.name != name {
 			continue
 		}
+		jsonPrinted = false
 		err := c.run(args[1:])
 		switch {
 		case err == nil:
@@ -151,9 +152,12 @@ func run(args []string) int {
 		}
 		var ue *usageError
 		isUsage := errors.As(err, &ue)
-		if wantsJSON(args[1:]) {
+		if wantsJSON(args[1:]) && !jsonPrinted {
 			// A script that asked for JSON gets its error as JSON too, on
-			// stdout, with the API's stable code to branch on.
+			// stdout, with the API's stable code to branch on (unless the
+			// command printed its document already: a failed fork under
+			// --wait --json is that fork, with its error, and one document
+			// is what a script parses).
 			body := jsonError{Error: msg, Hint: hint}
 			var ae *api.Error
 			switch {

@@ -236,6 +236,11 @@ func fakeAPI(t *testing.T) *httptest.Server {
 				json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_ttl", Name: fmt.Sprintf("ttl-%d", req.TTLSeconds), State: fsm.ForkPending, Path: fsm.PathStream}))
 				return
 			}
+			if req.Name == "pr-dead" { // one that fails
+				w.WriteHeader(201)
+				json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_dead", Name: req.Name, State: fsm.ForkPending, Path: fsm.PathStream}))
+				return
+			}
 			if req.Name == "pr-run" { // one that runs on
 				w.WriteHeader(201)
 				json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_run", Name: req.Name, State: fsm.ForkPending, Path: fsm.PathStream}))
@@ -448,5 +453,23 @@ func TestForkWaitInterrupted(t *testing.T) {
 	code, _, errOut := capture(t, "fork", "db", "pr-run", "--via", "stream", "--wait")
 	if code != 1 || !strings.Contains(errOut, "interrupted: fork fork_run goes on in the cluster") || !strings.Contains(errOut, "forks cancel fork_run") {
 		t.Fatalf("exit %d:\n%s", code, errOut)
+	}
+}
+
+// A fork that fails under --wait --json prints one JSON document, the
+// failed fork with its error, and exits 1: a second document (the error
+// object) would break any script that parses stdout.
+func TestForkWaitJSONFailureOneDocument(t *testing.T) {
+	srv := fakeAPI(t)
+	t.Setenv("FORKNODE_ADDR", srv.URL)
+	t.Setenv("FORKNODE_TOKEN", "tok")
+	code, out, _ := capture(t, "fork", "db", "pr-dead", "--via", "stream", "--wait", "--json")
+	var f api.Fork
+	dec := json.NewDecoder(strings.NewReader(out))
+	if err := dec.Decode(&f); code != 1 || err != nil || f.State != fsm.ForkFailed || f.Error == "" {
+		t.Fatalf("exit %d, %+v, %v:\n%s", code, f, err, out)
+	}
+	if dec.More() {
+		t.Fatalf("more than one JSON document on stdout:\n%s", out)
 	}
 }
