@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
@@ -36,6 +37,7 @@ const devRegion = "dev"
 const (
 	defaultAPIAddr = "127.0.0.1:7948"
 	devDefaultBase = 7948
+	legacyDevBase  = 7400 // the default before 7948
 )
 
 // Port layout from --base-port P: APIs on P..P+2 (so the CLI's default
@@ -88,10 +90,26 @@ func runDev(args []string) error {
 		undo()
 		return err
 	}
+	// Raft remembers its peers' addresses, so a directory goes on with the
+	// ports it was made with unless --base-port says otherwise (an older
+	// release defaulted to 7400).
+	portFile := filepath.Join(*dir, "base-port")
+	explicit := false
+	fset.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "base-port" })
+	if raw, err := os.ReadFile(portFile); err == nil && !explicit {
+		if p, err := strconv.Atoi(strings.TrimSpace(string(raw))); err == nil && p >= 1 && p <= 65535-22 {
+			*base = p
+		}
+	} else if errors.Is(err, fs.ErrNotExist) && !explicit && cluster.HasRaftLog(filepath.Join(*dir, "dev1")) {
+		*base = legacyDevBase // made by a release that kept no port file
+	}
 	nodes, err := startDev(*dir, *base, km, logger)
 	if err != nil {
 		undo()
 		return err
+	}
+	if err := os.WriteFile(portFile, []byte(strconv.Itoa(*base)+"\n"), 0o600); err != nil {
+		logger.Warn("record the dev ports", "file", portFile, "error", err)
 	}
 	closeAll := func() {
 		for i := len(nodes) - 1; i >= 0; i-- {

@@ -49,13 +49,19 @@ func TestDevDemo(t *testing.T) {
 	}
 	base := freeBase(t)
 	dir := t.TempDir()
-	// A second run on the same dir starts over from the first one's state.
+	// A second run on the same dir starts over from the first one's state,
+	// on the ports the dir was made with (raft remembers its peers'
+	// addresses) though --base-port is not given again.
 	for run := 1; run <= 2; run++ {
-		code, out, errOut := capture(t, "dev", "--demo", "--dir", dir, "--base-port", fmt.Sprint(base))
+		args := []string{"dev", "--demo", "--dir", dir}
+		if run == 1 {
+			args = append(args, "--base-port", fmt.Sprint(base))
+		}
+		code, out, errOut := capture(t, args...)
 		if code != 0 {
 			t.Fatalf("run %d: dev --demo exited %d\nstdout:\n%s\nstderr:\n%s", run, code, out, errOut)
 		}
-		for _, want := range []string{"export FORKNODE_ADDR=", "demo-copy", "demo-stream", "demo-replica", "all forks verified"} {
+		for _, want := range []string{fmt.Sprintf("export FORKNODE_ADDR=http://127.0.0.1:%d ", base), "demo-copy", "demo-stream", "demo-replica", "all forks verified"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("run %d: output lacks %q:\n%s", run, want, out)
 			}
