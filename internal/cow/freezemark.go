@@ -71,7 +71,8 @@ func (b *FileBackend) thawMarked() error {
 		path := filepath.Join(b.dir, e.Name())
 		raw, err := os.ReadFile(path)
 		if err != nil {
-			return fmt.Errorf("read freeze mark %s: %w", e.Name(), err)
+			b.log.Error("could not read a freeze mark", "mark", e.Name(), "error", err)
+			continue
 		}
 		var m freezeMark
 		if err := json.Unmarshal(raw, &m); err != nil || m.Mountpoint == "" {
@@ -82,7 +83,11 @@ func (b *FileBackend) thawMarked() error {
 		}
 		switch thawed, err := thawIfSame(m); {
 		case err != nil:
-			return fmt.Errorf("thaw %s, left frozen by an interrupted snapshot (mark %s): %w", m.Mountpoint, e.Name(), err)
+			// Staying down would not thaw it either: say so loudly, keep
+			// the mark for the next start, and go on with the others.
+			b.log.Error("could not thaw a filesystem an interrupted snapshot may have left frozen; thaw it by hand (fsfreeze -u)",
+				"mountpoint", m.Mountpoint, "mark", e.Name(), "error", err)
+			continue
 		case thawed:
 			b.log.Warn("thawed a filesystem an interrupted snapshot left frozen", "mountpoint", m.Mountpoint)
 		}

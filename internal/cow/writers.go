@@ -40,8 +40,15 @@ func deviceWriters(dev string) ([]string, error) {
 			continue
 		}
 		for _, fd := range fds {
+			// Only device nodes are stat'ed: following every link would
+			// stat every open file on the host, and a file on a hung NFS or
+			// FUSE mount would block the snapshot for good.
+			link := filepath.Join(fdDir, fd.Name())
+			if target, err := os.Readlink(link); err != nil || !strings.HasPrefix(target, "/dev/") {
+				continue
+			}
 			var fst unix.Stat_t
-			if unix.Stat(filepath.Join(fdDir, fd.Name()), &fst) != nil ||
+			if unix.Stat(link, &fst) != nil ||
 				fst.Mode&unix.S_IFMT != unix.S_IFBLK || fst.Rdev != st.Rdev {
 				continue
 			}
