@@ -53,7 +53,18 @@ func TestStopKeepsTheVoter(t *testing.T) {
 	other := (idx + 1) % 3
 	tc.nodes[other].shutdown(false)
 	tc.nodes[other] = nil
-	testutil.Eventually(t, 15*time.Second, "a leader among the restarted node and the third", func() bool { return tc.leader() != nil })
+	testutil.Eventually(t, 15*time.Second, "a leader among the restarted node and the third, and the node alive in its catalog", func() bool {
+		l := tc.leader()
+		if l == nil {
+			return false
+		}
+		alive := false
+		l.View(func(s *fsm.State) {
+			h, ok := s.Host(tc.cfgs[idx].Name)
+			alive = ok && h.Alive
+		})
+		return alive
+	})
 	tc.createVolume(tc.leader(), "after", "app", tc.cfgs[idx].Name, 4*MiB)
 }
 
