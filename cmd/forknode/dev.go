@@ -108,9 +108,7 @@ func runDev(args []string) error {
 		undo()
 		return err
 	}
-	if err := os.WriteFile(portFile, []byte(strconv.Itoa(*base)+"\n"), 0o600); err != nil {
-		logger.Warn("record the dev ports", "file", portFile, "error", err)
-	}
+
 	closeAll := func() {
 		for i := len(nodes) - 1; i >= 0; i-- {
 			if err := nodes[i].Close(); err != nil {
@@ -127,7 +125,14 @@ func runDev(args []string) error {
 	if err != nil {
 		closeAll()
 		undo()
+		if !explicit {
+			return fmt.Errorf("%w (a directory made on other ports needs them again: --base-port P)", err)
+		}
 		return err
+	}
+	// Recorded once the cluster works on these ports.
+	if err := os.WriteFile(portFile, []byte(strconv.Itoa(*base)+"\n"), 0o600); err != nil {
+		logger.Warn("record the dev ports", "file", portFile, "error", err)
 	}
 	if note != "" {
 		fmt.Printf("\n%s\n", note)

@@ -36,17 +36,24 @@ func (n *Node) capacityLoop() {
 		}
 		failing = false
 		// A node whose raft log cannot grow lags the catalog and would sit
-		// on work placed on it; it takes no new work until it has room.
-		if free, err := n.dataDirFree(); err == nil && free < DataDirReserve {
+		// on work placed on it: below the reserve it takes no new work,
+		// until it has twice the reserve (no flapping around the line). A
+		// failed measurement keeps the last state.
+		free, ferr := n.dataDirFree()
+		switch {
+		case ferr != nil:
+		case free < DataDirReserve:
 			if !lowData {
-				n.logger.Error("the data directory's disk is nearly full: advertising no capacity, so no new volumes or forks are placed here, until it has room again",
+				n.logger.Error("the data directory's disk is nearly full (raft log and snapshots live there): advertising no capacity, so no new volumes or forks are placed here, until it has room again",
 					"data_dir", n.cfg.DataDir, "free", free, "reserve", int64(DataDirReserve))
 			}
 			lowData = true
-			c.Budget = 0
-		} else if lowData {
-			n.logger.Info("the data directory has room again", "data_dir", n.cfg.DataDir)
+		case lowData && free >= 2*DataDirReserve:
+			n.logger.Info("the data directory has room again", "data_dir", n.cfg.DataDir, "free", free)
 			lowData = false
+		}
+		if lowData {
+			c.Budget = 0
 		}
 		var old int64
 		moved := false
@@ -72,8 +79,10 @@ func (n *Node) capacityLoop() {
 	}
 }
 
-// DataDirReserve is the free space the data directory's filesystem must
-// keep for the raft log and snapshots before the node takes new work.
+// DataDirReserve is the free space (for unprivileged writes) below which
+// the data directory's filesystem makes the node take no new work; it is a
+// trigger, not a reservation: volumes already promised on the same disk
+// may still use it.
 const DataDirReserve = 64 << 20
 
 // dataDirFree measures the data directory's free space (Config's test

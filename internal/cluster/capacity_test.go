@@ -129,11 +129,23 @@ func TestClusterCapacityRefresh(t *testing.T) {
 // has room (found by a failure walkthrough: volumes placed on such a node
 // sat in "creating" for minutes).
 func TestDataDirFullTakesNoWork(t *testing.T) {
-	var free atomic.Int64
+	var free, calls atomic.Int64
+	var fail atomic.Bool
 	free.Store(1 << 40)
+	// ticks waits for n more measurements of the data directory.
+	ticks := func(k int64) {
+		from := calls.Load()
+		testutil.Eventually(t, 10*time.Second, "measurements", func() bool { return calls.Load() >= from+k })
+	}
 	tc := newTestClusterWith(t, []int64{100 * MiB, 100 * MiB}, nil, func(c *Config) {
 		if c.Name == "n2" {
-			c.dataDirFree = func() (int64, error) { return free.Load(), nil }
+			c.dataDirFree = func() (int64, error) {
+				calls.Add(1)
+				if fail.Load() {
+					return 1 << 40, errors.New("statfs: input/output error") // a figure to ignore
+				}
+				return free.Load(), nil
+			}
 		}
 	})
 	budget := func() int64 {
@@ -152,6 +164,22 @@ func TestDataDirFullTakesNoWork(t *testing.T) {
 	})
 	if !errors.Is(err, fsm.ErrNoRoom) {
 		t.Fatalf("volume on n2 with its data disk full: %v, want ErrNoRoom", err)
+	}
+	// A failed measurement keeps the last state (a review found it
+	// restored the full budget), and just over the reserve is not enough
+	// to come back: no flapping around the line.
+	fail.Store(true)
+	ticks(3)
+	time.Sleep(100 * time.Millisecond) // a changed budget would reach the catalog within a reconcile pass
+	if b := budget(); b != 0 {
+		t.Fatalf("statfs failing while the disk is full: budget %d, want 0 kept", b)
+	}
+	fail.Store(false)
+	free.Store(DataDirReserve + 1)
+	ticks(3)
+	time.Sleep(100 * time.Millisecond)
+	if b := budget(); b != 0 {
+		t.Fatalf("just over the reserve: budget %d, want 0 until twice the reserve", b)
 	}
 	free.Store(1 << 40)
 	testutil.Eventually(t, 10*time.Second, "n2's capacity back", func() bool { return budget() == 100*MiB })

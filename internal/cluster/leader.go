@@ -70,8 +70,11 @@ func (n *Node) lead() {
 //     server supports;
 //   - a member that left gracefully, or announced it is leaving, is removed
 //     from raft (and not re-added while the announcement holds);
-//   - a dead member stays a server until removed explicitly: removing it
-//     needs quorum and it may come back;
+//   - a dead or stopped member stays a server until removed explicitly:
+//     removing it needs quorum and it may come back;
+//   - a server that gossips older catalog rules than the recorded ones (a
+//     rollback) keeps its vote, but its host counts as down: no work;
+//   - a leader on older rules than the recorded ones hands leadership over;
 //   - hosts are upserted from gossip metadata and marked alive or not;
 //   - forks touching a host dead for longer than DeadHostTimeout fail, so a
 //     fork never hangs on a lost host.
@@ -92,6 +95,20 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 	}
 	var recorded, active uint32
 	n.fsm.View(func(s *fsm.State) { recorded, active = s.RecordedCatalogVersion(), s.CatalogVersion() })
+	own := fsm.CatalogVersion
+	if n.cfg.catalogVersion != 0 {
+		own = n.cfg.catalogVersion
+	}
+	if own < active {
+		// This build applies older rules than the catalog records: another
+		// server should lead.
+		n.logger.Error("this node runs older catalog rules than the cluster records: handing leadership over; upgrade it",
+			"catalog_version", active, "supported", own)
+		if err := n.raft.LeadershipTransfer().Error(); err != nil {
+			n.logger.Warn("leadership transfer", "error", err)
+		}
+		return
+	}
 	// A member older than the catalog's rules would apply the log
 	// differently from the others: it joins neither raft nor the hosts.
 	lagging := func(m member) bool {
@@ -111,17 +128,19 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 		cur, known := servers[m.name]
 		leaving := n.gossip.isLeaving(m)
 		switch {
-		case m.state == "alive" && known && m.name != n.cfg.Name && m.meta.catalogVersion() < active:
+		case m.state == "alive" && known && m.name != n.cfg.Name && m.meta.ClusterAddr != "" && m.meta.catalogVersion() < active:
 			// A voter that came back on an older build (a rollback: a
-			// stopped node stays a voter) would apply the log by older
-			// rules than the rest. It leaves raft; lagging keeps it out
-			// until it is upgraded, and then it is added back.
-			lagging(m)
-			n.logger.Error("raft server runs older catalog rules than the cluster (downgraded?): removing it from raft until it is upgraded",
-				"server", m.name, "member_catalog_version", m.meta.catalogVersion(), "catalog_version", active)
-			if err := n.raft.RemoveServer(raft.ServerID(m.name), 0, 0).Error(); err != nil {
-				n.logger.Warn("remove server", "server", m.name, "error", err)
+			// stopped node stays a voter) applies the log by older rules
+			// than the rest. It keeps its vote: removing it automatically
+			// can cost the quorum (with another server down, or one not yet
+			// seen down by gossip), which is worse than one replica's own
+			// copy of the catalog disagreeing. Its host counts as down
+			// (below), so no work goes there, and the operator is told.
+			if n.lagWarned[m.name] != m.meta.catalogVersion() {
+				n.logger.Error("raft server runs older catalog rules than the cluster (rolled back?): it gets no work, and its copy of the catalog may disagree with the others; upgrade it, or stop it and run forknode node rm",
+					"server", m.name, "member_catalog_version", m.meta.catalogVersion(), "catalog_version", active)
 			}
+			lagging(m)
 		case m.state == "alive" && !leaving && m.meta.ClusterAddr != "" && (!known || cur != addr) && lagging(m):
 			// kept out until upgraded
 		case m.state == "alive" && !leaving && m.meta.ClusterAddr != "" && (!known || cur != addr):
@@ -158,6 +177,12 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 		alive := m.state == "alive" || m.state == "suspect"
 		if m.meta.ClusterAddr == "" {
 			continue
+		}
+		if _, ok := hosts[m.name]; ok && alive && m.meta.catalogVersion() < active && m.name != n.cfg.Name {
+			// On older rules it is not (or should not be) following the
+			// log: no new work goes there, and its forks fail as a dead
+			// host's would.
+			alive = false
 		}
 		want := fsm.Host{ID: m.name, Region: m.meta.Region, RaftAddr: m.meta.ClusterAddr,
 			APIAddr: m.meta.APIAddr, XferAddr: m.meta.ClusterAddr, Backend: m.meta.Backend,

@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -68,12 +70,10 @@ func TestStopKeepsTheVoter(t *testing.T) {
 	tc.createVolume(tc.leader(), "after", "app", tc.cfgs[idx].Name, 4*MiB)
 }
 
-// TestDowngradedVoterRemoved: a stopped node stays a voter, so one
-// restarted on an older build (a rollback) would apply the log by older
-// rules. The leader removes it from raft, and adds it back once it runs
-// the cluster's rules again (found by a review of Stop).
-func TestDowngradedVoterRemoved(t *testing.T) {
-	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil)
+// waitRecorded waits until the leader records this build's catalog
+// version.
+func waitRecorded(t *testing.T, tc *testCluster) {
+	t.Helper()
 	testutil.Eventually(t, 10*time.Second, "catalog version recorded", func() bool {
 		l := tc.leader()
 		var v uint32
@@ -82,42 +82,73 @@ func TestDowngradedVoterRemoved(t *testing.T) {
 		}
 		return v == fsm.CatalogVersion
 	})
-	idx := 0
-	for i, n := range tc.nodes {
-		if !n.IsLeader() {
-			idx = i
-		}
-	}
-	name := tc.cfgs[idx].Name
-	cfg := tc.cfgs[idx]
-	cfg.ClusterAddr, cfg.GossipAddr = tc.nodes[idx].ClusterAddr(), tc.nodes[idx].GossipAddr()
-	if err := tc.nodes[idx].Stop(); err != nil {
+}
+
+// restartOld stops node i (it stays a voter) and starts it again on its
+// ports, gossiping catalog version v (0: this build's): a rollback or an
+// upgrade.
+func restartOld(t *testing.T, tc *testCluster, i int, v uint32) {
+	t.Helper()
+	cfg := tc.cfgs[i]
+	cfg.ClusterAddr, cfg.GossipAddr = tc.nodes[i].ClusterAddr(), tc.nodes[i].GossipAddr()
+	if err := tc.nodes[i].Stop(); err != nil {
 		t.Fatal(err)
 	}
-	isVoter := func() bool {
-		l := tc.leader()
-		if l == nil {
-			return false
-		}
-		for _, s := range l.raft.GetConfiguration().Configuration().Servers {
-			if string(s.ID) == name {
-				return true
-			}
-		}
-		return false
+	cfg.catalogVersion = v
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
 	}
-	restart := func(version uint32) {
-		c := cfg
-		c.catalogVersion = version
-		n, err := New(c)
-		if err != nil {
-			t.Fatal(err)
+	tc.nodes[i] = n
+	tc.cfgs[i] = cfg
+}
+
+// TestRolledBackVoterGetsNoWork: a stopped node stays a voter, so one
+// restarted on an older build (a rollback) would apply the log by older
+// rules. It keeps its vote (removing it could cost the quorum: with
+// another server down, 2 of 3 voters must stay a quorum), but its host
+// counts as down, so nothing new is placed there; upgraded, it takes work
+// again. A review found the first version of this, which removed the
+// voter, left a cluster with one server dead and one rolled back without
+// a leader.
+func TestRolledBackVoterGetsNoWork(t *testing.T) {
+	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil)
+	waitRecorded(t, tc)
+	var li int
+	var fs []int
+	for i, n := range tc.nodes {
+		if n.IsLeader() {
+			li = i
+		} else {
+			fs = append(fs, i)
 		}
-		tc.nodes[idx] = n
 	}
-	restart(fsm.CatalogVersion - 1)
-	testutil.Eventually(t, 15*time.Second, name+" on an older build removed from raft", func() bool { return !isVoter() })
-	tc.nodes[idx].shutdown(false)
-	restart(0)
-	testutil.Eventually(t, 15*time.Second, name+" upgraded again is a voter again", isVoter)
+	old, dead := fs[0], fs[1]
+	name := tc.cfgs[old].Name
+	restartOld(t, tc, old, fsm.CatalogVersion-1)
+	hostAlive := func() bool {
+		ok := false
+		tc.nodes[li].View(func(s *fsm.State) { h, f := s.Host(name); ok = f && h.Alive })
+		return ok
+	}
+	testutil.Eventually(t, 15*time.Second, name+" on older rules counts as down", func() bool { return !hostAlive() })
+	_, err := tc.nodes[li].Apply(context.Background(), fsm.CmdCreateVolume, &fsm.CreateVolumeCmd{
+		Volume: fsm.Volume{ID: NewID("vol_"), Name: "stranded", Host: name, Size: 4 * MiB},
+	})
+	if !errors.Is(err, fsm.ErrConflict) && !errors.Is(err, fsm.ErrNoRoom) {
+		t.Fatalf("a volume placed on the rolled-back host: %v, want it refused", err)
+	}
+	// With a third server down, the leader and the rolled-back voter are
+	// still 2 of 3: the cluster keeps committing.
+	tc.nodes[dead].shutdown(false)
+	tc.nodes[dead] = nil
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := tc.nodes[li].Apply(ctx, fsm.CmdCreateVolume, &fsm.CreateVolumeCmd{
+		Volume: fsm.Volume{ID: NewID("vol_"), Name: "after", Host: tc.cfgs[li].Name, Size: 4 * MiB},
+	}); err != nil {
+		t.Fatalf("2 of 3 voters up (one rolled back), a write fails: %v", err)
+	}
+	restartOld(t, tc, old, 0)
+	testutil.Eventually(t, 15*time.Second, name+" upgraded again takes work", hostAlive)
 }
