@@ -84,15 +84,7 @@ func TestClusterCapacityRefresh(t *testing.T) {
 	})
 	src := tc.createVolume(tc.nodes[0], "src", "app", "n1", 4*MiB)
 	tc.fill(src, 3)
-	catalogBudget := func() int64 {
-		var b int64
-		tc.nodes[0].View(func(s *fsm.State) {
-			if h, ok := s.Host("n2"); ok {
-				b = h.Budget
-			}
-		})
-		return b
-	}
+	catalogBudget := func() int64 { return hostBudget(tc.nodes[0], "n2") }
 	wait := func(what string, want int64) {
 		t.Helper()
 		testutil.Eventually(t, 10*time.Second, what, func() bool { return catalogBudget() == want })
@@ -148,15 +140,7 @@ func TestDataDirFullTakesNoWork(t *testing.T) {
 			}
 		}
 	})
-	budget := func() int64 {
-		var b int64
-		tc.nodes[0].View(func(s *fsm.State) {
-			if h, ok := s.Host("n2"); ok {
-				b = h.Budget
-			}
-		})
-		return b
-	}
+	budget := func() int64 { return hostBudget(tc.nodes[0], "n2") }
 	free.Store(DataDirReserve - 1)
 	testutil.Eventually(t, 10*time.Second, "n2 advertises no capacity", func() bool { return budget() == 0 })
 	_, err := tc.nodes[0].Apply(context.Background(), fsm.CmdCreateVolume, &fsm.CreateVolumeCmd{
@@ -183,4 +167,15 @@ func TestDataDirFullTakesNoWork(t *testing.T) {
 	}
 	free.Store(1 << 40)
 	testutil.Eventually(t, 10*time.Second, "n2's capacity back", func() bool { return budget() == 100*MiB })
+}
+
+// hostBudget is host's budget in via's catalog (0 if unknown).
+func hostBudget(via *Node, host string) int64 {
+	var b int64
+	via.View(func(s *fsm.State) {
+		if h, ok := s.Host(host); ok {
+			b = h.Budget
+		}
+	})
+	return b
 }

@@ -216,12 +216,7 @@ func TestFreezeAlwaysThaws(t *testing.T) {
 	testutil.RequireCmd(t, "mkfs.ext4")
 	ctx := context.Background()
 	b := newTestBackend(t, hostFS(t, "ext4"), 0)
-	if _, err := b.Create(ctx, CreateSpec{ID: "pg", Name: "pg", Size: 64 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	dev := attachVolume(t, b, "pg")
-	testutil.Run(t, "mkfs.ext4", "-q", "-F", dev)
-	mp := testutil.Mount(t, dev, "ext4")
+	mp := mountedVolume(t, b, "pg")
 	writable := func() bool {
 		done := make(chan error, 1)
 		go func() {
@@ -376,12 +371,7 @@ func TestFreezeMarkThawsAfterCrash(t *testing.T) {
 	testutil.RequireCmd(t, "mkfs.ext4")
 	ctx := context.Background()
 	b := newTestBackend(t, hostFS(t, "ext4"), 0)
-	if _, err := b.Create(ctx, CreateSpec{ID: "pg", Name: "pg", Size: 64 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	dev := attachVolume(t, b, "pg")
-	testutil.Run(t, "mkfs.ext4", "-q", "-F", dev)
-	mp := testutil.Mount(t, dev, "ext4")
+	mp := mountedVolume(t, b, "pg")
 
 	// A snapshot's mark exists exactly while the source is frozen.
 	frozenHook = func() error {
@@ -468,4 +458,17 @@ func TestCopyRefusesRawWriters(t *testing.T) {
 	if _, err := b.Snapshot(ctx, "raw", "snap_r"); err != nil {
 		t.Fatalf("copy with a reader only: %v", err)
 	}
+}
+
+// mountedVolume creates volume id (64 MiB) on b, attaches it, makes ext4
+// on it and mounts it, undone when the test ends; it returns the mount
+// point.
+func mountedVolume(t *testing.T, b *FileBackend, id string) string {
+	t.Helper()
+	if _, err := b.Create(context.Background(), CreateSpec{ID: id, Name: id, Size: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	dev := attachVolume(t, b, id)
+	testutil.Run(t, "mkfs.ext4", "-q", "-F", dev)
+	return testutil.Mount(t, dev, "ext4")
 }
