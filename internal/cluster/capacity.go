@@ -3,8 +3,7 @@ package cluster
 import (
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/forknode/forknode/internal/cow"
 	"github.com/forknode/forknode/internal/fsm"
 )
 
@@ -91,11 +90,7 @@ func (n *Node) dataDirFree() (int64, error) {
 	if n.cfg.dataDirFree != nil {
 		return n.cfg.dataDirFree()
 	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(n.cfg.DataDir, &st); err != nil {
-		return 0, err
-	}
-	return int64(st.Bavail) * int64(st.Bsize), nil
+	return cow.FreeBytes(n.cfg.DataDir)
 }
 
 // budgetMoved reports a change worth a catalog entry: any change to or

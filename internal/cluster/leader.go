@@ -95,11 +95,7 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 	}
 	var recorded, active uint32
 	n.fsm.View(func(s *fsm.State) { recorded, active = s.RecordedCatalogVersion(), s.CatalogVersion() })
-	own := fsm.CatalogVersion
-	if n.cfg.catalogVersion != 0 {
-		own = n.cfg.catalogVersion
-	}
-	if own < active {
+	if own := n.catalogVersion(); own < active {
 		// This build applies older rules than the catalog records: another
 		// server should lead.
 		n.logger.Error("this node runs older catalog rules than the cluster records: handing leadership over; upgrade it",
@@ -111,6 +107,11 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 	}
 	// A member older than the catalog's rules would apply the log
 	// differently from the others: it joins neither raft nor the hosts.
+	// One that is a voter already (a stopped node restarted on an older
+	// build: a rollback) keeps its vote, since removing it automatically
+	// can cost the quorum (with another server down, or one gossip has not
+	// yet seen down), which is worse than one replica's own copy of the
+	// catalog disagreeing; its host counts as down, so it gets no work.
 	lagging := func(m member) bool {
 		if m.meta.catalogVersion() >= active {
 			delete(n.lagWarned, m.name)
@@ -118,8 +119,13 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 		}
 		if n.lagWarned[m.name] != m.meta.catalogVersion() {
 			n.lagWarned[m.name] = m.meta.catalogVersion()
-			n.logger.Warn("member runs older catalog rules than the cluster: not adding it; upgrade it",
-				"member", m.name, "member_catalog_version", m.meta.catalogVersion(), "catalog_version", active)
+			if _, voter := servers[m.name]; voter {
+				n.logger.Error("raft server runs older catalog rules than the cluster (rolled back?): it gets no work, and its copy of the catalog may disagree with the others; upgrade it, or stop it and run forknode node rm",
+					"server", m.name, "member_catalog_version", m.meta.catalogVersion(), "catalog_version", active)
+			} else {
+				n.logger.Warn("member runs older catalog rules than the cluster: not adding it; upgrade it",
+					"member", m.name, "member_catalog_version", m.meta.catalogVersion(), "catalog_version", active)
+			}
 		}
 		return true
 	}
@@ -128,21 +134,8 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 		cur, known := servers[m.name]
 		leaving := n.gossip.isLeaving(m)
 		switch {
-		case m.state == "alive" && known && m.name != n.cfg.Name && m.meta.ClusterAddr != "" && m.meta.catalogVersion() < active:
-			// A voter that came back on an older build (a rollback: a
-			// stopped node stays a voter) applies the log by older rules
-			// than the rest. It keeps its vote: removing it automatically
-			// can cost the quorum (with another server down, or one not yet
-			// seen down by gossip), which is worse than one replica's own
-			// copy of the catalog disagreeing. Its host counts as down
-			// (below), so no work goes there, and the operator is told.
-			if n.lagWarned[m.name] != m.meta.catalogVersion() {
-				n.logger.Error("raft server runs older catalog rules than the cluster (rolled back?): it gets no work, and its copy of the catalog may disagree with the others; upgrade it, or stop it and run forknode node rm",
-					"server", m.name, "member_catalog_version", m.meta.catalogVersion(), "catalog_version", active)
-			}
-			lagging(m)
-		case m.state == "alive" && !leaving && m.meta.ClusterAddr != "" && (!known || cur != addr) && lagging(m):
-			// kept out until upgraded
+		case m.state == "alive" && !leaving && m.meta.ClusterAddr != "" && lagging(m):
+			// kept out until upgraded, or a voter kept without work (above)
 		case m.state == "alive" && !leaving && m.meta.ClusterAddr != "" && (!known || cur != addr):
 			// AddVoter of a known voter changes its address in place.
 			// Removing it first would be worse twice over: a leader that
@@ -178,12 +171,6 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 		if m.meta.ClusterAddr == "" {
 			continue
 		}
-		if _, ok := hosts[m.name]; ok && alive && m.meta.catalogVersion() < active && m.name != n.cfg.Name {
-			// On older rules it is not (or should not be) following the
-			// log: no new work goes there, and its forks fail as a dead
-			// host's would.
-			alive = false
-		}
 		want := fsm.Host{ID: m.name, Region: m.meta.Region, RaftAddr: m.meta.ClusterAddr,
 			APIAddr: m.meta.APIAddr, XferAddr: m.meta.ClusterAddr, Backend: m.meta.Backend,
 			CanClone: m.meta.CanClone, Budget: m.meta.Budget, Alive: alive}
@@ -191,8 +178,13 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 		if !alive && !ok {
 			continue // never re-add a host that is gone (left, or removed while dead)
 		}
-		if !ok && lagging(m) {
-			continue
+		if lagging(m) {
+			if !ok {
+				continue
+			}
+			// On older rules: no new work goes there, and its forks fail
+			// as a dead host's would.
+			alive, want.Alive = false, false
 		}
 		if !ok || have.Region != want.Region || have.RaftAddr != want.RaftAddr || have.APIAddr != want.APIAddr ||
 			have.Backend != want.Backend || have.CanClone != want.CanClone || have.Budget != want.Budget {

@@ -163,10 +163,7 @@ func New(cfg Config) (*Node, error) {
 	meta := nodeMeta{
 		Region: cfg.Region, ClusterAddr: n.clusterAddr, APIAddr: n.apiAddr,
 		Backend: feat.Backend, CanClone: feat.Clone, Budget: capa.Budget,
-		Bootstrapped: n.hasState, Version: fsm.CatalogVersion,
-	}
-	if cfg.catalogVersion != 0 {
-		meta.Version = cfg.catalogVersion
+		Bootstrapped: n.hasState, Version: n.catalogVersion(),
 	}
 	n.gossip, err = newGossip(cfg, meta, n.logger)
 	if err != nil {
@@ -476,6 +473,15 @@ func (n *Node) ClusterAddr() string { return n.clusterAddr }
 func (n *Node) GossipAddr() string {
 	ln := n.gossip.ml.LocalNode()
 	return net.JoinHostPort(ln.Addr.String(), fmt.Sprint(ln.Port))
+}
+
+// catalogVersion is the newest catalog version this node applies (the
+// build's, or a test's stand-in for an older or newer build).
+func (n *Node) catalogVersion() uint32 {
+	if n.cfg.catalogVersion != 0 {
+		return n.cfg.catalogVersion
+	}
+	return fsm.CatalogVersion
 }
 
 // APIToken is the cluster's own bearer token (see keys.Material.APIToken).

@@ -127,6 +127,16 @@ func (b *FileBackend) Features() Features { return b.features }
 func (b *FileBackend) imgPath(id string) string  { return filepath.Join(b.dir, id+".img") }
 func (b *FileBackend) metaPath(id string) string { return filepath.Join(b.dir, id+".json") }
 
+// FreeBytes is the space an unprivileged writer has left on the
+// filesystem under dir.
+func FreeBytes(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
 // fsName names the filesystem under dir from statfs's magic number.
 func fsName(dir string) string {
 	var st unix.Statfs_t
@@ -421,11 +431,10 @@ func syncDir(dir string) error {
 // again (a catalog write each way) and show the planner less room than
 // the host has.
 func (b *FileBackend) capacityLocked() (Capacity, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(b.dir, &st); err != nil {
-		return Capacity{}, fmt.Errorf("statfs %s: %w", b.dir, err)
+	avail, err := FreeBytes(b.dir)
+	if err != nil {
+		return Capacity{}, err
 	}
-	avail := int64(st.Bavail) * int64(st.Bsize)
 	var used, unwritten, snapshots int64
 	allocated := func(path string) (int64, bool) {
 		var st unix.Stat_t

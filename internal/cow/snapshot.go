@@ -261,12 +261,11 @@ func (b *FileBackend) checkCopySpace(path string) error {
 	if err := unix.Stat(path, &st); err != nil {
 		return fmt.Errorf("source image %s: %w", path, err)
 	}
-	var fs unix.Statfs_t
-	if err := unix.Statfs(b.dir, &fs); err != nil {
-		return fmt.Errorf("statfs %s: %w", b.dir, err)
+	avail, err := FreeBytes(b.dir)
+	if err != nil {
+		return err
 	}
 	need := st.Blocks * 512
-	avail := int64(fs.Bavail) * int64(fs.Bsize)
 	if need > avail {
 		return fmt.Errorf("%w: copy needs %d bytes, %d available in %s", ErrNoSpace, need, avail, b.dir)
 	}
