@@ -286,6 +286,7 @@ func (e *executor) pass(full bool) {
 	}
 	if full {
 		e.releaseOrphanSnapshots(forkByTarget)
+		e.pruneCheckpoints(forkByID)
 	}
 }
 
@@ -336,11 +337,18 @@ func (e *executor) reconcileBackend(vols []fsm.Volume, forkByTarget, forkByID ma
 			continue
 		}
 		if f, ok := forkByTarget[cv.ID]; ok && !f.Finished() && cv.State == fsm.VolumeCreating {
+			if !isLocal(f) && e.loadCheckpoint(f.ID, cv.ID) != nil {
+				// A stream target with a resume point: pullFork resumes it.
+				e.logger.Info("keeping half-made stream target to resume it", "volume", cv.ID, "fork", f.ID)
+				continue
+			}
 			// A half-made fork target: start it over.
 			e.logger.Info("removing half-made fork target after restart", "volume", cv.ID, "fork", f.ID)
 			e.removeBackendVolume(ctx, hv.ID)
+			e.dropCheckpoint(f.ID)
 		}
 	}
+	e.pruneCheckpoints(forkByID)
 }
 
 func (e *executor) removeBackendVolume(ctx context.Context, id string) {
@@ -503,7 +511,8 @@ func (p *progressReporter) close() {
 	<-p.stopped
 }
 
-func (e *executor) finish(f fsm.Fork, err error) {
+// finish records the fork's result; it reports whether the catalog took it.
+func (e *executor) finish(f fsm.Fork, err error) bool {
 	cmd := &fsm.FinishForkCmd{ForkID: f.ID, OK: err == nil}
 	if err != nil {
 		cmd.Error = err.Error()
@@ -513,11 +522,12 @@ func (e *executor) finish(f fsm.Fork, err error) {
 	}
 	if aerr := e.apply(fsm.CmdFinishFork, cmd); aerr != nil {
 		e.logger.Error("record fork result", "fork", f.ID, "error", aerr)
-		return
+		return false
 	}
 	e.mu.Lock()
 	e.done[f.ID] = true
 	e.mu.Unlock()
+	return true
 }
 
 func (e *executor) targetVolume(f fsm.Fork) (fsm.Volume, error) {
@@ -597,14 +607,25 @@ func (e *executor) pullFork(ctx context.Context, f fsm.Fork) {
 	b := e.n.cfg.Backend
 	fail := func(err error) {
 		if ctx.Err() != nil || e.forkReady(f.ID) {
-			return
+			return // stopping (a restart resumes), or done elsewhere
 		}
 		e.removeBackendVolume(e.n.ctx, tv.ID)
+		e.dropCheckpoint(f.ID)
 		e.finish(f, err)
 	}
+	_, gerr := b.Get(ctx, tv.ID)
+	existed := gerr == nil
 	if _, err := b.Create(ctx, spec(tv, f.ID)); err != nil && !errors.Is(err, cow.ErrExists) {
 		fail(fmt.Errorf("create target volume on %s: %w", e.n.cfg.Name, err))
 		return
+	}
+	var resume *transfer.Checkpoint
+	if existed {
+		// Kept by the restart reconciliation, or left by this node's
+		// previous attempt: resume where its data was durable.
+		resume = e.loadCheckpoint(f.ID, tv.ID)
+	} else {
+		e.dropCheckpoint(f.ID) // any file is from an older volume
 	}
 	dev, err := b.Open(ctx, tv.ID, true)
 	if err != nil {
@@ -619,6 +640,16 @@ func (e *executor) pullFork(ctx context.Context, f fsm.Fork) {
 	// source's reads to it (the source's server has one set of options
 	// for all its sessions).
 	opts.RateLimit = f.RateLimit
+	opts.Resume = resume
+	saveFailed := false
+	opts.OnCheckpoint = func(c transfer.Checkpoint) {
+		err := e.saveCheckpoint(f.ID, tv.ID, c)
+		if err != nil && !saveFailed {
+			// Costs only the resume after a restart; say it once.
+			e.logger.Warn("cannot save stream checkpoint: a restart would start this stream over", "fork", f.ID, "error", err)
+		}
+		saveFailed = err != nil
+	}
 	dial := func(ctx context.Context) (net.Conn, error) {
 		var addr string
 		e.n.fsm.View(func(s *fsm.State) {
@@ -643,8 +674,12 @@ func (e *executor) pullFork(ctx context.Context, f fsm.Fork) {
 	pr.report(stats.Bytes, stats.Bytes, stats.Wire)
 	pr.close()
 	e.logger.Info("stream complete", "fork", f.ID, "bytes", stats.Bytes, "wire", stats.Wire,
-		"resent", stats.Resent, "reconnects", stats.Reconnects, "duration", stats.Duration)
-	e.finish(f, nil)
+		"resent", stats.Resent, "reconnects", stats.Reconnects, "resumed", stats.Resumed, "duration", stats.Duration)
+	if e.finish(f, nil) {
+		// Kept otherwise: a restart then verifies the whole volume
+		// against the source again and records the result.
+		e.dropCheckpoint(f.ID)
+	}
 }
 
 // snapJob is a stream snapshot being taken.

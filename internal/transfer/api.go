@@ -54,6 +54,29 @@ type Options struct {
 	// (the default), such a connection is refused as unauthorized: the
 	// name that authorizes a pull must come from a verified certificate.
 	PlainPeers bool
+	// Resume (Pull only) continues a transfer that an earlier Pull, in
+	// this process or one before a restart, left at a checkpoint it
+	// reported to OnCheckpoint. The puller re-reads the sink's first
+	// Durable bytes to rebuild its digest and totals (the sink must then
+	// be an io.ReaderAt) and asks the source to continue there. A
+	// checkpoint that does not fit the sink, cannot be read back or does
+	// not match the source's grid is dropped with a warning and the
+	// transfer starts from zero, which rewrites every block: a stale
+	// checkpoint costs time, never data.
+	Resume *Checkpoint
+	// OnCheckpoint (Pull only) is told each new durable offset, after the
+	// fsync that made it durable and in increasing order, from one
+	// goroutine at a time. Saving it lets a restarted process resume.
+	OnCheckpoint func(Checkpoint)
+}
+
+// Checkpoint is a puller's resume point: the target holds the source's
+// bytes [0, Durable), written and fsynced, on the Chunk-byte grid of a
+// Size-byte volume.
+type Checkpoint struct {
+	Size    int64 `json:"size"`
+	Chunk   int64 `json:"chunk"`
+	Durable int64 `json:"durable"`
 }
 
 // Progress is a snapshot of a running transfer.
@@ -68,8 +91,10 @@ type Progress struct {
 type Stats struct {
 	Bytes, DataBytes, ZeroBytes, Wire, Resent int64
 	Reconnects                                int
-	Digest                                    string
-	Duration                                  time.Duration
+	// Resumed is the checkpoint offset this Pull started from (0: none).
+	Resumed  int64
+	Digest   string
+	Duration time.Duration
 }
 
 // Sentinel errors, checked with errors.Is.

@@ -20,6 +20,16 @@
 // its durable watermark; the source (whose Opener is called again) resumes
 // there. Data the puller had already received is counted as re-sent.
 //
+// Each new durable watermark also goes to Options.OnCheckpoint, after the
+// fsync that made it durable. A caller that saves it can pass it back in
+// Options.Resume after its process restarted: Pull then re-reads the
+// sink's durable prefix, hashes and classifies it as the source would, and
+// starts its first session at that offset. The prefix is re-read rather
+// than its hashes saved, so the digest check at the end covers what is
+// really on the target's disk. A checkpoint that does not fit the sink or
+// the source's grid is dropped and the stream starts from zero, which
+// rewrites every block.
+//
 // # Frame format (version 1)
 //
 // Every frame is a 32-byte little-endian header followed by PayloadLen

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"runtime"
@@ -69,6 +70,10 @@ type puller struct {
 	hashes    [][16]byte
 	watermark int   // first block not yet completed
 	durable   int64 // offset up to which data is written and fsynced
+	// restored: the state came from Options.Resume and nothing has been
+	// received since, so a source on another grid means starting over.
+	restored bool
+	reported int64 // last offset given to OnCheckpoint
 
 	progress atomic.Int64 // newly completed bytes, for the give-up clock
 	meter    *meter
@@ -98,6 +103,17 @@ func Pull(ctx context.Context, dial func(ctx context.Context) (net.Conn, error),
 			p.direct.Close()
 		}
 	}()
+
+	if c := opts.Resume; c != nil {
+		if err := p.restore(ctx, *c); err != nil {
+			if ctx.Err() != nil {
+				return p.stats, fmt.Errorf("%w: %w", ErrAborted, ctx.Err())
+			}
+			p.log.Warn("cannot resume from the checkpoint, starting from zero", "checkpoint", c.Durable, "reason", err)
+		} else {
+			p.log.Info("resuming from checkpoint", "offset", c.Durable, "size", c.Size)
+		}
+	}
 
 	lastProgress := time.Now()
 	backoff := backoffInitial
@@ -202,19 +218,26 @@ func (p *puller) session(ctx context.Context, dial func(ctx context.Context) (ne
 		return permanent(fmt.Errorf("%w: chunk grid %d not in [%d, %d]", ErrProtocol, g, MinChunk, MaxChunk))
 	case size > p.sink.Size():
 		return permanent(fmt.Errorf("%w: source is %d bytes, target only %d", ErrProtocol, size, p.sink.Size()))
+	case p.restored && g != p.gr.g:
+		// The source's grid changed across a restart of this process
+		// (another chunk size): the checkpoint's digest prefix is on the
+		// old grid, so start over. The next hello asks for offset 0.
+		p.log.Warn("source grid differs from the checkpoint's, starting from zero", "checkpoint_chunk", p.gr.g, "source_chunk", g)
+		p.reset()
+		return fmt.Errorf("%w: source grid %d, checkpoint grid %d", ErrRetry, g, p.gr.g)
 	case p.inited && (size != p.gr.size || g != p.gr.g):
 		return permanent(fmt.Errorf("%w: source changed across reconnect: size %d→%d, grid %d→%d", ErrProtocol, p.gr.size, size, p.gr.g, g))
 	case h.Offset != p.durable:
 		return permanent(fmt.Errorf("%w: source resumes at %d, asked %d", ErrProtocol, h.Offset, p.durable))
 	}
 	if !p.inited {
-		p.init(grid{size: size, g: g})
+		p.init(grid{size: size, g: g}, 0)
 	}
 	p.log.Debug("streaming", "size", size, "resume", p.durable, "chunk", g)
 	return p.stream(ctx, conn)
 }
 
-func (p *puller) init(gr grid) {
+func (p *puller) init(gr grid, base int64) {
 	p.inited = true
 	p.gr = gr
 	nb := gr.blocks()
@@ -228,7 +251,88 @@ func (p *puller) init(gr grid) {
 	}
 	p.direct = openDirect(p.sink)
 	p.stats.Bytes = gr.size
-	p.meter = newMeter(p.opts.Progress, gr.size, 0)
+	p.meter = newMeter(p.opts.Progress, gr.size, base)
+}
+
+// reset forgets a restored checkpoint: the next session starts at zero.
+func (p *puller) reset() {
+	if p.direct != nil {
+		p.direct.Close()
+		p.direct = nil
+	}
+	if p.meter != nil {
+		p.meter.finish()
+		p.meter = nil
+	}
+	p.inited, p.restored = false, false
+	p.watermark, p.durable, p.reported = 0, 0, 0
+	p.stats.Resumed = 0
+}
+
+// restore takes up a checkpoint from an earlier Pull: the grid, and the
+// hashes and kinds of the durable prefix, re-read from the sink and
+// classified the way the source classifies blocks, so the digest and the
+// totals come out as if this Pull had received them. On error the puller
+// is left untouched (fresh).
+func (p *puller) restore(ctx context.Context, c Checkpoint) error {
+	gr := grid{size: c.Size, g: c.Chunk}
+	switch {
+	case c.Chunk < MinChunk || c.Chunk > MaxChunk:
+		return fmt.Errorf("chunk %d not in [%d, %d]", c.Chunk, MinChunk, MaxChunk)
+	case c.Size <= 0 || c.Size > p.sink.Size():
+		return fmt.Errorf("volume size %d, target holds %d", c.Size, p.sink.Size())
+	case c.Durable <= 0 || c.Durable > c.Size || (c.Durable%c.Chunk != 0 && c.Durable != c.Size):
+		return fmt.Errorf("offset %d not on the %d-byte grid of a %d-byte volume", c.Durable, c.Chunk, c.Size)
+	}
+	r, ok := p.sink.(io.ReaderAt)
+	if !ok {
+		return errors.New("the target cannot be read back")
+	}
+	first := int((c.Durable + c.Chunk - 1) / c.Chunk)
+	kinds := make([]uint8, first)
+	hashes := make([][16]byte, first)
+	buf := alignedBuf(int(c.Chunk))
+	for i := range first {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		off, n := gr.block(i)
+		// Local reads, next to whatever else this host serves: the
+		// node's shared limiter paces them (not this fork's own cap,
+		// which is about the stream).
+		if err := WaitAll(ctx, int(n), p.opts.Limiter); err != nil {
+			return err
+		}
+		raw := buf[:n]
+		if k, err := r.ReadAt(raw, off); err != nil && !(errors.Is(err, io.EOF) && k == len(raw)) {
+			return fmt.Errorf("re-read target at %d (+%d): %w", off, n, err)
+		}
+		if isZero(raw) {
+			kinds[i], hashes[i] = kindZero, zeroHash(int(n))
+		} else {
+			kinds[i], hashes[i] = kindData, blockHash(raw)
+		}
+	}
+	p.init(gr, c.Durable)
+	copy(p.kind, kinds)
+	copy(p.hashes, hashes)
+	for i := range first {
+		p.completed[i] = true
+	}
+	p.watermark = first
+	p.durable, p.reported = c.Durable, c.Durable
+	p.restored = true
+	p.stats.Resumed = c.Durable
+	return nil
+}
+
+// checkpoint reports a new durable offset to Options.OnCheckpoint.
+func (p *puller) checkpoint(durable int64) {
+	if p.opts.OnCheckpoint == nil || durable <= p.reported {
+		return
+	}
+	p.reported = durable
+	p.opts.OnCheckpoint(Checkpoint{Size: p.gr.size, Chunk: p.gr.g, Durable: durable})
 }
 
 // watermarkOff is the contiguous completed offset.
@@ -398,6 +502,7 @@ func (p *puller) stream(ctx context.Context, conn net.Conn) error {
 				fail(permanent(fmt.Errorf("fsync target: %w", err)))
 				return
 			}
+			p.checkpoint(w)
 			conn.SetWriteDeadline(time.Now().Add(p.opts.IOTimeout))
 			hdrN, err := writeFrame(conn, &ahdr, Header{Type: TypeAck, Offset: w}, nil)
 			ackWire.Add(hdrN)
@@ -437,6 +542,7 @@ read:
 				fail(permanent(err))
 				break read
 			}
+			p.restored = false // the grid is now confirmed by the source
 			j := rjob{h: h}
 			if h.Type == TypeData {
 				j.payload, j.buf = pl, b
@@ -496,6 +602,7 @@ read:
 		return permanent(fmt.Errorf("fsync target: %w", err))
 	}
 	p.durable = p.watermarkOff()
+	p.checkpoint(p.durable)
 	if err := context.Cause(sctx); err != nil {
 		return err
 	}

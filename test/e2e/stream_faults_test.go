@@ -2,7 +2,8 @@ package e2e
 
 // Acceptance tests for cross-host fork streams under faults: a stream forced
 // by a full host, link cuts mid-transfer (3 s, and 8 s: under the dead-host
-// timeout), the source killed mid-transfer, and bytes flipped in flight. Agents are separate processes in network
+// timeout), the source killed mid-transfer, the target killed and
+// restarted mid-transfer, and bytes flipped in flight. Agents are separate processes in network
 // namespaces with file backends; volume bytes are compared as image files
 // in the hosts' volume directories.
 
@@ -12,6 +13,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -326,6 +329,75 @@ func TestStreamSourceKilled(t *testing.T) {
 		t.Fatalf("source volume after the restart: %v %+v", err, v)
 	}
 }
+
+// TestStreamTargetKilledResumes kills the target agent (SIGKILL) in the
+// middle of a stream and starts it again on the same data dir, inside the
+// dead-host timeout: it must keep its half-made volume, resume from the
+// checkpoint it last made durable rather than from zero, and end ready with
+// the source's bytes.
+func TestStreamTargetKilledResumes(t *testing.T) {
+	const size = 256 * mib
+	c, src := slowStreamCluster(t, size, 3)
+	f := c.startFork(1, api.CreateForkRequest{Source: "slow-src", Name: "tkill-far", Host: "n1", Via: "stream"})
+	ckpt := filepath.Join(c.dataDir(1), "streams", f.ID+".json")
+	var before int64
+	testutil.Eventually(t, 60*time.Second, "a checkpoint past 96 MiB on n1", func() bool {
+		time.Sleep(100 * time.Millisecond)
+		raw, err := os.ReadFile(ckpt)
+		if err != nil {
+			return false
+		}
+		var cp struct{ Durable int64 }
+		if json.Unmarshal(raw, &cp) != nil {
+			return false
+		}
+		before = cp.Durable
+		return before >= 96*mib
+	})
+	c.agents[1].Kill(syscall.SIGKILL)
+	t.Logf("killed n1 with its checkpoint at %d of %d bytes", before, int64(size))
+	if got := ftFilesFor(c.volDir(1), f.TargetVolume); len(got) == 0 {
+		t.Fatalf("no half-made target %s on n1 after the kill", f.TargetVolume)
+	}
+	c.restart(1)
+
+	f = c.waitFinished(0, f.ID, 120*time.Second)
+	if f.State != fsm.ForkReady {
+		t.Fatalf("fork with its target killed and restarted: %s (%s), want ready", f.State, f.Error)
+	}
+	ftSameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
+	for _, l := range c.logLines(1, "resum") {
+		t.Logf("n1: %s", l)
+	}
+	var resumed int64 = -1
+	for _, l := range c.logLines(1, "stream complete") {
+		if m := ftResumedRE.FindStringSubmatch(l); m != nil && strings.Contains(l, f.ID) {
+			resumed, _ = strconv.ParseInt(m[1], 10, 64)
+			t.Logf("n1: %s", l)
+		}
+	}
+	if resumed < before {
+		t.Fatalf("the restarted target resumed at %d, want at least its last checkpoint %d before the kill", resumed, before)
+	}
+	// The source's side: a session that started at the resume point.
+	var resumes []int64
+	for _, l := range c.logLines(0, "streaming:") {
+		if m := ftResumeRE.FindStringSubmatch(l); m != nil && strings.Contains(l, f.ID) {
+			n, _ := strconv.ParseInt(m[1], 10, 64)
+			resumes = append(resumes, n)
+		}
+	}
+	if len(resumes) < 2 || resumes[len(resumes)-1] != resumed {
+		t.Fatalf("source sessions resumed at %v; want a last one at %d", resumes, resumed)
+	}
+	testutil.Eventually(t, 10*time.Second, "n1 drops the checkpoint", func() bool {
+		time.Sleep(100 * time.Millisecond)
+		_, err := os.Stat(ckpt)
+		return os.IsNotExist(err)
+	})
+}
+
+var ftResumedRE = regexp.MustCompile(`\bresumed=(\d+)`)
 
 // flipProxy relays TCP connections to upstream and flips one bit of the
 // upstream→client direction in each connection that carries more than
