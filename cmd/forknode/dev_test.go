@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -218,5 +219,61 @@ func TestDevAfterClusterTokenRevoked(t *testing.T) {
 	}
 	if !strings.Contains(out, "cluster token is revoked") || strings.Contains(out, "FORKNODE_TOKEN="+km.APIToken()) {
 		t.Errorf("dev printed the revoked cluster token or no note:\n%s", out)
+	}
+}
+
+// A host name the cluster does not have, wherever a command takes one, is
+// refused with the names it has (under the API's not_found code, exit 1),
+// so the typo and its fix are in one message.
+func TestUnknownHostListsHosts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 3-node cluster")
+	}
+	base := freeBase(t)
+	dir := t.TempDir()
+	km, err := devKey(filepath.Join(dir, "cluster.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := startDev(dir, base, km, hclog.NewNullLogger())
+	defer func() {
+		for i := len(nodes) - 1; i >= 0; i-- {
+			nodes[i].Close()
+		}
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := api.NewClient(nodes[0].APIAddr(), km.APIToken())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitCluster(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FORKNODE_ADDR", nodes[0].APIAddr())
+	t.Setenv("FORKNODE_TOKEN", km.APIToken())
+	if code, out, errOut := capture(t, "volume", "create", "db", "--size", "1MiB", "--wait"); code != 0 {
+		t.Fatalf("volume create db: exit %d\n%s%s", code, out, errOut)
+	}
+	const hosts = `"nosuch" (hosts: dev1, dev2, dev3)`
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"volume", "create", "pr", "--size", "1MiB", "--host", "nosuch"}, "not found: volume pr: host " + hosts},
+		{[]string{"fork", "db", "pr", "--host", "nosuch"}, "not found: target host " + hosts},
+		{[]string{"fork", "db", "pr", "--via", "stream", "--host", "nosuch", "--wait"}, "not found: target host " + hosts},
+		{[]string{"node", "rm", "nosuch"}, `not found: no node named "nosuch" (not a raft server, a catalog host or a gossip member; nodes: dev1, dev2, dev3)`},
+	} {
+		code, out, errOut := capture(t, tc.args...)
+		if code != 1 || out != "" || !strings.Contains(errOut, "forknode: "+tc.msg+"\n") {
+			t.Errorf("forknode %v: exit %d, want 1 with %q\nstdout: %s\nstderr: %s", tc.args, code, tc.msg, out, errOut)
+		}
+		code, out, _ = capture(t, append(tc.args, "--json")...)
+		var e jsonError
+		if err := json.Unmarshal([]byte(out), &e); code != 1 || err != nil || e.Code != api.CodeNotFound || e.Status != 404 || !strings.Contains(e.Error, tc.msg) {
+			t.Errorf("forknode %v --json: exit %d, %+v, %v\n%s", tc.args, code, e, err, out)
+		}
 	}
 }

@@ -417,9 +417,18 @@ func TestClusterRemoveDeadMember(t *testing.T) {
 	if err := via.RemoveMember(context.Background(), name); err != nil && !errors.Is(err, fsm.ErrNotFound) {
 		t.Fatalf("second removal: %v", err)
 	}
-	// A name no node ever had (a typo) is not found, not "removed".
-	if err := other.RemoveMember(context.Background(), "no-such-node"); !errors.Is(err, fsm.ErrNotFound) {
+	// A name no node ever had (a typo) is not found, not "removed", and
+	// the message names the nodes there are (the removed one may linger
+	// in gossip).
+	err := other.RemoveMember(context.Background(), "no-such-node")
+	if !errors.Is(err, fsm.ErrNotFound) {
 		t.Fatalf("removing an unknown node: %v", err)
+	}
+	_, known, _ := strings.Cut(err.Error(), "nodes: ")
+	for _, n := range []*Node{via, other} {
+		if !strings.Contains(known, n.Name()) {
+			t.Errorf("removing an unknown node: %q does not list %s", err, n.Name())
+		}
 	}
 }
 

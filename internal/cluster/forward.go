@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/forknode/forknode/internal/cow"
@@ -483,8 +485,8 @@ func (n *Node) RemoveMember(ctx context.Context, name string) error {
 	if name == n.cfg.Name {
 		return fmt.Errorf("%w: a node cannot remove itself; stop it to leave the cluster", fsm.ErrInvalid)
 	}
-	if !n.knows(name) {
-		return fmt.Errorf("%w: no node named %q (not a raft server, a catalog host or a gossip member; `forknode status` lists them)", fsm.ErrNotFound, name)
+	if known := n.knownNodes(); !slices.Contains(known, name) {
+		return fmt.Errorf("%w: no node named %q (not a raft server, a catalog host or a gossip member; nodes: %s)", fsm.ErrNotFound, name, fsm.FormatNames(known))
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
@@ -524,28 +526,25 @@ func (n *Node) RemoveMember(ctx context.Context, name string) error {
 	return err
 }
 
-// knows reports whether name is anywhere a removal acts on: the raft
-// configuration, the catalog's hosts or the gossip membership. Each is
+// knownNodes names everything a removal acts on: the raft configuration's
+// servers, the catalog's hosts and the gossip members, each once. Each is
 // replicated or gossiped to every node, so a follower answers too.
-func (n *Node) knows(name string) bool {
+func (n *Node) knownNodes() []string {
+	seen := map[string]bool{}
 	if cf := n.raft.GetConfiguration(); cf.Error() == nil {
 		for _, s := range cf.Configuration().Servers {
-			if string(s.ID) == name {
-				return true
-			}
+			seen[string(s.ID)] = true
 		}
 	}
-	found := false
-	n.View(func(s *fsm.State) { _, found = s.Host(name) })
-	if found {
-		return true
-	}
+	n.View(func(s *fsm.State) {
+		for _, h := range s.Hosts() {
+			seen[h.ID] = true
+		}
+	})
 	for _, m := range n.gossip.snapshot() {
-		if m.name == name {
-			return true
-		}
+		seen[m.name] = true
 	}
-	return false
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // removeServerLocal runs on the leader, whose gossip view decides whether

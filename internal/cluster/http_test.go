@@ -359,7 +359,8 @@ func TestHTTPErrors(t *testing.T) {
 		{"bad app", "POST", "/v1/volumes", testToken, `{"name":"a","size":4096,"app":"A/B"}`, 400, api.CodeInvalid, "app"},
 		{"bad wait", "POST", "/v1/volumes?wait=maybe", testToken, `{"name":"a","size":4096}`, 400, api.CodeInvalid, "wait"},
 		{"duplicate volume", "POST", "/v1/volumes", testToken, `{"name":"db","size":4096}`, 409, api.CodeExists, "db"},
-		{"unknown host", "POST", "/v1/volumes", testToken, `{"name":"a","size":4096,"host":"h9"}`, 404, api.CodeNotFound, "h9"},
+		{"unknown host", "POST", "/v1/volumes", testToken, `{"name":"a","size":4096,"host":"h9"}`, 404, api.CodeNotFound, `host "h9" (hosts: h1, h2)`},
+		{"fork unknown host", "POST", "/v1/forks", testToken, `{"source":"db","name":"x","host":"h9"}`, 404, api.CodeNotFound, `target host "h9" (hosts: h1, h2)`},
 		{"volume no room", "POST", "/v1/volumes", testToken, `{"name":"a","size":2147483648,"host":"h2"}`, 409, api.CodeNoRoom, ""},
 		{"unknown volume", "GET", "/v1/volumes/ghost", testToken, "", 404, api.CodeNotFound, "ghost"},
 		{"delete unknown", "DELETE", "/v1/volumes/ghost", testToken, "", 404, api.CodeNotFound, "ghost"},
@@ -961,6 +962,27 @@ func TestHTTPCancelFork(t *testing.T) {
 	}
 	if f, err := rc.Fork(ctx, late.ID); err != nil || f.State != fsm.ForkReady || f.Error != "" {
 		t.Fatalf("raced fork: %v %+v", err, f)
+	}
+}
+
+// A host name the catalog does not hold is refused with the names it does
+// hold (TestHTTPErrors), at most ten of them, under the unchanged
+// not_found code.
+func TestHTTPUnknownHostListsHosts(t *testing.T) {
+	e := newEnv(t)
+	for i := 3; i <= 12; i++ {
+		e.mustApply(fsm.CmdUpsertHost, &fsm.UpsertHostCmd{Host: fsm.Host{ID: fmt.Sprintf("h%d", i), Region: "r1", Backend: "file", Budget: gib}})
+	}
+	c, _ := api.NewClient(e.srv1.URL, testToken)
+	ctx := context.Background()
+	const hosts = `"nosuch" (hosts: h1, h10, h11, h12, h2, h3, h4, h5, h6, h7 and 2 more)`
+	if _, err := c.CreateVolume(ctx, api.CreateVolumeRequest{Name: "a", Size: mib, Host: "nosuch"}, false); !api.IsCode(err, api.CodeNotFound) ||
+		!strings.Contains(err.Error(), "volume a: host "+hosts) {
+		t.Errorf("volume create --host nosuch: %v", err)
+	}
+	if _, err := c.CreateFork(ctx, api.CreateForkRequest{Source: "db", Name: "f", Host: "nosuch"}, ""); !api.IsCode(err, api.CodeNotFound) ||
+		!strings.Contains(err.Error(), "target host "+hosts) {
+		t.Errorf("fork --host nosuch: %v", err)
 	}
 }
 

@@ -171,7 +171,7 @@ func (s *State) createVolume(c *CreateVolumeCmd) (any, error) {
 	} else {
 		h, ok := s.hosts[v.Host]
 		if !ok {
-			return nil, fmt.Errorf("%w: volume %s: host %q", ErrNotFound, v.Name, v.Host)
+			return nil, fmt.Errorf("%w: volume %s: host %q (hosts: %s)", ErrNotFound, v.Name, v.Host, s.knownHosts())
 		}
 		if !h.Alive {
 			return nil, fmt.Errorf("%w: volume %s: host %s is down", ErrConflict, v.Name, v.Host)

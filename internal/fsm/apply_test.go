@@ -168,7 +168,7 @@ func TestCreateVolume(t *testing.T) {
 		{"bad state", Volume{ID: "vol_x", Name: "x", Host: "a1", Size: GiB, State: VolumeFailed}, ErrInvalid, "failed"},
 		{"dup id", Volume{ID: "vol_1", Name: "x", Host: "a1", Size: GiB}, ErrExists, "vol_1"},
 		{"dup name", Volume{ID: "vol_x", Name: "db", Host: "a1", Size: GiB}, ErrExists, `"db"`},
-		{"unknown host", Volume{ID: "vol_x", Name: "x", Host: "zz", Size: GiB}, ErrNotFound, "zz"},
+		{"unknown host", Volume{ID: "vol_x", Name: "x", Host: "zz", Size: GiB}, ErrNotFound, `host "zz" (hosts: a1, a2, b1, c1)`},
 		{"dead host", Volume{ID: "vol_x", Name: "x", Host: "c1", Size: GiB}, ErrConflict, "down"},
 		{"host full", Volume{ID: "vol_x", Name: "x", Host: "a1", Size: 9 * GiB}, ErrNoRoom, "need 9.0 GiB"},
 	}

@@ -83,7 +83,7 @@ func (s *State) location(req ForkRequest) (location, error) {
 	if req.Host != "" {
 		h, ok := s.hosts[req.Host]
 		if !ok {
-			return loc, fmt.Errorf("%w: target host %q", ErrNotFound, req.Host)
+			return loc, fmt.Errorf("%w: target host %q (hosts: %s)", ErrNotFound, req.Host, s.knownHosts())
 		}
 		if !h.Alive {
 			return loc, fmt.Errorf("%w: target host %s is down", ErrConflict, req.Host)

@@ -1,6 +1,8 @@
 package fsm
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 )
 
@@ -120,7 +122,7 @@ func TestPlanFork(t *testing.T) {
 			req:  ForkRequest{Source: "db", Name: "f", Region: "us"},
 			want: plan("vol_c", "h2", "h2", PathReplica, GiB)},
 		{name: "unknown --host", hosts: std(), vols: []Volume{mkVol("vol_a", "db", "", "h1", GiB)},
-			req: ForkRequest{Source: "db", Name: "f", Host: "h9"}, err: ErrNotFound, frags: []string{"h9"}},
+			req: ForkRequest{Source: "db", Name: "f", Host: "h9"}, err: ErrNotFound, frags: []string{`target host "h9" (hosts: h1, h2, h3, h4)`}},
 		{name: "dead --host", hosts: std(), vols: []Volume{mkVol("vol_a", "db", "", "h1", GiB)}, dead: []string{"h2"},
 			req: ForkRequest{Source: "db", Name: "f", Host: "h2"}, err: ErrConflict, frags: []string{"h2 is down"}},
 		{name: "unknown --region", hosts: std(), vols: []Volume{mkVol("vol_a", "db", "", "h1", GiB)},
@@ -317,6 +319,35 @@ func TestPlanFork(t *testing.T) {
 func TestPlanForkNilState(t *testing.T) {
 	if _, err := PlanFork(nil, ForkRequest{Source: "x", Name: "y"}); err == nil {
 		t.Fatal("want error")
+	}
+}
+
+func TestFormatNames(t *testing.T) {
+	many := func(n int) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = fmt.Sprintf("n%02d", n-1-i) // reversed: the output is sorted
+		}
+		return out
+	}
+	for _, c := range []struct {
+		names []string
+		want  string
+	}{
+		{nil, "none"},
+		{[]string{"h1"}, "h1"},
+		{[]string{"h3", "h1", "h2"}, "h1, h2, h3"},
+		{many(10), "n00, n01, n02, n03, n04, n05, n06, n07, n08, n09"},
+		{many(11), "n00, n01, n02, n03, n04, n05, n06, n07, n08, n09 and 1 more"},
+		{many(25), "n00, n01, n02, n03, n04, n05, n06, n07, n08, n09 and 15 more"},
+	} {
+		in := slices.Clone(c.names)
+		if got := FormatNames(c.names); got != c.want {
+			t.Errorf("FormatNames(%v) = %q, want %q", c.names, got, c.want)
+		}
+		if !slices.Equal(in, c.names) {
+			t.Errorf("FormatNames sorted its argument: %v", c.names)
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -133,4 +134,33 @@ func FormatBytes(n int64) string {
 		return fmt.Sprintf("%.1f %s", v, units[i])
 	}
 	return fmt.Sprintf("%.0f %s", v, units[i])
+}
+
+// MaxListedNames caps the names FormatNames lists: a message about a typo
+// stays one line on a cluster of hundreds of hosts.
+const MaxListedNames = 10
+
+// FormatNames renders names for a message, sorted: "h1, h2, h3", the first
+// MaxListedNames and "and N more" past them, "none" for none. Errors about
+// an unknown host name list the known ones, so the fix of a typo is in the
+// message.
+func FormatNames(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	sorted := slices.Sorted(slices.Values(names))
+	if len(sorted) <= MaxListedNames {
+		return strings.Join(sorted, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(sorted[:MaxListedNames], ", "), len(sorted)-MaxListedNames)
+}
+
+// knownHosts lists the catalog's host ids for a message about an unknown
+// one: "(hosts: h1, h2)" after the name turns a typo into its fix.
+func (s *State) knownHosts() string {
+	ids := make([]string, 0, len(s.hosts))
+	for id := range s.hosts {
+		ids = append(ids, id)
+	}
+	return FormatNames(ids)
 }
