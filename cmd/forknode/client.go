@@ -784,29 +784,37 @@ func forkCancel(args []string) error {
 	}
 	ctx := context.Background()
 	// The server's cancel returns a failed fork unchanged; look first, so
-	// a second cancel says so instead of claiming to cancel it again.
+	// a second cancel says so instead of claiming to cancel it again, even
+	// through a node that predates the answer's "already".
 	f, err := c.Fork(ctx, pos[0])
 	if err != nil {
 		return err
 	}
 	already := f.State == fsm.ForkFailed
+	raced := false // it ended between the look and the cancel
 	if !already {
 		// A ready fork is refused by the server with a hint to remove
 		// its volume instead.
-		if f, err = c.CancelFork(ctx, pos[0]); err != nil {
+		res, err := c.CancelFork(ctx, pos[0])
+		if err != nil {
 			return err
 		}
+		f = &res.Fork
+		// Only a cancel records ForkCancelledError: another error means
+		// the fork failed on its own, even from a node without "already".
+		already = res.Already || f.Error != api.ForkCancelledError
+		raced = already
 	}
 	if !cf.json {
 		switch {
 		case already && f.Error == api.ForkCancelledError:
 			fmt.Printf("fork %s already cancelled\n", f.ID)
+		case raced:
+			fmt.Printf("fork %s had already failed (%s); target volume %s is being removed\n", f.ID, f.Error, f.Name)
 		case already:
 			fmt.Printf("fork %s already failed: %s\n", f.ID, f.Error)
-		case f.Error == api.ForkCancelledError:
+		default:
 			fmt.Printf("fork %s cancelled (target volume %s is being removed)\n", f.ID, f.Name)
-		default: // it failed on its own between the look and the cancel
-			fmt.Printf("fork %s had already failed (%s); target volume %s is being removed\n", f.ID, f.Error, f.Name)
 		}
 	}
 	if *wait {
@@ -818,7 +826,8 @@ func forkCancel(args []string) error {
 		}
 	}
 	if cf.json {
-		return printJSON(f)
+		// "already": this call cancelled nothing (see api.CancelForkResponse).
+		return printJSON(api.CancelForkResponse{Fork: *f, Already: already})
 	}
 	return nil
 }

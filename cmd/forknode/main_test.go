@@ -186,13 +186,16 @@ func fakeAPI(t *testing.T) *httptest.Server {
 		case "GET /v1/forks/fork_1":
 			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_1", Name: "pr", State: fsm.ForkReady, Path: fsm.PathStream,
 				BytesDone: 1 << 30, BytesTotal: 1 << 30, WireBytes: 1 << 28, RateLimit: 64 << 20, CreatedAt: 1e9, FinishedAt: 3e9}))
-		case "GET /v1/forks/fork_run", "GET /v1/forks/fork_race":
+		case "GET /v1/forks/fork_run", "GET /v1/forks/fork_race", "GET /v1/forks/fork_lost":
 			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: r.URL.Path[len("/v1/forks/"):], Name: "pr-run", State: fsm.ForkRunning, Path: fsm.PathStream,
 				TargetVolume: "vol_t", TargetHost: "n2", BytesTotal: 1 << 30, WireBytes: 40 << 10,
 				CreatedAt: time.Now().Add(-65 * time.Second).UnixNano(), UpdatedAt: time.Now().Add(-60 * time.Second).UnixNano()}))
 		case "POST /v1/forks/fork_race/cancel": // failed on its own since the GET
 			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_race", Name: "pr-run", State: fsm.ForkFailed,
 				TargetVolume: "vol_t", TargetHost: "n2", Error: "source host died"}))
+		case "POST /v1/forks/fork_lost/cancel": // cancelled through another node since the GET
+			json.NewEncoder(w).Encode(api.CancelForkResponse{Fork: api.Derive(fsm.Fork{ID: "fork_lost", Name: "pr-run", State: fsm.ForkFailed,
+				TargetVolume: "vol_t", TargetHost: "n2", Error: api.ForkCancelledError}), Already: true})
 		case "GET /v1/forks/fork_dead":
 			json.NewEncoder(w).Encode(api.Derive(fsm.Fork{ID: "fork_dead", Name: "pr-dead", State: fsm.ForkFailed,
 				TargetVolume: "vol_d", TargetHost: "n2", Error: "source host died"}))
@@ -302,12 +305,16 @@ func TestClientCommands(t *testing.T) {
 		{args: []string{"fork", "db", "pr", "--via", "stream"}, code: 1, errText: "forknode: no host has room"},
 		{args: []string{"status", "--token", "wrong"}, code: 1, errText: "bearer token"},
 		{args: []string{"forks", "cancel", "fork_run"}, out: []string{"fork fork_run cancelled (target volume pr-run is being removed)"}},
-		{args: []string{"forks", "cancel", "fork_run", "--json"}, out: []string{`"state": "failed"`, `"error": "cancelled by the operator"`}},
+		{args: []string{"forks", "cancel", "fork_run", "--json"}, out: []string{`"state": "failed"`, `"error": "cancelled by the operator"`, `"already": false`}},
 		{args: []string{"forks", "cancel", "fork_run", "--wait"}, out: []string{"fork fork_run cancelled", "target volume pr-run (vol_t) removed from n2"}},
 		{args: []string{"forks", "cancel", "fork_dead"}, out: []string{"fork fork_dead already failed: source host died\n"}, notOut: []string{"cancelled"}},
 		{args: []string{"forks", "cancel", "fork_cxl"}, out: []string{"fork fork_cxl already cancelled\n"}, notOut: []string{"being removed"}},
-		{args: []string{"forks", "cancel", "fork_cxl", "--json"}, out: []string{`"id": "fork_cxl"`, `"error": "cancelled by the operator"`}},
+		{args: []string{"forks", "cancel", "fork_cxl", "--json"}, out: []string{`"id": "fork_cxl"`, `"error": "cancelled by the operator"`, `"already": true`}},
+		{args: []string{"forks", "cancel", "fork_dead", "--json"}, out: []string{`"error": "source host died"`, `"already": true`}},
 		{args: []string{"forks", "cancel", "fork_race"}, out: []string{"fork fork_race had already failed (source host died); target volume pr-run is being removed"}},
+		{args: []string{"forks", "cancel", "fork_race", "--json"}, out: []string{`"error": "source host died"`, `"already": true`}},
+		{args: []string{"forks", "cancel", "fork_lost"}, out: []string{"fork fork_lost already cancelled\n"}, notOut: []string{"being removed"}},
+		{args: []string{"forks", "cancel", "fork_lost", "--json"}, out: []string{`"id": "fork_lost"`, `"already": true`}},
 		{args: []string{"forks", "cancel", "fork_1"}, code: 1, errText: "forknode: conflict: fork fork_1 is already ready; remove its volume with `forknode volume rm pr` instead"},
 		{args: []string{"forks", "cancel", "fork_nope"}, code: 1, errText: `forknode: fork "fork_nope": not found`},
 		{args: []string{"forks", "cancel"}, code: 2, errText: "want ID"},

@@ -321,11 +321,11 @@ const ForkCancelledError = "cancelled by the operator"
 
 // CancelFork stops a fork in flight: the fork ends failed, its host removes
 // the target volume and the source releases its snapshot, all
-// asynchronously. Cancelling a failed fork returns it unchanged; a ready
-// fork is refused with CodeConflict (remove its volume instead), and an
-// unknown one with CodeNotFound.
-func (c *Client) CancelFork(ctx context.Context, id string) (*Fork, error) {
-	var f Fork
+// asynchronously. Cancelling a failed fork returns it unchanged, with
+// Already set; a ready fork is refused with CodeConflict (remove its volume
+// instead), and an unknown one with CodeNotFound.
+func (c *Client) CancelFork(ctx context.Context, id string) (*CancelForkResponse, error) {
+	var f CancelForkResponse
 	if err := c.Do(ctx, http.MethodPost, "/v1/forks/"+esc(id)+"/cancel", nil, &f, nil); err != nil {
 		return nil, err
 	}

@@ -220,6 +220,8 @@ func TestHTTPClientCancelFork(t *testing.T) {
 		switch r.URL.Path {
 		case "/v1/forks/fork_1/cancel":
 			json.NewEncoder(w).Encode(Derive(fsm.Fork{ID: "fork_1", State: fsm.ForkFailed, Error: ForkCancelledError}))
+		case "/v1/forks/fork_2/cancel":
+			json.NewEncoder(w).Encode(CancelForkResponse{Fork: Derive(fsm.Fork{ID: "fork_2", State: fsm.ForkFailed, Error: ForkCancelledError, BytesTotal: 4 << 20, BytesDone: 1 << 20}), Already: true})
 		case "/v1/forks/fork_ready/cancel":
 			w.WriteHeader(409)
 			json.NewEncoder(w).Encode(ErrorBody{Error: "conflict: fork fork_ready is already ready", Code: CodeConflict})
@@ -232,8 +234,12 @@ func TestHTTPClientCancelFork(t *testing.T) {
 	c, _ := NewClient(srv.URL, "t")
 	ctx := context.Background()
 	f, err := c.CancelFork(ctx, "fork_1")
-	if err != nil || gotMethod != http.MethodPost || f.State != fsm.ForkFailed || f.Error != ForkCancelledError {
+	if err != nil || gotMethod != http.MethodPost || f.State != fsm.ForkFailed || f.Error != ForkCancelledError || f.Already {
 		t.Fatalf("cancel: %v %s %+v", err, gotMethod, f)
+	}
+	// The fork's fields and the derived ones decode beside "already".
+	if f, err := c.CancelFork(ctx, "fork_2"); err != nil || !f.Already || f.ID != "fork_2" || f.Percent != 25 {
+		t.Fatalf("cancel of a cancelled fork: %v %+v", err, f)
 	}
 	if _, err := c.CancelFork(ctx, "fork_ready"); !IsCode(err, CodeConflict) || !strings.Contains(err.Error(), "already ready") {
 		t.Fatalf("ready: %v", err)

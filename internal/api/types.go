@@ -107,6 +107,17 @@ type Fork struct {
 	ETASeconds float64 `json:"eta_seconds,omitempty"`
 }
 
+// CancelForkResponse is the answer of POST /v1/forks/{id}/cancel: the fork
+// as it is now, and whether it had already ended (failed: cancelled before,
+// or on its own) so that this call changed nothing. Already is always
+// present, so a script can tell "this call cancelled it" (false) from a
+// node that predates the field (absent). Two cancels racing each other
+// may both answer false.
+type CancelForkResponse struct {
+	Fork
+	Already bool `json:"already"`
+}
+
 // A compression ratio is derived only past these figures. Below them the
 // wire carries little but the stream's header and hole records (a ratio of a
 // million for an empty volume), and while a stream runs its wire bytes lead

@@ -944,30 +944,40 @@ func (s *apiServer) getFork(w http.ResponseWriter, r *http.Request) {
 // cancelFork stops a fork in flight by failing it in the catalog, the same
 // way the leader fails a fork whose host died: the target's executor then
 // cancels its task and removes the target volume, and the source releases
-// its stream snapshot. A failed fork is answered as is (a retried cancel is
-// not an error); a ready one is refused, since its volume is now the
-// operator's to remove.
+// its stream snapshot. A failed fork is answered as is, with already set (a
+// retried cancel is not an error, but a script should know it did
+// nothing); a ready one is refused, since its volume is now the operator's
+// to remove.
 func (s *apiServer) cancelFork(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := s.ctx(r, s.reqTO)
 	defer cancel()
-	f, err := s.lookupFork(ctx, r.PathValue("id"), false)
+	// Catch up first: a fork this node still sees running may have been
+	// cancelled through another node, and the answer says whether this
+	// call is the one that ended it.
+	bctx, bcancel := context.WithTimeout(ctx, barrierTimeout)
+	synced := s.b.Barrier(bctx) == nil
+	bcancel()
+	f, err := s.lookupFork(ctx, r.PathValue("id"), synced)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	if f.State != fsm.ForkReady && f.State != fsm.ForkFailed {
+	already := f.Finished()
+	if !already {
 		res, err := s.apply(ctx, fsm.CmdFinishFork, &fsm.FinishForkCmd{ForkID: f.ID, OK: false, Error: api.ForkCancelledError})
 		if err != nil {
 			s.fail(w, r, err)
 			return
 		}
 		// A fork that finished between the lookup and the apply comes back
-		// unchanged, ready or failed: answer for what it is now.
+		// unchanged, ready or failed: answer for what it is now. Only a
+		// cancel records this error, and none had when we looked.
 		if f, err = asFork(res); err != nil {
 			s.fail(w, r, err)
 			return
 		}
-		if f.State == fsm.ForkFailed && f.Error == api.ForkCancelledError {
+		already = f.State != fsm.ForkFailed || f.Error != api.ForkCancelledError
+		if !already {
 			s.log.Info("fork cancelled by the operator", "fork", f.ID, "target", f.TargetVolume, "host", f.TargetHost)
 		}
 	}
@@ -976,7 +986,7 @@ func (s *apiServer) cancelFork(w http.ResponseWriter, r *http.Request) {
 			fsm.ErrConflict, f.ID, f.Name))
 		return
 	}
-	writeJSON(w, http.StatusOK, api.Derive(f))
+	writeJSON(w, http.StatusOK, api.CancelForkResponse{Fork: api.Derive(f), Already: already})
 }
 
 // removeNode removes a dead node for good. Dead nodes are never removed

@@ -867,18 +867,20 @@ func TestHTTPRemoveNode(t *testing.T) {
 	}
 }
 
-// finishingNode finishes a fork ready just before the first FinishFork it
+// finishingNode finishes a fork just before the first FinishFork it
 // forwards: the fork's executor winning the race with an operator's cancel.
+// It finishes ready, or failed with fail.
 type finishingNode struct {
 	*memNode
 	fork string
+	fail string
 	once sync.Once
 }
 
 func (n *finishingNode) Apply(ctx context.Context, t fsm.CommandType, cmd any) (any, error) {
 	if t == fsm.CmdFinishFork {
 		n.once.Do(func() {
-			n.cat.apply(fsm.CmdFinishFork, &fsm.FinishForkCmd{ForkID: n.fork, OK: true})
+			n.cat.apply(fsm.CmdFinishFork, &fsm.FinishForkCmd{ForkID: n.fork, OK: n.fail == "", Error: n.fail})
 		})
 	}
 	return n.memNode.Apply(ctx, t, cmd)
@@ -907,10 +909,11 @@ func TestHTTPCancelFork(t *testing.T) {
 		status           int
 		code, msg        string // error answers
 		err              string // fork answers: its error
+		already          bool   // fork answers: this call changed nothing
 	}{
 		{name: "in flight", method: "POST", id: running.ID, status: 200, err: api.ForkCancelledError},
-		{name: "again is idempotent", method: "POST", id: running.ID, status: 200, err: api.ForkCancelledError},
-		{name: "failed for another reason", method: "POST", id: died.ID, status: 200, err: "source host died"},
+		{name: "again is idempotent", method: "POST", id: running.ID, status: 200, err: api.ForkCancelledError, already: true},
+		{name: "failed for another reason", method: "POST", id: died.ID, status: 200, err: "source host died", already: true},
 		{name: "ready", method: "POST", id: ready.ID, status: 409, code: api.CodeConflict,
 			msg: "fork " + ready.ID + " is already ready; remove its volume with `forknode volume rm pr-ready` instead"},
 		{name: "unknown", method: "POST", id: "fork_nope", status: 404, code: api.CodeNotFound, msg: `fork "fork_nope"`},
@@ -927,12 +930,17 @@ func TestHTTPCancelFork(t *testing.T) {
 			}
 			continue
 		}
-		var f api.Fork
+		var f api.CancelForkResponse
 		if err := json.Unmarshal(r.body, &f); err != nil {
 			t.Fatalf("%s: %v: %s", tc.name, err, r.body)
 		}
 		if f.ID != tc.id || f.State != fsm.ForkFailed || f.Error != tc.err || f.FinishedAt == 0 {
 			t.Errorf("%s: fork %+v, want failed with %q", tc.name, f, tc.err)
+		}
+		// "already" is always there, false too: a script tells this call's
+		// cancel from an answer of a node that predates the field.
+		if f.Already != tc.already || !strings.Contains(string(r.body), fmt.Sprintf(`"already":%v`, tc.already)) {
+			t.Errorf("%s: already %v, want %v: %s", tc.name, f.Already, tc.already, r.body)
 		}
 		if tc.id == running.ID {
 			// The second cancel answers the record the first one wrote.
@@ -962,6 +970,32 @@ func TestHTTPCancelFork(t *testing.T) {
 	}
 	if f, err := rc.Fork(ctx, late.ID); err != nil || f.State != fsm.ForkReady || f.Error != "" {
 		t.Fatalf("raced fork: %v %+v", err, f)
+	}
+
+	// The fork fails on its own between the lookup and the apply: this
+	// call cancelled nothing.
+	lost := mk("pr-lost")
+	fn = &finishingNode{memNode: e.n1, fork: lost.ID, fail: "source host died"}
+	srv = httptest.NewServer(newAPIServer(fn, nil, NewID).handler())
+	t.Cleanup(srv.Close)
+	rc, _ = api.NewClient(srv.URL, testToken)
+	if f, err := rc.CancelFork(ctx, lost.ID); err != nil || !f.Already || f.State != fsm.ForkFailed || f.Error != "source host died" {
+		t.Fatalf("cancel racing a failure: %v %+v", err, f)
+	}
+
+	// A cancel made through another node, which this node's catalog had
+	// not applied yet when asked again: the answer catches up first.
+	stale := mk("pr-stale")
+	var once sync.Once
+	e.n2.mu.Lock()
+	e.n2.onBarrier = func() {
+		once.Do(func() {
+			e.cat.apply(fsm.CmdFinishFork, &fsm.FinishForkCmd{ForkID: stale.ID, Error: api.ForkCancelledError})
+		})
+	}
+	e.n2.mu.Unlock()
+	if f, err := c.CancelFork(ctx, stale.ID); err != nil || !f.Already || f.Error != api.ForkCancelledError {
+		t.Fatalf("cancel of a fork cancelled through another node: %v %+v", err, f)
 	}
 }
 
