@@ -85,8 +85,14 @@
 // digest = SHA-256(H_0 ‖ H_1 ‖ … ‖ H_{n-1}), where H_i = XXH3-128 of grid
 // block i's bytes (16 bytes, big-endian), and a hole or zero block hashes
 // as that many zero bytes; Stats.Digest shows it as "xxh3-sha256:<hex>".
-// Each side hashes blocks as it reads or writes them, in any order; a
-// resuming source re-reads (locally) the blocks before the resume point.
+// Each side hashes blocks as it reads or writes them, in any order. A
+// resumed session needs the hashes of the blocks before its resume point:
+// the server keeps, per fork, those its earlier sessions computed (the
+// snapshot does not change while its fork runs; at most 2^20 blocks in
+// all, least recently used first out, dropped at the final ack or after an
+// hour unused), and re-reads locally only what no session of this process
+// hashed, e.g. after the source's agent restarted. A puller resuming from
+// a checkpoint re-reads its own prefix likewise.
 // The puller reports success only when its digest of what it wrote equals
 // the source's, and the data/zero byte totals agree. XXH3 rather than
 // SHA-256 per block: SHA-256 cost each side about a sixth of its CPU even

@@ -44,6 +44,7 @@ type Server struct {
 	wg        sync.WaitGroup
 
 	directBytes atomic.Int64 // source bytes read with O_DIRECT, all sessions
+	hashes      hashCache    // per fork: block hashes earlier sessions computed
 }
 
 // NewServer returns a server that authorizes and opens sources with open.
@@ -248,7 +249,13 @@ func (s *Server) session(c net.Conn, log hclog.Logger) error {
 	defer func() {
 		s.directBytes.Add(snd.directBytes())
 		snd.direct.close()
+		if snd.acked {
+			s.hashes.drop(forkID)
+		} else {
+			s.hashes.put(forkID, snd.gr, snd.hashes, snd.kind)
+		}
 	}()
+	snd.adopt(s.hashes.get(forkID, snd.gr), resume)
 	start := time.Now()
 	if err := snd.run(ctx, resume); err != nil {
 		if !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.EOF) {
@@ -256,7 +263,8 @@ func (s *Server) session(c net.Conn, log hclog.Logger) error {
 		}
 		return err
 	}
-	log.Info("stream complete", "bytes", size-resume, "wire", snd.wire.Load(), "direct_read", snd.directBytes(), "duration", time.Since(start))
+	log.Info("stream complete", "bytes", size-resume, "wire", snd.wire.Load(), "direct_read", snd.directBytes(),
+		"prefix_reread", snd.prefixRead.Load(), "duration", time.Since(start))
 	return nil
 }
 
@@ -330,13 +338,44 @@ type sender struct {
 	// direct reads a block-device source with O_DIRECT (nil: Source.ReadAt).
 	direct *directSource
 
+	// Block i's hash and kind are written once per session, by the one
+	// goroutine that classified it; read after they all finished.
 	hashes [][16]byte
+	kind   []uint8
 	data   atomic.Int64
 	zero   atomic.Int64
 	wire   atomic.Int64
 	meter  *meter
+	acked  bool // the puller acknowledged the whole volume
 
 	prefixHashed atomic.Int64 // progress of hashPrefix, for keepalives
+	prefixRead   atomic.Int64 // bytes hashPrefix read from the source
+}
+
+// setHash records block i (n bytes) as data with hash h, or as zeros.
+func (s *sender) setHash(i int, n int64, kind uint8, h [16]byte) {
+	s.kind[i] = kind
+	if kind == kindZero {
+		s.hashes[i] = zeroHash(int(n))
+		s.zero.Add(n)
+		return
+	}
+	s.hashes[i] = h
+	s.data.Add(n)
+}
+
+// adopt takes the hashes an earlier session of this fork computed for
+// blocks before the resume point, so hashPrefix need not read them again.
+func (s *sender) adopt(e *hashEntry, resume int64) {
+	if e == nil {
+		return
+	}
+	for i := range min(s.gr.blocks(), int((resume+s.gr.g-1)/s.gr.g)) {
+		if k := e.kind[i]; k != kindNone {
+			_, n := s.gr.block(i)
+			s.setHash(i, n, k, e.hashes[i])
+		}
+	}
 }
 
 func newSender(opts Options, src Source, ext []Extent, gr grid, conn net.Conn, log hclog.Logger) (*sender, error) {
@@ -349,6 +388,7 @@ func newSender(opts Options, src Source, ext []Extent, gr grid, conn net.Conn, l
 		opts: opts, src: src, ext: ext, gr: gr, conn: conn, log: log,
 		codec: codec, limit: NewLimiter(opts.RateLimit), workers: w,
 		hashes: make([][16]byte, gr.blocks()),
+		kind:   make([]uint8, gr.blocks()),
 		direct: openDirectSource(src, log),
 	}
 	if s.direct != nil {
@@ -475,8 +515,7 @@ func (s *sender) run(ctx context.Context, resume int64) error {
 		for i := first; i < s.gr.blocks(); i++ {
 			off, n := s.gr.block(i)
 			if !ec.hasData(off, n) {
-				s.hashes[i] = zeroHash(int(n))
-				s.zero.Add(n)
+				s.setHash(i, n, kindZero, [16]byte{})
 				if zstart < 0 {
 					zstart = off
 				}
@@ -591,6 +630,7 @@ func (s *sender) run(ctx context.Context, resume int64) error {
 	s.conn.SetReadDeadline(time.Now().Add(4 * s.opts.IOTimeout))
 	select {
 	case <-finalAck:
+		s.acked = true
 		return nil
 	case <-ctx.Done():
 		err := context.Cause(ctx)
@@ -614,12 +654,10 @@ func (s *sender) encodeBlock(ctx context.Context, i int, b *sendBuf) (outFrame, 
 		return outFrame{}, err
 	}
 	if isZero(raw) {
-		s.hashes[i] = zeroHash(int(n))
-		s.zero.Add(n)
+		s.setHash(i, n, kindZero, [16]byte{})
 		return outFrame{h: Header{Type: TypeZero, Offset: off, Length: n}}, nil
 	}
-	s.hashes[i] = blockHash(raw)
-	s.data.Add(n)
+	s.setHash(i, n, kindData, blockHash(raw))
 	codec := s.codec
 	if s.auto != nil {
 		codec = s.auto.pick()
@@ -675,7 +713,8 @@ func (s *sender) awaitPrefix(ctx context.Context, done <-chan error, hdr *[Heade
 }
 
 // hashPrefix hashes blocks [0, first) the same way encodeBlock classifies
-// them, reading through one buffer.
+// them, reading through one buffer; blocks an earlier session hashed
+// (adopt) are not read again.
 func (s *sender) hashPrefix(ctx context.Context, first int) error {
 	if first == 0 {
 		return nil
@@ -688,9 +727,11 @@ func (s *sender) hashPrefix(ctx context.Context, first int) error {
 		}
 		off, n := s.gr.block(i)
 		s.prefixHashed.Store(off)
+		if s.kind[i] != kindNone {
+			continue // adopted
+		}
 		if !ec.hasData(off, n) {
-			s.hashes[i] = zeroHash(int(n))
-			s.zero.Add(n)
+			s.setHash(i, n, kindZero, [16]byte{})
 			continue
 		}
 		// Paced like the stream itself: a resume near the end of a large
@@ -702,13 +743,12 @@ func (s *sender) hashPrefix(ctx context.Context, first int) error {
 		if err := s.readBlock(raw, off); err != nil {
 			return err
 		}
+		s.prefixRead.Add(n)
 		if isZero(raw) {
-			s.hashes[i] = zeroHash(int(n))
-			s.zero.Add(n)
+			s.setHash(i, n, kindZero, [16]byte{})
 			continue
 		}
-		s.hashes[i] = blockHash(raw)
-		s.data.Add(n)
+		s.setHash(i, n, kindData, blockHash(raw))
 	}
 	return nil
 }

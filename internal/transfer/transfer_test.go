@@ -383,24 +383,25 @@ func TestResumeKeepalive(t *testing.T) {
 	const size = 8 << 20
 	dir := t.TempDir()
 	src, content, _ := makeImage(t, dir, size, 1<<20, []int{blkRandom}, 12)
-	var opens atomic.Int32
-	inner := fileOpener(t, src, size, nil, &opens)
+	inner := fileOpener(t, src, size, nil, nil)
 	open := func(ctx context.Context, forkID, peer string) (Source, []Extent, func(), error) {
 		s, e, c, err := inner(ctx, forkID, peer)
-		if err == nil && opens.Load() > 1 {
+		if err == nil {
 			s = slowSource{Source: s, below: 6 << 20, delay: 200 * time.Millisecond}
 		}
 		return s, e, c, err
 	}
 	opts := Options{Codec: "none", Logger: testLogger(t), IOTimeout: 400 * time.Millisecond}
 	_, addr := startServer(t, open, opts)
-	px := newProxy(t, addr, func(px *proxy) { px.cutConn, px.cutAfter = 1, 6<<20+HeaderSize+100 })
+	// A restarted target: this server has no hashes of the prefix.
 	sink := &memDev{b: make([]byte, size)}
-	st, err := Pull(context.Background(), dialer(px.addr()), "fork-1", "target-a", sink, Options{Logger: testLogger(t), IOTimeout: 400 * time.Millisecond, GiveUp: 3 * time.Second})
+	copy(sink.b, content[:6<<20])
+	st, err := Pull(context.Background(), dialer(addr), "fork-1", "target-a", sink, Options{Logger: testLogger(t), IOTimeout: 400 * time.Millisecond, GiveUp: 3 * time.Second,
+		Resume: &Checkpoint{Size: size, Chunk: 1 << 20, Durable: 6 << 20}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Reconnects != 1 || !bytes.Equal(sink.b, content) {
+	if st.Reconnects != 0 || st.Resumed != 6<<20 || !bytes.Equal(sink.b, content) {
 		t.Fatalf("stats %+v, equal %v", st, bytes.Equal(sink.b, content))
 	}
 }
@@ -511,34 +512,36 @@ func (h *hangSrc) ReadAt(p []byte, off int64) (int, error) {
 	return h.f.ReadAt(p, off)
 }
 
-// After a resume the source re-hashes the prefix, sending keepalives while
-// it does. A prefix read that hangs must not keep the puller alive for
-// ever: keepalives stop when the hashing does, and Pull gives up.
+// After a resume that its server has no hashes for (the target or the
+// source restarted) the source re-hashes the prefix, sending keepalives
+// while it does. A prefix read that hangs must not keep the puller alive
+// for ever: keepalives stop when the hashing does, and Pull gives up.
 func TestResumeHungPrefixGivesUp(t *testing.T) {
 	const size = 8 << 20
 	const g = 1 << 20
-	src, _, ext := makeImage(t, t.TempDir(), size, g, []int{blkRandom}, 9)
+	src, content, ext := makeImage(t, t.TempDir(), size, g, []int{blkRandom}, 9)
 	stop := make(chan struct{})
 	var opens atomic.Int32
 	open := func(ctx context.Context, forkID, peer string) (Source, []Extent, func(), error) {
-		n := opens.Add(1)
+		opens.Add(1)
 		f, err := os.Open(src)
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		return &hangSrc{f: f, size: size, hang: n >= 2, stop: stop}, ext, func() { f.Close() }, nil
+		return &hangSrc{f: f, size: size, hang: true, stop: stop}, ext, func() { f.Close() }, nil
 	}
 	_, addr := startServer(t, open, Options{Logger: testLogger(t), Codec: "none", ChunkSize: g, IOTimeout: time.Second})
 	// Registered after the server's Close, so it runs first: the hung
 	// reads return and Close can wait for their sessions.
 	t.Cleanup(func() { close(stop) })
-	px := newProxy(t, addr, func(px *proxy) { px.cutConn, px.cutAfter = 1, 4<<20 })
-	sink := openDev(t, t.TempDir()+"/dst.img", size)
+	sink := &memDev{b: make([]byte, size)}
+	copy(sink.b, content[:4<<20])
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err := Pull(ctx, dialer(px.addr()), "fork-1", "target-a", sink,
-		Options{Logger: testLogger(t), ChunkSize: g, IOTimeout: time.Second, GiveUp: 2 * time.Second})
-	if ctx.Err() != nil || !errors.Is(err, ErrAborted) || opens.Load() < 2 {
+	_, err := Pull(ctx, dialer(addr), "fork-1", "target-a", sink,
+		Options{Logger: testLogger(t), ChunkSize: g, IOTimeout: time.Second, GiveUp: 2 * time.Second,
+			Resume: &Checkpoint{Size: size, Chunk: g, Durable: 4 << 20}})
+	if ctx.Err() != nil || !errors.Is(err, ErrAborted) || opens.Load() < 1 {
 		t.Fatalf("Pull: %v (opens %d, caller's deadline hit: %v); want it to give up by itself", err, opens.Load(), ctx.Err() != nil)
 	}
 }

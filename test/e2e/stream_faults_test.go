@@ -197,6 +197,28 @@ func TestStreamLinkCutResumes(t *testing.T) {
 	if len(resumes) < 2 || resumes[len(resumes)-1] < p.BytesDone {
 		t.Errorf("source sessions resumed at %v; want a last one at or past %d (acknowledged before the cut)", resumes, p.BytesDone)
 	}
+	ftNoPrefixReread(t, c, 0, f.ID)
+}
+
+var ftPrefixRereadRE = regexp.MustCompile(`\bprefix_reread=(\d+)`)
+
+// ftNoPrefixReread checks that node i's server finished fork id's stream
+// without re-reading the snapshot before the resume point: its hashes came
+// from the earlier sessions of the same process.
+func ftNoPrefixReread(t *testing.T, c *faultCluster, i int, id string) {
+	t.Helper()
+	found := false
+	for _, l := range c.logLines(i, "stream complete") {
+		if m := ftPrefixRereadRE.FindStringSubmatch(l); m != nil && strings.Contains(l, id) {
+			found = true
+			if m[1] != "0" {
+				t.Errorf("%s re-read %s bytes of its snapshot for a resumed session: %s", c.name(i), m[1], l)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no `stream complete` line with prefix_reread for %s on %s", id, c.name(i))
+	}
 }
 
 var ftResumeRE = regexp.MustCompile(`\bresume=(\d+)`)
@@ -390,6 +412,7 @@ func TestStreamTargetKilledResumes(t *testing.T) {
 	if len(resumes) < 2 || resumes[len(resumes)-1] != resumed {
 		t.Fatalf("source sessions resumed at %v; want a last one at %d", resumes, resumed)
 	}
+	ftNoPrefixReread(t, c, 0, f.ID)
 	testutil.Eventually(t, 10*time.Second, "n1 drops the checkpoint", func() bool {
 		time.Sleep(100 * time.Millisecond)
 		_, err := os.Stat(ckpt)
