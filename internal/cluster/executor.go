@@ -613,8 +613,11 @@ func (e *executor) pullFork(ctx context.Context, f fsm.Fork) {
 		e.dropCheckpoint(f.ID)
 		e.finish(f, err)
 	}
-	_, gerr := b.Get(ctx, tv.ID)
-	existed := gerr == nil
+	existed, err := e.volumeExists(ctx, tv.ID)
+	if err != nil {
+		fail(fmt.Errorf("look up target volume on %s: %w", e.n.cfg.Name, err))
+		return
+	}
 	if _, err := b.Create(ctx, spec(tv, f.ID)); err != nil && !errors.Is(err, cow.ErrExists) {
 		fail(fmt.Errorf("create target volume on %s: %w", e.n.cfg.Name, err))
 		return
@@ -680,6 +683,28 @@ func (e *executor) pullFork(ctx context.Context, f fsm.Fork) {
 		// against the source again and records the result.
 		e.dropCheckpoint(f.ID)
 	}
+}
+
+// volumeExists asks the backend whether volume id is there, a few times
+// over a transient error: the answer decides whether a checkpoint may be
+// resumed, and resuming onto a volume just created empty would only fail
+// at the digest.
+func (e *executor) volumeExists(ctx context.Context, id string) (bool, error) {
+	var err error
+	for try := 0; try < 3; try++ {
+		if try > 0 {
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+				return false, ctx.Err()
+			}
+		}
+		if _, err = e.n.cfg.Backend.Get(ctx, id); err == nil || errors.Is(err, cow.ErrNotFound) {
+			return err == nil, nil
+		}
+		e.logger.Warn("looking up a volume failed", "volume", id, "try", try+1, "error", err)
+	}
+	return false, err
 }
 
 // snapJob is a stream snapshot being taken.

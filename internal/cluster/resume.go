@@ -57,8 +57,11 @@ func (e *executor) saveCheckpoint(forkID, volumeID string, c transfer.Checkpoint
 		return fmt.Errorf("save stream checkpoint: %w", err)
 	}
 	// renameio: temp file, fsync, rename, so a crash leaves the old file
-	// or the new one, never a torn one.
-	if err := renameio.WriteFile(path, raw, 0o600); err != nil {
+	// or the new one, never a torn one. The temp file goes beside it (not
+	// in /tmp), where pruneCheckpoints finds what a crash leaves. The
+	// directory is not synced: a rename lost to a power cut only means an
+	// older resume point.
+	if err := renameio.WriteFile(path, raw, 0o600, renameio.WithTempDir(filepath.Dir(path))); err != nil {
 		return fmt.Errorf("save stream checkpoint: %w", err)
 	}
 	return nil
@@ -92,9 +95,27 @@ func (e *executor) dropCheckpoint(forkID string) {
 	if err != nil {
 		return
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	err = os.Remove(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err == nil {
+		// Synced, so a power cut cannot bring back a checkpoint of a
+		// volume that is then made again empty.
+		err = syncDir(filepath.Dir(path))
+	}
+	if err != nil {
 		e.logger.Warn("remove stream checkpoint", "fork", forkID, "error", err)
 	}
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // pruneCheckpoints removes the checkpoints of forks that are not streams in

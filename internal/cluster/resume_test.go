@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/forknode/forknode/internal/cow"
 	"github.com/forknode/forknode/internal/fsm"
 	"github.com/forknode/forknode/internal/testutil"
 	"github.com/hashicorp/go-hclog"
@@ -162,6 +164,55 @@ func TestCheckpointPath(t *testing.T) {
 		}
 		if err == nil && p != "/d/streams/"+tc.id+".json" {
 			t.Errorf("checkpointPath(%q) = %q", tc.id, p)
+		}
+	}
+}
+
+// flakyGet fails its first fails Gets with a transient error.
+type flakyGet struct {
+	cow.Backend
+	fails int
+	calls int
+}
+
+func (f *flakyGet) Get(ctx context.Context, id string) (cow.Volume, error) {
+	f.calls++
+	if f.calls <= f.fails {
+		return cow.Volume{}, errors.New("lvs: exit status 5")
+	}
+	return f.Backend.Get(ctx, id)
+}
+
+// TestVolumeExists: whether a stream target exists decides whether its
+// checkpoint is resumed, so a transient error is neither "no" (the resume
+// would be thrown away) nor "yes" (an empty volume would be resumed).
+func TestVolumeExists(t *testing.T) {
+	lg := hclog.NewNullLogger()
+	be, err := cow.NewFileBackend(t.TempDir(), 0, lg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := be.Create(ctx, cow.CreateSpec{ID: "vol_there", Name: "there", Size: MiB, Owner: "fork_x"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		id      string
+		fails   int
+		want    bool
+		wantErr bool
+	}{
+		{"vol_there", 0, true, false},
+		{"vol_absent", 0, false, false},
+		{"vol_there", 2, true, false}, // two transient errors, then the answer
+		{"vol_absent", 1, false, false},
+		{"vol_there", 3, false, true}, // still failing: an error, not a guess
+	} {
+		fb := &flakyGet{Backend: be, fails: tc.fails}
+		e := &executor{n: &Node{cfg: Config{Backend: fb}}, logger: lg}
+		got, err := e.volumeExists(ctx, tc.id)
+		if got != tc.want || (err != nil) != tc.wantErr {
+			t.Errorf("%s after %d failures: %v, %v; want %v, error %v", tc.id, tc.fails, got, err, tc.want, tc.wantErr)
 		}
 	}
 }

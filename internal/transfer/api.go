@@ -65,14 +65,18 @@ type Options struct {
 	// checkpoint costs time, never data.
 	Resume *Checkpoint
 	// OnCheckpoint (Pull only) is told each new durable offset, after the
-	// fsync that made it durable and in increasing order, from one
-	// goroutine at a time. Saving it lets a restarted process resume.
+	// fsync that made it durable, from one goroutine at a time; offsets
+	// increase, unless a checkpoint the source refused was dropped (the
+	// count starts again from zero). None is given after any fsync of the
+	// sink failed. Saving the latest lets a restarted process resume.
 	OnCheckpoint func(Checkpoint)
 }
 
-// Checkpoint is a puller's resume point: the target holds the source's
-// bytes [0, Durable), written and fsynced, on the Chunk-byte grid of a
-// Size-byte volume.
+// Checkpoint is a puller's resume point: the target holds the bytes
+// [0, Durable) it received, written and fsynced, on the Chunk-byte grid of
+// a Size-byte volume. They are verified against the source only by the
+// whole-volume digest at the end (Durable = Size is reported before that
+// check), which a resumed Pull computes over the re-read prefix.
 type Checkpoint struct {
 	Size    int64 `json:"size"`
 	Chunk   int64 `json:"chunk"`

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 )
 
@@ -46,6 +49,7 @@ func TestResumeFromCheckpoint(t *testing.T) {
 		{name: "no chunk", ckpt: Checkpoint{size, 0, 7 * mb}, prefix: 7 * mb, flip: -1, readable: true},
 		{name: "unreadable target", ckpt: Checkpoint{size, mb, 7 * mb}, prefix: 7 * mb, flip: -1},
 		{name: "source grid changed", ckpt: Checkpoint{size, mb, 7 * mb}, prefix: 7 * mb, flip: -1, srcChunk: 256 << 10, readable: true},
+		{name: "source grid changed, resume point off it", ckpt: Checkpoint{size, mb, 7 * mb}, prefix: 7 * mb, flip: -1, srcChunk: 4 << 20, readable: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -144,4 +148,82 @@ func TestCheckpointsThenResume(t *testing.T) {
 		t.Fatalf("resumed Pull's checkpoints %+v: want a last one at the volume's end", final)
 	}
 	t.Logf("stopped at %d, resumed at %d; %+v", last.Durable, st.Resumed, st)
+}
+
+// syncFailOnce fails its first fsync, as a disk losing a write does; Linux
+// then reports the error once, and the next fsync succeeds.
+type syncFailOnce struct {
+	*fileDev
+	calls atomic.Int32
+}
+
+func (s *syncFailOnce) Sync() error {
+	if s.calls.Add(1) == 1 {
+		return syscall.EIO
+	}
+	return s.fileDev.Sync()
+}
+
+// TestNoCheckpointAfterFailedFsync: once an fsync of the target failed, no
+// later one vouches for what was written, so no checkpoint is given out
+// (found by review: the session's closing fsync succeeded and its offset
+// was saved).
+func TestNoCheckpointAfterFailedFsync(t *testing.T) {
+	const size = 24 << 20
+	dir := t.TempDir()
+	src, _, ext := makeImage(t, dir, size, 1<<20, mixed, 22)
+	_, addr := startServer(t, fileOpener(t, src, size, ext, nil), Options{Codec: "none", RateLimit: 8 << 20, Logger: testLogger(t)})
+	sink := &syncFailOnce{fileDev: openDev(t, dir+"/dst.img", size)}
+	var mu sync.Mutex
+	var got []Checkpoint
+	_, err := Pull(context.Background(), dialer(addr), "fork-1", "target-a", sink, Options{Logger: testLogger(t),
+		OnCheckpoint: func(c Checkpoint) { mu.Lock(); got = append(got, c); mu.Unlock() }})
+	if !errors.Is(err, syscall.EIO) {
+		t.Fatalf("Pull: %v, want the fsync error", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) > 0 {
+		t.Fatalf("checkpoints %+v given out although the fsync covering them failed", got)
+	}
+}
+
+// TestRestoreSkipsHoles: the re-read of a sparse target's prefix reads and
+// paces only its data; holes are zero blocks for free, as a stream from
+// zero would have them (found by review: a mostly empty volume took 15
+// times longer to resume than to stream again).
+func TestRestoreSkipsHoles(t *testing.T) {
+	const size = 64 << 20
+	const mb = 1 << 20
+	dir := t.TempDir()
+	kinds := []int{blkRandom, blkHole, blkHole, blkHole, blkHole, blkHole, blkHole, blkHole}
+	src, content, ext := makeImage(t, dir, size, mb, kinds, 41)
+	_, addr := startServer(t, fileOpener(t, src, size, ext, nil), Options{Codec: "none", Logger: testLogger(t)})
+	// The target holds the first 60 MiB as a stream leaves it: data
+	// written, holes never touched.
+	dst := dir + "/dst.img"
+	sink := openDev(t, dst, size)
+	var prefixData int64
+	for off := int64(0); off < 60*mb; off += mb {
+		if b := content[off : off+mb]; !isZero(b) {
+			if _, err := sink.WriteAt(b, off); err != nil {
+				t.Fatal(err)
+			}
+			prefixData += mb
+		}
+	}
+	lim := NewLimiter(1 << 40)
+	st, err := Pull(context.Background(), dialer(addr), "fork-1", "target-a", sink, Options{Logger: testLogger(t), Limiter: lim,
+		Resume: &Checkpoint{Size: size, Chunk: mb, Durable: 60 * mb}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(dst)
+	if err != nil || !bytes.Equal(got, content) || st.Resumed != 60*mb {
+		t.Fatalf("equal %v (%v), resumed %d", bytes.Equal(got, content), err, st.Resumed)
+	}
+	// Charged: the prefix's data re-read, and the data streamed after it.
+	if taken, want := lim.taken.Load(), st.DataBytes; taken > want {
+		t.Fatalf("the node limiter was charged %d bytes; want at most %d (data only: %d re-read, %d streamed)", taken, want, prefixData, st.DataBytes-prefixData)
+	}
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"runtime"
@@ -74,6 +73,10 @@ type puller struct {
 	// received since, so a source on another grid means starting over.
 	restored bool
 	reported int64 // last offset given to OnCheckpoint
+	// syncFailed: an fsync of the sink failed. Linux reports a writeback
+	// error once, so a later fsync may succeed although pages were lost:
+	// no checkpoint may be given out after it.
+	syncFailed atomic.Bool
 
 	progress atomic.Int64 // newly completed bytes, for the give-up clock
 	meter    *meter
@@ -207,6 +210,14 @@ func (p *puller) session(ctx context.Context, dial func(ctx context.Context) (ne
 		if h.Flags == ErrCodeRetry || h.Flags == ErrCodeNotReady {
 			return err
 		}
+		if p.restored && h.Flags == ErrCodeFatal {
+			// The source refused the checkpoint's resume point (its grid
+			// changed since, say): what it refuses is the checkpoint, so
+			// drop it, once, and ask for the whole volume.
+			p.log.Warn("source refused the checkpoint, starting from zero", "checkpoint", p.durable, "reason", err)
+			p.reset()
+			return fmt.Errorf("%w: %w", ErrRetry, err)
+		}
 		return permanent(err)
 	default:
 		return permanent(fmt.Errorf("%w: expected accept, got %s", ErrProtocol, h))
@@ -272,8 +283,10 @@ func (p *puller) reset() {
 // restore takes up a checkpoint from an earlier Pull: the grid, and the
 // hashes and kinds of the durable prefix, re-read from the sink and
 // classified the way the source classifies blocks, so the digest and the
-// totals come out as if this Pull had received them. On error the puller
-// is left untouched (fresh).
+// totals come out as if this Pull had received them. Holes of a sparse
+// sink (SEEK_DATA) are zero blocks without a read; a block-device sink is
+// read with O_DIRECT, as a source is, to keep the host's page cache for
+// its databases. On error the puller is left untouched (fresh).
 func (p *puller) restore(ctx context.Context, c Checkpoint) error {
 	gr := grid{size: c.Size, g: c.Chunk}
 	switch {
@@ -284,19 +297,26 @@ func (p *puller) restore(ctx context.Context, c Checkpoint) error {
 	case c.Durable <= 0 || c.Durable > c.Size || (c.Durable%c.Chunk != 0 && c.Durable != c.Size):
 		return fmt.Errorf("offset %d not on the %d-byte grid of a %d-byte volume", c.Durable, c.Chunk, c.Size)
 	}
-	r, ok := p.sink.(io.ReaderAt)
+	src, ok := p.sink.(Source)
 	if !ok {
 		return errors.New("the target cannot be read back")
 	}
 	first := int((c.Durable + c.Chunk - 1) / c.Chunk)
 	kinds := make([]uint8, first)
 	hashes := make([][16]byte, first)
-	buf := alignedBuf(int(c.Chunk))
+	ec := extentCursor{ext: normalizeExtents(dataExtents(src, c.Size), c.Size)}
+	direct := openDirectSource(src, p.log)
+	defer direct.close()
+	buf := alignedBufTo(int(c.Chunk), direct.bufAlign())
 	for i := range first {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		off, n := gr.block(i)
+		if !ec.hasData(off, n) {
+			kinds[i], hashes[i] = kindZero, zeroHash(int(n))
+			continue
+		}
 		// Local reads, next to whatever else this host serves: the
 		// node's shared limiter paces them (not this fork's own cap,
 		// which is about the stream).
@@ -304,8 +324,8 @@ func (p *puller) restore(ctx context.Context, c Checkpoint) error {
 			return err
 		}
 		raw := buf[:n]
-		if k, err := r.ReadAt(raw, off); err != nil && !(errors.Is(err, io.EOF) && k == len(raw)) {
-			return fmt.Errorf("re-read target at %d (+%d): %w", off, n, err)
+		if err := readBlock(direct, src, raw, off); err != nil {
+			return fmt.Errorf("re-read target: %w", err)
 		}
 		if isZero(raw) {
 			kinds[i], hashes[i] = kindZero, zeroHash(int(n))
@@ -328,7 +348,7 @@ func (p *puller) restore(ctx context.Context, c Checkpoint) error {
 
 // checkpoint reports a new durable offset to Options.OnCheckpoint.
 func (p *puller) checkpoint(durable int64) {
-	if p.opts.OnCheckpoint == nil || durable <= p.reported {
+	if p.opts.OnCheckpoint == nil || durable <= p.reported || p.syncFailed.Load() {
 		return
 	}
 	p.reported = durable
@@ -499,6 +519,7 @@ func (p *puller) stream(ctx context.Context, conn net.Conn) error {
 				continue
 			}
 			if err := p.sink.Sync(); err != nil {
+				p.syncFailed.Store(true)
 				fail(permanent(fmt.Errorf("fsync target: %w", err)))
 				return
 			}
@@ -599,6 +620,7 @@ read:
 
 	// Whatever completed is written; fsync it so the resume point is honest.
 	if err := p.sink.Sync(); err != nil {
+		p.syncFailed.Store(true)
 		return permanent(fmt.Errorf("fsync target: %w", err))
 	}
 	p.durable = p.watermarkOff()

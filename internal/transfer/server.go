@@ -416,15 +416,19 @@ func (s *sender) directBytes() int64 {
 // when the source is a block device, the rest through Source.ReadAt. io.EOF
 // from Source.ReadAt is not an error (a source shorter than its Size reads
 // as what it has).
-func (s *sender) readBlock(p []byte, off int64) error {
-	n, err := s.direct.readAt(p, off)
+func (s *sender) readBlock(p []byte, off int64) error { return readBlock(s.direct, s.src, p, off) }
+
+// readBlock reads p at off from src: the aligned part through d (O_DIRECT
+// on a block device; nil reads nothing there), the rest through ReadAt.
+func readBlock(d *directSource, src Source, p []byte, off int64) error {
+	n, err := d.readAt(p, off)
 	if err != nil {
 		return fmt.Errorf("read source at %d (+%d) with O_DIRECT: %w", off, len(p), err)
 	}
 	if n == len(p) {
 		return nil
 	}
-	m, err := s.src.ReadAt(p[n:], off+int64(n))
+	m, err := src.ReadAt(p[n:], off+int64(n))
 	if n+m == len(p) {
 		return nil // io.ReaderAt may say EOF with the last byte
 	}
