@@ -179,3 +179,41 @@ func hostBudget(via *Node, host string) int64 {
 	})
 	return b
 }
+
+// thickFeatures passes a backend off as a thick LVM host's: its snapshots
+// cost 20 % of the volume, at least 8 MiB, on a 4 MiB grid.
+type thickFeatures struct{ cow.Backend }
+
+func (thickFeatures) Features() cow.Features {
+	return cow.Features{Backend: "lvm", SnapshotPermille: 200, SnapshotMin: 8 * MiB, SnapshotGrain: 4 * MiB}
+}
+
+// TestHostSnapshotCost: a host's snapshot cost figures travel from its
+// backend through gossip into its catalog record, and a fork there holds
+// what they come to while it runs (catalog version 4).
+func TestHostSnapshotCost(t *testing.T) {
+	tc := newTestClusterWith(t, []int64{200 * MiB, 200 * MiB}, nil, func(c *Config) {
+		if c.Name == "n1" {
+			c.Backend = thickFeatures{c.Backend}
+		}
+	})
+	waitRecorded(t, tc)
+	var h fsm.Host
+	testutil.Eventually(t, 10*time.Second, "n1's record has its snapshot figures", func() bool {
+		tc.leader().View(func(s *fsm.State) { h, _ = s.Host("n1") })
+		return h.SnapshotPermille == 200 && h.SnapshotMin == 8*MiB && h.SnapshotGrain == 4*MiB
+	})
+	src := tc.createVolume(tc.leader(), "db", "", "n1", 60*MiB)
+	fk, err := tc.fork(tc.leader(), fsm.ForkRequest{Source: src.ID, Name: "db-2", Via: fsm.PathCopy, RateLimit: MiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fsm.SnapshotCost(h, 60*MiB); fk.SnapshotReserve != want || want != 12*MiB {
+		t.Fatalf("fork holds %d bytes for its snapshot, want %d (12 MiB)", fk.SnapshotReserve, want)
+	}
+	var used int64
+	tc.leader().View(func(s *fsm.State) { used = s.Used("n1") })
+	if used != 120*MiB+12*MiB {
+		t.Fatalf("n1 uses %d while the fork runs, want the two volumes and the snapshot (132 MiB)", used)
+	}
+}

@@ -22,6 +22,10 @@ type nodeMeta struct {
 	Backend     string `json:"b"`
 	CanClone    bool   `json:"k,omitempty"`
 	Budget      int64  `json:"g"`
+	// The backend's snapshot cost figures (cow.Features), for the catalog.
+	SnapPermille int64 `json:"sp,omitempty"`
+	SnapMin      int64 `json:"sm,omitempty"`
+	SnapGrain    int64 `json:"sg,omitempty"`
 	// Bootstrapped is set once the node has raft state or has seen a leader;
 	// a new node never bootstraps a fresh cluster while a member says so.
 	Bootstrapped bool `json:"s,omitempty"`

@@ -173,7 +173,8 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 		}
 		want := fsm.Host{ID: m.name, Region: m.meta.Region, RaftAddr: m.meta.ClusterAddr,
 			APIAddr: m.meta.APIAddr, XferAddr: m.meta.ClusterAddr, Backend: m.meta.Backend,
-			CanClone: m.meta.CanClone, Budget: m.meta.Budget, Alive: alive}
+			CanClone: m.meta.CanClone, Budget: m.meta.Budget, Alive: alive,
+			SnapshotPermille: m.meta.SnapPermille, SnapshotMin: m.meta.SnapMin, SnapshotGrain: m.meta.SnapGrain}
 		have, ok := hosts[m.name]
 		if !alive && !ok {
 			continue // never re-add a host that is gone (left, or removed while dead)
@@ -187,7 +188,8 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 			alive, want.Alive = false, false
 		}
 		if !ok || have.Region != want.Region || have.RaftAddr != want.RaftAddr || have.APIAddr != want.APIAddr ||
-			have.Backend != want.Backend || have.CanClone != want.CanClone || have.Budget != want.Budget {
+			have.Backend != want.Backend || have.CanClone != want.CanClone || have.Budget != want.Budget ||
+			have.SnapshotPermille != want.SnapshotPermille || have.SnapshotMin != want.SnapshotMin || have.SnapshotGrain != want.SnapshotGrain {
 			if _, err := n.Apply(ctx, fsm.CmdUpsertHost, &fsm.UpsertHostCmd{Host: want}); err != nil {
 				n.logger.Warn("upsert host", "host", m.name, "error", err)
 				continue

@@ -163,6 +163,7 @@ func New(cfg Config) (*Node, error) {
 	meta := nodeMeta{
 		Region: cfg.Region, ClusterAddr: n.clusterAddr, APIAddr: n.apiAddr,
 		Backend: feat.Backend, CanClone: feat.Clone, Budget: capa.Budget,
+		SnapPermille: feat.SnapshotPermille, SnapMin: feat.SnapshotMin, SnapGrain: feat.SnapshotGrain,
 		Bootstrapped: n.hasState, Version: n.catalogVersion(),
 	}
 	n.gossip, err = newGossip(cfg, meta, n.logger)

@@ -61,6 +61,14 @@ type Features struct {
 	Clone   bool   `json:"clone"`   // O(1) copy-on-write clones
 	// Filesystem of the backing directory for the file backend (xfs, btrfs, ext4...).
 	Filesystem string `json:"filesystem,omitempty"`
+	// What a snapshot of a volume of size S takes from the budget while it
+	// exists: max(⌈S × SnapshotPermille / 1000⌉, SnapshotMin), at most S
+	// plus one SnapshotGrain per started 64 MiB, rounded up to the grain
+	// (fsm.SnapshotCost evaluates it for the catalog). All zero: next to
+	// nothing (a reflink, a thin snapshot).
+	SnapshotPermille int64 `json:"snapshot_permille,omitempty"`
+	SnapshotMin      int64 `json:"snapshot_min,omitempty"`
+	SnapshotGrain    int64 `json:"snapshot_grain,omitempty"`
 }
 
 // Capacity figures in bytes. Used counts provisioned volume sizes.

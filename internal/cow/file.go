@@ -103,6 +103,9 @@ func OpenFileBackend(dir string, budget int64, node string, logger hclog.Logger)
 	}
 	b.features = Features{Backend: "file", Filesystem: fsName(abs)}
 	b.features.Clone, err = probeReflink(abs)
+	if !b.features.Clone {
+		b.features.SnapshotPermille = 1000 // a snapshot is a full copy
+	}
 	if err != nil {
 		return nil, err
 	}

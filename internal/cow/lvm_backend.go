@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -121,7 +122,8 @@ func NewLVMBackend(vg string, opts LVMOptions) (*LVMBackend, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := b.c.VG(ctx, vg); err != nil {
+	vgInfo, err := b.c.VG(ctx, vg)
+	if err != nil {
 		return nil, fmt.Errorf("open volume group %s: %w", vg, mapLVMErr(err))
 	}
 	pools, err := b.c.ThinPools(ctx, vg)
@@ -153,7 +155,10 @@ func NewLVMBackend(vg string, opts LVMOptions) (*LVMBackend, error) {
 	if b.pool != "" {
 		b.features = Features{Backend: "lvm-thin", Clone: true}
 	} else {
-		b.features = Features{Backend: "lvm"}
+		// A classic snapshot's COW area, as Snapshot sizes it with
+		// lvm.SnapshotSize: the catalog reserves it while a fork reads.
+		b.features = Features{Backend: "lvm", SnapshotPermille: SnapshotPermille(opts.SnapshotRatio),
+			SnapshotMin: opts.SnapshotMinSize, SnapshotGrain: vgInfo.ExtentSize}
 	}
 	if b.pool != "" {
 		b.recoverMetaSnaps(ctx)
@@ -163,6 +168,15 @@ func NewLVMBackend(vg string, opts LVMOptions) (*LVMBackend, error) {
 }
 
 func (b *LVMBackend) Features() Features { return b.features }
+
+// SnapshotPermille is a classic snapshot's COW ratio (lvm.SnapshotSize's;
+// 0 means its default 0.2) in thousandths, rounded up, for Features.
+func SnapshotPermille(ratio float64) int64 {
+	if ratio <= 0 {
+		ratio = 0.2
+	}
+	return int64(math.Ceil(min(ratio, 1) * 1000))
+}
 
 // VG and ThinPool name what the backend runs on.
 func (b *LVMBackend) VG() string       { return b.vg }

@@ -53,7 +53,10 @@ func TestLVMBackendModeDetection(t *testing.T) {
 		{"thin pool found", pool, LVMOptions{}, Features{Backend: "lvm-thin", Clone: true}, nil},
 		{"thin pool named", pool, LVMOptions{ThinPool: "pool"}, Features{Backend: "lvm-thin", Clone: true}, nil},
 		{"named pool missing", pool, LVMOptions{ThinPool: "nope"}, Features{}, ErrNotFound},
-		{"thick", none, LVMOptions{}, Features{Backend: "lvm"}, nil},
+		// Thick: snapshots are classic ones, whose COW area the catalog
+		// reserves (20 %, at least 64 MiB, on the VG's extent grid).
+		{"thick", none, LVMOptions{}, Features{Backend: "lvm", SnapshotPermille: 200, SnapshotMin: 64 << 20, SnapshotGrain: 4 << 20}, nil},
+		{"thick, another ratio", none, LVMOptions{SnapshotRatio: 0.5, SnapshotMinSize: 8 << 20}, Features{Backend: "lvm", SnapshotPermille: 500, SnapshotMin: 8 << 20, SnapshotGrain: 4 << 20}, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

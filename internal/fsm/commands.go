@@ -44,8 +44,11 @@ const (
 //
 // Version 2 added CmdRevokeToken. Version 3 changed how a fork's source
 // resolves (resolveSource): "app:" names an app, and a name that is both
-// an app and another app's volume is refused as ambiguous.
-const CatalogVersion uint32 = 3
+// an app and another app's volume is refused as ambiguous; and it reserves
+// a full-copy snapshot's space on a file host without reflink. Version 4
+// reserves every snapshot by the cost its host advertises (SnapshotCost):
+// a thick LVM host's copy-on-write area as well.
+const CatalogVersion uint32 = 4
 
 // since is the catalog version that introduced each command type. A type
 // missing here is from version 1.

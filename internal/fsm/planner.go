@@ -184,16 +184,63 @@ func (p *planner) plan(v *Volume, target string, path Path) Plan {
 }
 
 // snapshotCost is the space a fork's snapshot of a volume of size takes on
-// its host h while the fork runs: a full copy on a file backend without
-// reflink, next to nothing elsewhere (a reflink, an LVM snapshot). From
-// catalog version 3 the planner counts it and the fork holds it; before,
-// a fork admitted for the target's size alone could fill the source's
-// disk with its snapshot, under volumes promised that space.
+// its host h while the fork runs. From catalog version 3 the planner counts
+// it and the fork holds it; before, a fork admitted for the target's size
+// alone could fill the source's disk with its snapshot, under volumes
+// promised that space. Version 3 knew one case, a full copy on a file
+// backend without reflink; version 4 takes what the host advertises
+// (SnapshotCost), which adds a thick LVM host's copy-on-write area, and
+// keeps the version 3 rule for a host record that has no figures yet.
 func (s *State) snapshotCost(h *Host, size int64) int64 {
-	if h == nil || s.CatalogVersion() < 3 || h.Backend != "file" || h.CanClone {
+	v := s.CatalogVersion()
+	switch {
+	case h == nil || v < 3:
+		return 0
+	case v >= 4 && (h.SnapshotPermille > 0 || h.SnapshotMin > 0):
+		return SnapshotCost(*h, size)
+	case h.Backend != "file" || h.CanClone:
 		return 0
 	}
 	return size
+}
+
+// maxVolumeBytes bounds the sizes SnapshotCost multiplies (1 PiB, the
+// block stream's own limit), so size × 1000 cannot overflow.
+const maxVolumeBytes = 1 << 50
+
+// SnapshotCost evaluates h's advertised snapshot figures for a volume of
+// size: max(⌈size × permille / 1000⌉, min), at most the volume plus one
+// grain per started 64 MiB, rounded up to the grain. For a thick LVM host
+// that is lvm.SnapshotSize (ratio = permille/1000, minimum, extent size),
+// checked against it by a test in package cow; for a file host without
+// reflink (permille 1000) the volume's size. Out-of-range figures are
+// clamped, so no record makes it overflow.
+func SnapshotCost(h Host, size int64) int64 {
+	if size <= 0 {
+		return 0
+	}
+	size = min(size, maxVolumeBytes)
+	p := min(max(h.SnapshotPermille, 0), 1000)
+	lo := min(max(h.SnapshotMin, 0), maxVolumeBytes)
+	g := min(max(h.SnapshotGrain, 0), 1<<30)
+	c := max((size*p+999)/1000, lo)
+	if g > 0 {
+		c = min(c, size+(size/(64<<20)+1)*g)
+		c = max(c, g)
+		c = (c + g - 1) / g * g
+	}
+	return c
+}
+
+// snapshotWhat says what kind of snapshot host h takes, for messages.
+func snapshotWhat(h *Host) string {
+	switch {
+	case h.Backend == "lvm":
+		return "a classic LVM snapshot's copy-on-write area"
+	case h.Backend == "file" && !h.CanClone:
+		return "a full copy: no reflink on its filesystem"
+	}
+	return "as its backend advertises"
 }
 
 // localNeed is what a fork of v in place needs free on v's host h: the
@@ -283,7 +330,7 @@ func (p *planner) localErr(v *Volume, h *Host, via Path) error {
 	if free, need := p.s.Free(h.ID), p.localNeed(v, h); free < need {
 		what := ""
 		if need != v.Size {
-			what = fmt.Sprintf(" (%s for the fork and as much for its snapshot, a full copy without reflink)", FormatBytes(v.Size))
+			what = fmt.Sprintf(" (%s for the fork and %s for its snapshot, %s)", FormatBytes(v.Size), FormatBytes(need-v.Size), snapshotWhat(h))
 		}
 		return fmt.Errorf("%w: via %s: host %s has no room: need %s%s, free %s", ErrNoRoom, via, h.ID, FormatBytes(need), what, FormatBytes(free))
 	}
@@ -339,8 +386,12 @@ func (p *planner) stream(v *Volume, prefix string) (Plan, error) {
 	src := p.s.hosts[v.Host]
 	if cost := p.s.snapshotCost(src, v.Size); cost > 0 {
 		if free := p.s.Free(src.ID); free < cost {
-			return Plan{}, fmt.Errorf("%w: %ssource host %s has no room for the snapshot a stream reads from: need %s (a full copy: no reflink on its filesystem), free %s; XFS with reflink, btrfs or LVM snapshot in place",
-				ErrNoRoom, prefix, src.ID, FormatBytes(cost), FormatBytes(free))
+			hint := ""
+			if src.Backend == "file" {
+				hint = "; XFS with reflink, btrfs or LVM snapshot in place"
+			}
+			return Plan{}, fmt.Errorf("%w: %ssource host %s has no room for the snapshot a stream reads from: need %s (%s), free %s%s",
+				ErrNoRoom, prefix, src.ID, FormatBytes(cost), snapshotWhat(src), FormatBytes(free), hint)
 		}
 	}
 	var best *Host

@@ -40,6 +40,17 @@ func TestPlanFork(t *testing.T) {
 		return Plan{SourceVolume: src, SourceHost: srcHost, TargetHost: target, Path: path, Size: size}
 	}
 	reserve := func(p Plan) Plan { p.SnapshotReserve = p.Size; return p }
+	reserveN := func(p Plan, n int64) Plan { p.SnapshotReserve = n; return p }
+	// thick makes h2 a thick LVM host: 20 % COW, at least 64 MiB, 4 MiB
+	// extents (what cow.LVMBackend advertises by default).
+	thick := func(hs []Host) []Host {
+		for i := range hs {
+			if hs[i].ID == "h2" {
+				hs[i].Backend, hs[i].SnapshotPermille, hs[i].SnapshotMin, hs[i].SnapshotGrain = "lvm", 200, 64*MiB, 4*MiB
+			}
+		}
+		return hs
+	}
 	cases := []tc{
 		// --- the four paths, unforced ---
 		{name: "clone on a clone host with room", hosts: std(),
@@ -225,7 +236,7 @@ func TestPlanFork(t *testing.T) {
 		{name: "v3: a copy needs room for its snapshot: 1.5 GiB free is not enough", v: 3, hosts: with(std(), "h2", 2*GiB+GiB/2),
 			vols: []Volume{mkVol("vol_a", "db", "", "h2", GiB)},
 			req:  ForkRequest{Source: "db", Name: "f", Via: PathCopy}, err: ErrNoRoom,
-			frags: []string{"need 2.0 GiB", "as much for its snapshot", "free 1.5 GiB"}},
+			frags: []string{"need 2.0 GiB", "1.0 GiB for its snapshot, a full copy", "free 1.5 GiB"}},
 		{name: "v1: the same copy fits, as before", hosts: with(std(), "h2", 2*GiB+GiB/2),
 			vols: []Volume{mkVol("vol_a", "db", "", "h2", GiB)},
 			req:  ForkRequest{Source: "db", Name: "f", Via: PathCopy}, want: plan("vol_a", "h2", "h2", PathCopy, GiB)},
@@ -239,6 +250,24 @@ func TestPlanFork(t *testing.T) {
 		{name: "v3: a stream from a clone host reserves nothing", v: 3, hosts: with(std(), "h1", GiB),
 			vols: []Volume{mkVol("vol_a", "db", "", "h1", GiB)},
 			req:  ForkRequest{Source: "db", Name: "f"}, want: plan("vol_a", "h1", "h2", PathStream, GiB)},
+		// --- catalog version 4: the snapshot cost the host advertises ---
+		{name: "v4: a copy on a thick LVM host needs room for the COW area", v: 4, hosts: thick(with(std(), "h2", 2*GiB)),
+			vols: []Volume{mkVol("vol_a", "db", "", "h2", GiB)},
+			req:  ForkRequest{Source: "db", Name: "f", Via: PathCopy}, err: ErrNoRoom,
+			frags: []string{"need 1.2 GiB", "208 MiB for its snapshot, a classic LVM snapshot's copy-on-write area", "free 1.0 GiB"}},
+		{name: "v3: the thick host's COW area is not counted yet", v: 3, hosts: thick(with(std(), "h2", 2*GiB)),
+			vols: []Volume{mkVol("vol_a", "db", "", "h2", GiB)},
+			req:  ForkRequest{Source: "db", Name: "f", Via: PathCopy}, want: plan("vol_a", "h2", "h2", PathCopy, GiB)},
+		{name: "v4: a copy on a thick host with room holds its COW area", v: 4, hosts: thick(with(std(), "h2", 3*GiB)),
+			vols: []Volume{mkVol("vol_a", "db", "", "h2", GiB)},
+			req:  ForkRequest{Source: "db", Name: "f", Via: PathCopy}, want: reserveN(plan("vol_a", "h2", "h2", PathCopy, GiB), 208*MiB)},
+		{name: "v4: a stream from a full thick host is refused up front", v: 4, hosts: thick(with(std(), "h2", GiB+100*MiB)),
+			vols: []Volume{mkVol("vol_a", "db", "", "h2", GiB)},
+			req:  ForkRequest{Source: "db", Name: "f"}, err: ErrNoRoom,
+			frags: []string{"source host h2 has no room for the snapshot a stream reads from", "need 208 MiB", "copy-on-write area", "free 100 MiB"}},
+		{name: "v4: a file host without figures yet keeps the v3 rule", v: 4, hosts: with(std(), "h2", 2*GiB+GiB/2),
+			vols: []Volume{mkVol("vol_a", "db", "", "h2", GiB)},
+			req:  ForkRequest{Source: "db", Name: "f"}, want: reserve(plan("vol_a", "h2", "h1", PathStream, GiB))},
 		{name: "app prefers a clone host with room", hosts: with(std(), "h2", 100*GiB),
 			vols: []Volume{mkVol("vol_a", "db", "shop", "h2", GiB), mkVol("vol_b", "db2", "shop", "h3", GiB), mkVol("vol_c", "db3", "shop", "h1", GiB)},
 			req:  ForkRequest{Source: "shop", Name: "f"},
@@ -358,6 +387,30 @@ func TestFormatBytes(t *testing.T) {
 	}{{0, "0 B"}, {1023, "1023 B"}, {4096, "4.0 KiB"}, {512 * MiB, "512 MiB"}, {GiB, "1.0 GiB"}, {15 * GiB / 10, "1.5 GiB"}, {10 * GiB, "10 GiB"}} {
 		if got := FormatBytes(c.n); got != c.want {
 			t.Errorf("FormatBytes(%d) = %q, want %q", c.n, got, c.want)
+		}
+	}
+}
+
+func TestSnapshotCost(t *testing.T) {
+	thick := Host{SnapshotPermille: 200, SnapshotMin: 64 * MiB, SnapshotGrain: 4 * MiB}
+	for _, tc := range []struct {
+		name string
+		h    Host
+		size int64
+		want int64
+	}{
+		{"thick: 20 %, on the extent grid", thick, GiB, 208 * MiB},
+		{"thick: the minimum", thick, 100 * MiB, 64 * MiB},
+		{"thick: never more than the volume plus an extent per 64 MiB", thick, 32 * MiB, 36 * MiB},
+		{"thick: a tiny volume takes one extent", Host{SnapshotPermille: 200, SnapshotGrain: 4 * MiB}, 4096, 4 * MiB},
+		{"full copy", Host{SnapshotPermille: 1000}, 3 * GiB, 3 * GiB},
+		{"nothing advertised", Host{}, GiB, 0},
+		{"zero size", thick, 0, 0},
+		{"figures out of range are clamped", Host{SnapshotPermille: 1 << 62, SnapshotMin: -5, SnapshotGrain: -1}, GiB, GiB},
+		{"a size past 1 PiB cannot overflow", Host{SnapshotPermille: 1000}, 1 << 62, 1 << 50},
+	} {
+		if got := SnapshotCost(tc.h, tc.size); got != tc.want {
+			t.Errorf("%s: SnapshotCost(%d) = %d, want %d", tc.name, tc.size, got, tc.want)
 		}
 	}
 }

@@ -16,7 +16,8 @@ import (
 func populated(t testing.TB) *FSM {
 	f := newCatalog(t, []Host{
 		mkHost("h1", "us", true, 10*GiB),
-		mkHost("h2", "us", false, 10*GiB),
+		{ID: "h2", Region: "us", Backend: "lvm", Budget: 10 * GiB, Alive: true,
+			SnapshotPermille: 200, SnapshotMin: 64 * MiB, SnapshotGrain: 4 * MiB},
 		mkHost("h3", "eu", true, 10*GiB),
 	}, []Volume{
 		mkVol("vol_a", "db", "shop", "h1", GiB),

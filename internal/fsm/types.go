@@ -43,6 +43,13 @@ type Host struct {
 	Backend  string `json:"backend"`   // "file", "lvm", "lvm-thin"
 	CanClone bool   `json:"can_clone"`
 	Budget   int64  `json:"budget"` // capacity budget in bytes
+	// What a snapshot that a fork reads from takes on this host while the
+	// fork runs, as advertised by its backend (see SnapshotCost); all zero
+	// for a clone that costs next to nothing. Applied from catalog
+	// version 4.
+	SnapshotPermille int64 `json:"snapshot_permille,omitempty"`
+	SnapshotMin      int64 `json:"snapshot_min,omitempty"`
+	SnapshotGrain    int64 `json:"snapshot_grain,omitempty"`
 	// Alive is stamped by the leader from gossip.
 	Alive     bool  `json:"alive"`
 	UpdatedAt int64 `json:"updated_at"` // unix nanos, stamped by the leader

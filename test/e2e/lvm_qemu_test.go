@@ -76,6 +76,9 @@ func TestLVMClusterInQemu(t *testing.T) {
 		!bytes.Contains(console, []byte("=== SCENARIO 50-cluster-two-hosts END rc=0")) {
 		t.Error("the two-host cluster scenario did not pass")
 	}
+	if !bytes.Contains(console, []byte("thick COW area reserved")) {
+		t.Error("the thick host's snapshot reservation was not shown")
+	}
 	// test.sh installs thin-provisioning-tools, so the guest has thin_dump
 	// and the thin-to-thick stream must have used the thin map.
 	if !bytes.Contains(console, []byte("thin map: the stream read 4 MiB of 32")) {

@@ -6,6 +6,7 @@
 #   clone  (thin snapshot, on host thin)
 #   stream (thick -> thin, through the block stream)
 #   stream (thin -> thick: the source reads only what its thin map holds)
+# and that the catalog reserves a thick snapshot's copy-on-write area.
 # Skipped (77) when the payload has no forknode binary.
 command -v forknode >/dev/null 2>&1 || { echo "no forknode binary in the payload: skipped"; exit 77; }
 d=/tmp/cluster
@@ -134,7 +135,22 @@ for pair in "db db-copy" "db db-stream" "tdb tdb-clone" "tdb tdb-stream"; do
 done
 lvm lvs -o vg_name,lv_name,lv_size,lv_attr,origin,pool_lv "$FORKNODE_LVM_VG" "$FORKNODE_LVM_THIN_VG"
 
-for v in db-copy db-stream tdb-clone tdb-stream db tdb; do
+# The catalog reserves a thick snapshot's copy-on-write area (catalog
+# version 4). With a filler taking most of host thick's room (about 88 MiB
+# free before it, 48 after), a copy of db needs 32 MiB for the fork and
+# 36 MiB for its COW area: refused up front, with that reason, although a
+# 32 MiB volume still fits.
+fn volume create filler --size 40MiB --host thick --wait
+if out=$(timeout 60 forknode fork db db-nofit --via copy 2>&1); then
+	fail "a copy on host thick admitted without room for its COW area: $out"
+fi
+echo "$out" | grep -q "36 MiB for its snapshot, a classic LVM snapshot's copy-on-write area" ||
+	fail "the refusal does not give the COW area as the reason: $out"
+echo "refused up front: $out"
+fn volume create fits --size 32MiB --host thick --wait
+echo "thick COW area reserved: the fork was refused, its own size still fits"
+
+for v in fits filler db-copy db-stream tdb-clone tdb-stream db tdb; do
 	fn volume rm "$v"
 done
 # Removal is carried out by each host's executor: wait for the LVs to go.
