@@ -51,12 +51,14 @@ agent() { # name ip vg join [more flags]
 	shift 4
 	forknode agent --name "$n" --data-dir "$d/$n" --gossip-addr "$ip:7946" --cluster-addr "$ip:7947" \
 		--api-addr "$ip:7948" --join "$join" --bootstrap-expect 2 --region guest --backend lvm --vg "$vg" \
-		--key "$d/key" --log-level info "$@" >"$d/$n.log" 2>&1 &
-	pids="$pids $!"
+		--key "$d/key" --log-level info "$@" >>"$d/$n.log" 2>&1 &
+	last=$!
+	pids="$pids $last"
 }
 # No --pace-probe: on LVM the agent makes its pacing probe an LV of its own
 # (PVs carry no file system for a probe file), untagged, so not a volume.
 agent thick 127.0.0.1 "$FORKNODE_LVM_VG" 127.0.0.2:7946
+thick_pid=$last
 agent thin 127.0.0.2 "$FORKNODE_LVM_THIN_VG" 127.0.0.1:7946
 
 # Ready = a leader is elected and both hosts are registered in the
@@ -149,8 +151,50 @@ echo "$out" | grep -q "36 MiB for its snapshot, a classic LVM snapshot's copy-on
 echo "refused up front: $out"
 fn volume create fits --size 32MiB --host thick --wait
 echo "thick COW area reserved: the fork was refused, its own size still fits"
+fn volume rm fits
+fn volume rm filler
 
-for v in fits filler db-copy db-stream tdb-clone tdb-stream db tdb; do
+# A stream target killed mid-stream (kill -9) and started again resumes
+# from its checkpoint: it reads back what its LV holds with O_DIRECT and
+# asks the source for the rest. The fork's own rate limit (at the
+# target's writes) stretches rdb's 16 MiB of data to about 8 s.
+fn volume create rdb --size 48MiB --host thin --wait
+rsrc=$(lvpath rdb)
+dd if=/dev/urandom of="$rsrc" bs=1M count=16 seek=8 conv=fsync 2>/dev/null || fail "write rdb"
+out=$(timeout 60 forknode fork rdb rdb-stream --via stream --host thick --rate-limit 2MiB) || fail "fork rdb: $out"
+rid=$(echo "$out" | sed -n 's/^fork \(fork_[0-9a-f]*\):.*/\1/p')
+[ -n "$rid" ] || fail "no fork id in: $out"
+ck="$d/thick/streams/$rid.json"
+i=0
+until [ -f "$ck" ] && [ "$(sed -n 's/.*"durable":\([0-9]*\).*/\1/p' "$ck")" -ge $((12 << 20)) ]; do
+	i=$((i + 1))
+	[ $i -lt 300 ] || fail "no checkpoint past 12 MiB in $ck: $(cat "$ck" 2>&1)"
+	sleep 0.1
+done
+echo "checkpoint before the kill: $(cat "$ck")"
+kill -9 "$thick_pid"
+i=0
+while kill -0 "$thick_pid" 2>/dev/null; do
+	i=$((i + 1))
+	[ $i -lt 50 ] || fail "agent thick did not die"
+	sleep 0.1
+done
+agent thick 127.0.0.1 "$FORKNODE_LVM_VG" 127.0.0.2:7946
+thick_pid=$last
+i=0
+until forknode forks show "$rid" 2>/dev/null | grep -q "^state: *ready"; do
+	i=$((i + 1))
+	[ $i -lt 240 ] || fail "fork $rid not ready after the target's restart: $(forknode forks show "$rid" 2>&1)"
+	forknode forks show "$rid" 2>/dev/null | grep -q "^state: *failed" && fail "fork $rid failed: $(forknode forks show "$rid" 2>&1)"
+	sleep 0.5
+done
+cmp "$rsrc" "$(lvpath rdb-stream)" || fail "rdb-stream differs from rdb after the resume"
+grep "resuming from checkpoint" "$d/thick.log" || fail "the restarted target did not resume from its checkpoint"
+grep "stream complete.*resumed=[1-9]" "$d/thick.log" || fail "the stream did not complete from its resume point"
+[ ! -f "$ck" ] || fail "checkpoint $ck left after the fork"
+echo "stream target restarted mid-stream resumed from its checkpoint on LVM"
+
+for v in rdb-stream rdb db-copy db-stream tdb-clone tdb-stream db tdb; do
 	fn volume rm "$v"
 done
 # Removal is carried out by each host's executor: wait for the LVs to go.
