@@ -588,20 +588,26 @@ as ambiguous. Examples:
 	if !cf.json {
 		fmt.Printf("fork %s: %s -> %s via %s (%s -> %s)\n", f.ID, f.SourceVolume, f.Name, f.Path, f.SourceHost, f.TargetHost)
 	}
+	return followFork(ctx, c, f.ID, cf.json)
+}
+
+// followFork waits for fork id, showing its progress, and reports how it
+// ended: fork --wait, and forks show --wait to come back to one.
+func followFork(ctx context.Context, c *api.Client, id string, asJSON bool) error {
 	// A redrawn bar on a terminal, plain lines when piped.
 	p := newProgress(os.Stdout, isTerminal(os.Stdout))
-	if cf.json {
+	if asJSON {
 		p = nil // JSON callers get only the final document
 	}
 	// Ctrl-C stops the waiting, not the fork: say so, and how to stop it.
 	wctx, stop := interruptible(ctx)
 	defer stop()
-	final, werr := c.WaitFork(wctx, f.ID, 300*time.Millisecond, p.update)
+	final, werr := c.WaitFork(wctx, id, 300*time.Millisecond, p.update)
 	p.done()
 	if werr != nil && wctx.Err() != nil && ctx.Err() == nil {
-		return fmt.Errorf("interrupted: fork %s goes on in the cluster; follow it with `forknode forks show %s`, stop it with `forknode forks cancel %s`", f.ID, f.ID, f.ID)
+		return fmt.Errorf("interrupted: fork %s goes on in the cluster; follow it again with `forknode forks show %s --wait`, stop it with `forknode forks cancel %s`", id, id, id)
 	}
-	if final != nil && cf.json {
+	if final != nil && asJSON {
 		if err := printJSON(final); err != nil {
 			return err
 		}
@@ -609,7 +615,7 @@ as ambiguous. Examples:
 	if werr != nil {
 		return werr
 	}
-	if !cf.json {
+	if !asJSON {
 		fmt.Printf("fork %s ready: volume %s (%s) on %s, %s in %s%s\n", final.ID, final.Name, final.TargetVolume, final.TargetHost,
 			humanSize(final.BytesTotal), forkDuration(*final), ratioText(*final))
 	}
@@ -656,7 +662,7 @@ func runForks(args []string) error {
 	case "cancel":
 		return forkCancel(args[1:])
 	case "-h", "--help", "help":
-		fmt.Println("Usage: forknode forks ls [--json] | forknode forks show ID [--json] | forknode forks cancel ID [--json] [--wait]")
+		fmt.Println("Usage: forknode forks ls [--json] | forknode forks show ID [--json] [--wait] | forknode forks cancel ID [--json] [--wait]")
 		return nil
 	}
 	return usagef("forks: unknown subcommand %q: want ls, show or cancel", args[0])
@@ -705,8 +711,9 @@ func forksList(args []string) error {
 
 func forkShow(args []string) error {
 	var cf clientFlags
-	fs := newFlagSet("forks show", "forks show ID [--json]")
+	fs := newFlagSet("forks show", "forks show ID [--json] [--wait]")
 	addClientFlags(fs, &cf, true)
+	wait := fs.Bool("wait", false, "follow the fork until it ends, showing progress (as fork --wait); fail if it fails")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -717,6 +724,9 @@ func forkShow(args []string) error {
 	c, err := cf.client()
 	if err != nil {
 		return err
+	}
+	if *wait {
+		return followFork(context.Background(), c, pos[0], cf.json)
 	}
 	f, err := c.Fork(context.Background(), pos[0])
 	if err != nil {

@@ -283,6 +283,10 @@ func TestClientCommands(t *testing.T) {
 		{args: []string{"forks", "show", "fork_1"}, out: []string{"compression ratio 4.00", "rate:", "512 MiB/s", "rate limit:", "64 MiB/s (this fork's own cap)", "took:"}},
 		{args: []string{"forks", "show", "fork_run"}, out: []string{"running for:  1m5s", "wire:         40 KiB\n"}, notOut: []string{"took:", "ratio"}},
 		{args: []string{"forks", "show", "fork_run", "--json"}, notOut: []string{"compression_ratio"}},
+		// --wait comes back to a fork (after Ctrl-C on fork --wait, say).
+		{args: []string{"forks", "show", "fork_1", "--wait"}, out: []string{"fork fork_1 ready: volume pr"}, notOut: []string{"compression ratio 4.00\n"}},
+		{args: []string{"forks", "show", "fork_dead", "--wait"}, code: 1},
+		{args: []string{"forks", "show", "fork_dead", "--wait", "--json"}, code: 1, out: []string{`"state": "failed"`, `"error": "source host died"`}},
 		{args: []string{"node", "rm", "n9"}, out: []string{"node n9 removed from the cluster"}},
 		{args: []string{"node", "rm", "n9", "--json"}, out: []string{`"node": "n9"`, `"removed": true`}},
 		{args: []string{"volume", "rm", "db", "--wait"}, out: []string{"volume db (vol_1) on n1: deleted"}},
@@ -457,9 +461,15 @@ func TestForkWaitInterrupted(t *testing.T) {
 		time.AfterFunc(500*time.Millisecond, cancel) // the operator's Ctrl-C
 		return ctx, cancel
 	}
-	code, _, errOut := capture(t, "fork", "db", "pr-run", "--via", "stream", "--wait")
-	if code != 1 || !strings.Contains(errOut, "interrupted: fork fork_run goes on in the cluster") || !strings.Contains(errOut, "forks cancel fork_run") {
-		t.Fatalf("exit %d:\n%s", code, errOut)
+	for _, args := range [][]string{
+		{"fork", "db", "pr-run", "--via", "stream", "--wait"},
+		{"forks", "show", "fork_run", "--wait"},
+	} {
+		code, _, errOut := capture(t, args...)
+		if code != 1 || !strings.Contains(errOut, "interrupted: fork fork_run goes on in the cluster") ||
+			!strings.Contains(errOut, "forks show fork_run --wait") || !strings.Contains(errOut, "forks cancel fork_run") {
+			t.Fatalf("%v: exit %d:\n%s", args, code, errOut)
+		}
 	}
 }
 
