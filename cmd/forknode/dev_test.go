@@ -9,10 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/forknode/forknode/internal/api"
+	"github.com/forknode/forknode/internal/cluster"
 	"github.com/forknode/forknode/internal/keys"
 	"github.com/forknode/forknode/internal/testutil"
 	"github.com/hashicorp/go-hclog"
@@ -169,28 +171,39 @@ func TestDemoPattern(t *testing.T) {
 	}
 }
 
+// startDevCluster starts dev's three nodes in a new directory on free
+// ports. stop closes them, once, and runs at the end of the test anyway.
+func startDevCluster(t *testing.T) (dir string, base int, km *keys.Material, nodes []*cluster.Node, stop func()) {
+	t.Helper()
+	base = freeBase(t)
+	dir = t.TempDir()
+	km, err := devKey(filepath.Join(dir, "cluster.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, err = startDev(dir, base, km, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err) // startDev closed what it had started
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			for i := len(nodes) - 1; i >= 0; i-- {
+				nodes[i].Close()
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return dir, base, km, nodes, stop
+}
+
 // After `forknode token revoke cluster` in a dev directory, dev prints a
 // token it issued instead of the revoked one, and the demo runs with it.
 func TestDevAfterClusterTokenRevoked(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a 3-node cluster twice")
 	}
-	base := freeBase(t)
-	dir := t.TempDir()
-	km, err := devKey(filepath.Join(dir, "cluster.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodes, err := startDev(dir, base, km, hclog.NewNullLogger())
-	closeAll := func() {
-		for i := len(nodes) - 1; i >= 0; i-- {
-			nodes[i].Close()
-		}
-	}
-	defer closeAll()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, base, km, nodes, closeAll := startDevCluster(t)
 	tok, note, err := devToken(nodes[0], km, time.Now())
 	if err != nil || tok != km.APIToken() || note != "" {
 		t.Fatalf("before revocation: token is the cluster token %v, note %q, err %v", tok == km.APIToken(), note, err)
@@ -210,7 +223,6 @@ func TestDevAfterClusterTokenRevoked(t *testing.T) {
 		t.Fatalf("dev's issued token: %+v %v", cl, err)
 	}
 	closeAll()
-	nodes = nil
 
 	// A restart learns of the revocation from its log, and the demo works.
 	code, out, errOut := capture(t, "dev", "--demo", "--dir", dir, "--base-port", fmt.Sprint(base))
@@ -229,21 +241,7 @@ func TestUnknownHostListsHosts(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a 3-node cluster")
 	}
-	base := freeBase(t)
-	dir := t.TempDir()
-	km, err := devKey(filepath.Join(dir, "cluster.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodes, err := startDev(dir, base, km, hclog.NewNullLogger())
-	defer func() {
-		for i := len(nodes) - 1; i >= 0; i-- {
-			nodes[i].Close()
-		}
-	}()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, km, nodes, _ := startDevCluster(t)
 	c, err := api.NewClient(nodes[0].APIAddr(), km.APIToken())
 	if err != nil {
 		t.Fatal(err)

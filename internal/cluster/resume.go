@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/forknode/forknode/internal/cow"
 	"github.com/forknode/forknode/internal/fsm"
 	"github.com/forknode/forknode/internal/transfer"
 	"github.com/google/renameio/v2"
@@ -102,20 +103,11 @@ func (e *executor) dropCheckpoint(forkID string) {
 	if err == nil {
 		// Synced, so a power cut cannot bring back a checkpoint of a
 		// volume that is then made again empty.
-		err = syncDir(filepath.Dir(path))
+		err = cow.SyncDir(filepath.Dir(path))
 	}
 	if err != nil {
 		e.logger.Warn("remove stream checkpoint", "fork", forkID, "error", err)
 	}
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // pruneCheckpoints removes the checkpoints of forks that are not streams in

@@ -274,7 +274,7 @@ func claimDir(dir string) error {
 		err = cerr
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = SyncDir(dir)
 	}
 	if err != nil {
 		return fmt.Errorf("volume directory marker: %w", err)
@@ -396,7 +396,7 @@ func (b *FileBackend) writeMeta(v *Volume) error {
 		err = os.Rename(tmp, b.metaPath(v.ID))
 	}
 	if err == nil {
-		err = syncDir(b.dir)
+		err = SyncDir(b.dir)
 	}
 	if err != nil {
 		_ = os.Remove(tmp)
@@ -405,7 +405,9 @@ func (b *FileBackend) writeMeta(v *Volume) error {
 	return nil
 }
 
-func syncDir(dir string) error {
+// SyncDir fsyncs a directory, making the renames and removals in it
+// durable.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
@@ -644,7 +646,7 @@ func (b *FileBackend) Remove(ctx context.Context, id string) error {
 	if err := os.Remove(b.metaPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove %s: %w", id, err)
 	}
-	if err := syncDir(b.dir); err != nil {
+	if err := SyncDir(b.dir); err != nil {
 		return fmt.Errorf("remove %s: %w", id, err)
 	}
 	delete(b.vols, id)
