@@ -385,6 +385,9 @@ func (e *executor) releaseOrphanSnapshots(forkByTarget map[string]fsm.Fork) {
 		if err := e.n.cfg.Backend.Release(ctx, hv.ID); err != nil && !errors.Is(err, cow.ErrNotFound) {
 			e.logger.Warn("release snapshot", "snapshot", hv.ID, "error", err)
 		}
+		if ok {
+			e.xfer.Forget(f.ID) // the block hashes its stream sessions kept
+		}
 	}
 }
 

@@ -159,7 +159,9 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 
 	// Catalog hosts.
 	var hosts map[string]fsm.Host
+	var figures bool
 	n.fsm.View(func(s *fsm.State) {
+		figures = s.KeepsSnapshotFigures()
 		hosts = map[string]fsm.Host{}
 		for _, h := range s.Hosts() {
 			hosts[h.ID] = h
@@ -173,8 +175,10 @@ func (n *Node) reconcile(deadSince map[string]time.Time) {
 		}
 		want := fsm.Host{ID: m.name, Region: m.meta.Region, RaftAddr: m.meta.ClusterAddr,
 			APIAddr: m.meta.APIAddr, XferAddr: m.meta.ClusterAddr, Backend: m.meta.Backend,
-			CanClone: m.meta.CanClone, Budget: m.meta.Budget, Alive: alive,
-			SnapshotPermille: m.meta.SnapPermille, SnapshotMin: m.meta.SnapMin, SnapshotGrain: m.meta.SnapGrain}
+			CanClone: m.meta.CanClone, Budget: m.meta.Budget, Alive: alive}
+		if figures { // sent once every replica keeps them: see fsm.KeepsSnapshotFigures
+			want.SnapshotPermille, want.SnapshotMin, want.SnapshotGrain = m.meta.SnapPermille, m.meta.SnapMin, m.meta.SnapGrain
+		}
 		have, ok := hosts[m.name]
 		if !alive && !ok {
 			continue // never re-add a host that is gone (left, or removed while dead)

@@ -175,7 +175,7 @@ func SnapshotPermille(ratio float64) int64 {
 	if ratio <= 0 {
 		ratio = 0.2
 	}
-	return int64(math.Ceil(min(ratio, 1) * 1000))
+	return int64(math.Ceil(min(ratio, 4) * 1000)) // past 1, lvm.SnapshotSize's cap rules anyway
 }
 
 // VG and ThinPool name what the backend runs on.

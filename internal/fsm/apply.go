@@ -100,6 +100,12 @@ func (s *State) upsertHost(c *UpsertHostCmd) (any, error) {
 	if h.Budget < 0 {
 		return nil, fmt.Errorf("%w: host %s: budget %d is negative", ErrInvalid, h.ID, h.Budget)
 	}
+	if !s.KeepsSnapshotFigures() {
+		// A build before version 4 drops these fields when it decodes
+		// the entry (and so from its snapshots): every build stores the
+		// record without them until all can keep them.
+		h.SnapshotPermille, h.SnapshotMin, h.SnapshotGrain = 0, 0, 0
+	}
 	if old, ok := s.hosts[h.ID]; ok {
 		h.Alive, h.UpdatedAt = old.Alive, old.UpdatedAt
 	} else if h.UpdatedAt == 0 {

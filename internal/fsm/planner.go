@@ -196,13 +196,19 @@ func (s *State) snapshotCost(h *Host, size int64) int64 {
 	switch {
 	case h == nil || v < 3:
 		return 0
-	case v >= 4 && (h.SnapshotPermille > 0 || h.SnapshotMin > 0):
+	case s.KeepsSnapshotFigures() && (h.SnapshotPermille > 0 || h.SnapshotMin > 0):
 		return SnapshotCost(*h, size)
 	case h.Backend != "file" || h.CanClone:
 		return 0
 	}
 	return size
 }
+
+// KeepsSnapshotFigures reports whether host records carry their snapshot
+// cost figures (catalog version 4). Before, the leader sends none and
+// UpsertHost drops any, since older replicas cannot keep them: replicas
+// that disagreed on them would plan forks differently.
+func (s *State) KeepsSnapshotFigures() bool { return s.CatalogVersion() >= 4 }
 
 // maxVolumeBytes bounds the sizes SnapshotCost multiplies (1 PiB, the
 // block stream's own limit), so size × 1000 cannot overflow.
@@ -220,9 +226,9 @@ func SnapshotCost(h Host, size int64) int64 {
 		return 0
 	}
 	size = min(size, maxVolumeBytes)
-	p := min(max(h.SnapshotPermille, 0), 1000)
+	p := min(max(h.SnapshotPermille, 0), 4000) // past 1000 the cap below rules
 	lo := min(max(h.SnapshotMin, 0), maxVolumeBytes)
-	g := min(max(h.SnapshotGrain, 0), 1<<30)
+	g := min(max(h.SnapshotGrain, 0), 1<<34)
 	c := max((size*p+999)/1000, lo)
 	if g > 0 {
 		c = min(c, size+(size/(64<<20)+1)*g)

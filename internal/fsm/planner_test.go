@@ -319,6 +319,9 @@ func TestPlanFork(t *testing.T) {
 			f := newCatalog(t, c.hosts, c.vols, c.dead...)
 			if c.v != 0 {
 				mustApply(t, f, CmdSetCatalogVersion, SetCatalogVersionCmd{Header: hdr(), Version: c.v})
+				for _, h := range c.hosts { // as the leader does after a bump
+					mustApply(t, f, CmdUpsertHost, UpsertHostCmd{Header: hdr(), Host: h})
+				}
 			}
 			f.View(func(s *State) {
 				var first Plan
@@ -406,7 +409,8 @@ func TestSnapshotCost(t *testing.T) {
 		{"full copy", Host{SnapshotPermille: 1000}, 3 * GiB, 3 * GiB},
 		{"nothing advertised", Host{}, GiB, 0},
 		{"zero size", thick, 0, 0},
-		{"figures out of range are clamped", Host{SnapshotPermille: 1 << 62, SnapshotMin: -5, SnapshotGrain: -1}, GiB, GiB},
+		{"figures out of range are clamped", Host{SnapshotPermille: 1 << 62, SnapshotMin: -5, SnapshotGrain: -1}, GiB, 4 * GiB},
+		{"past 1000 permille the volume plus its extents caps it", Host{SnapshotPermille: 1500, SnapshotGrain: 4 * MiB}, GiB, GiB + 68*MiB},
 		{"a size past 1 PiB cannot overflow", Host{SnapshotPermille: 1000}, 1 << 62, 1 << 50},
 	} {
 		if got := SnapshotCost(tc.h, tc.size); got != tc.want {

@@ -370,7 +370,7 @@ func (s *sender) adopt(e *hashEntry, resume int64) {
 	if e == nil {
 		return
 	}
-	for i := range min(s.gr.blocks(), int((resume+s.gr.g-1)/s.gr.g)) {
+	for i := range min(len(e.kind), int((resume+s.gr.g-1)/s.gr.g)) {
 		if k := e.kind[i]; k != kindNone {
 			_, n := s.gr.block(i)
 			s.setHash(i, n, k, e.hashes[i])
