@@ -26,6 +26,8 @@ func TestSnapshotCostMatchesLVM(t *testing.T) {
 		{0.1, 0, 4 * mib},
 		{0.33, 8 * mib, 32 * mib},
 		{1, 0, 4 * mib},
+		{1.5, 0, 4 * mib}, // past 1 the volume plus its extents caps both
+		{0.2, 64 * mib, 1024 * mib},
 	} {
 		f := cow.Features{SnapshotPermille: cow.SnapshotPermille(c.ratio), SnapshotMin: c.min, SnapshotGrain: c.extent}
 		h := fsm.Host{SnapshotPermille: f.SnapshotPermille, SnapshotMin: f.SnapshotMin, SnapshotGrain: f.SnapshotGrain}
