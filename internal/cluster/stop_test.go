@@ -3,11 +3,16 @@ package cluster
 import (
 	"context"
 	"errors"
+	"io"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/forknode/forknode/internal/fsm"
 	"github.com/forknode/forknode/internal/testutil"
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 )
 
 // TestStopKeepsTheVoter: a node stopped with Stop (the agent's default on
@@ -151,4 +156,36 @@ func TestRolledBackVoterGetsNoWork(t *testing.T) {
 	}
 	restartOld(t, tc, old, 0)
 	testutil.Eventually(t, 15*time.Second, name+" upgraded again takes work", hostAlive)
+}
+
+// TestRolledBackLeaderHandsOver: a voter on an older build (a rollback)
+// that becomes leader anyway (it can win an election: it keeps its vote
+// and its log is as long as anyone's) would judge newer entries by older
+// rules. It must hand leadership over at once.
+func TestRolledBackLeaderHandsOver(t *testing.T) {
+	tc := newTestCluster(t, []int64{100 * MiB, 100 * MiB, 100 * MiB}, nil)
+	waitRecorded(t, tc)
+	old := -1
+	for i, n := range tc.nodes {
+		if !n.IsLeader() {
+			old = i
+			break
+		}
+	}
+	var logs syncBuffer
+	tc.cfgs[old].Logger = hclog.New(&hclog.LoggerOptions{Name: tc.cfgs[old].Name, Level: hclog.Info, Output: io.MultiWriter(&logs, os.Stderr)})
+	restartOld(t, tc, old, fsm.CatalogVersion-1)
+	const handover = "handing leadership over"
+	id, addr := raft.ServerID(tc.cfgs[old].Name), raft.ServerAddress(tc.nodes[old].ClusterAddr())
+	// Make it leader, as an election could: transfer leadership to it.
+	testutil.Eventually(t, 20*time.Second, "the rolled-back node wins leadership", func() bool {
+		if l := tc.leader(); l != nil && l != tc.nodes[old] && !strings.Contains(logs.String(), handover) {
+			_ = l.raft.LeadershipTransferToServer(id, addr).Error()
+		}
+		return strings.Contains(logs.String(), handover)
+	})
+	testutil.Eventually(t, 10*time.Second, "leadership with a node on the current rules", func() bool {
+		l := tc.leader()
+		return l != nil && l != tc.nodes[old]
+	})
 }
