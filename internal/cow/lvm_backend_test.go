@@ -513,8 +513,14 @@ func isBlockDev(path string) bool {
 func TestLVMThickCreateListCapacity(t *testing.T) {
 	b := realLVMBackend(t, "FORKNODE_LVM_VG", LVMOptions{})
 	ctx := context.Background()
-	if b.Features() != (Features{Backend: "lvm"}) {
-		t.Fatalf("features %+v", b.Features())
+	vg, err := b.c.VG(ctx, b.VG())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Thick: classic snapshots, whose COW area the catalog reserves by
+	// these figures (the VG's own extent size as the grain).
+	if want := (Features{Backend: "lvm", SnapshotPermille: 200, SnapshotMin: 64 << 20, SnapshotGrain: vg.ExtentSize}); b.Features() != want || vg.ExtentSize <= 0 {
+		t.Fatalf("features %+v, want %+v", b.Features(), want)
 	}
 	before, err := b.Capacity(ctx)
 	if err != nil {
