@@ -420,6 +420,64 @@ func TestStreamTargetKilledResumes(t *testing.T) {
 	})
 }
 
+// TestStreamBothEndsRestarted kills the source and the target agents
+// (SIGKILL) in the middle of a stream and starts both again: the cluster
+// has no quorum meanwhile, the source keeps its snapshot, the target its
+// half-made volume and checkpoint. The restarted source has no hashes of
+// what it sent before, so it re-reads that part of its snapshot; the
+// target resumes from its checkpoint; the bytes must be equal.
+func TestStreamBothEndsRestarted(t *testing.T) {
+	const size = 256 * mib
+	c, src := slowStreamCluster(t, size, 3)
+	f := c.startFork(1, api.CreateForkRequest{Source: "slow-src", Name: "both-far", Host: "n1", Via: "stream"})
+	ckpt := filepath.Join(c.dataDir(1), "streams", f.ID+".json")
+	var before int64
+	testutil.Eventually(t, 60*time.Second, "a checkpoint past 96 MiB on n1", func() bool {
+		time.Sleep(100 * time.Millisecond)
+		raw, err := os.ReadFile(ckpt)
+		if err != nil {
+			return false
+		}
+		var cp struct{ Durable int64 }
+		if json.Unmarshal(raw, &cp) != nil {
+			return false
+		}
+		before = cp.Durable
+		return before >= 96*mib
+	})
+	c.agents[0].Kill(syscall.SIGKILL)
+	c.agents[1].Kill(syscall.SIGKILL)
+	t.Logf("killed n0 and n1 with n1's checkpoint at %d of %d bytes", before, int64(size))
+	c.restart(0)
+	c.restart(1)
+
+	f = c.waitFinished(2, f.ID, 120*time.Second)
+	if f.State != fsm.ForkReady {
+		t.Fatalf("fork with both ends killed and restarted: %s (%s), want ready", f.State, f.Error)
+	}
+	ftSameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
+	var resumed int64 = -1
+	for _, l := range c.logLines(1, "stream complete") {
+		if m := ftResumedRE.FindStringSubmatch(l); m != nil && strings.Contains(l, f.ID) {
+			resumed, _ = strconv.ParseInt(m[1], 10, 64)
+			t.Logf("n1: %s", l)
+		}
+	}
+	if resumed < before {
+		t.Fatalf("the restarted target resumed at %d, want at least its checkpoint %d", resumed, before)
+	}
+	var reread int64 = -1
+	for _, l := range c.logLines(0, "stream complete") {
+		if m := ftPrefixRereadRE.FindStringSubmatch(l); m != nil && strings.Contains(l, f.ID) {
+			reread, _ = strconv.ParseInt(m[1], 10, 64)
+			t.Logf("n0: %s", l)
+		}
+	}
+	if reread <= 0 {
+		t.Fatalf("the restarted source re-read %d bytes of its snapshot before the resume point; it had no hashes, so want > 0", reread)
+	}
+}
+
 var ftResumedRE = regexp.MustCompile(`\bresumed=(\d+)`)
 
 // flipProxy relays TCP connections to upstream and flips one bit of the
