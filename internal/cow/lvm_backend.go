@@ -54,6 +54,13 @@ type LVMOptions struct {
 	ThinPool string
 	// Overprovision: thin budget = pool size × this ratio (default 1).
 	Overprovision float64
+	// PoolFullPercent: once a thin pool's data or metadata use reaches it,
+	// the host takes no new volumes or forks (no free budget) until both
+	// are below PoolResumePercent (defaults 90 and 80). Writes to existing
+	// thin LVs, and a stream's snapshot holding blocks its origin
+	// rewrites, can fill a pool whatever the budget says; a full pool
+	// stops every LV in it.
+	PoolFullPercent, PoolResumePercent float64
 	// LVMPath of the lvm binary (default "lvm" on PATH).
 	LVMPath string
 	Logger  hclog.Logger
@@ -92,6 +99,10 @@ type LVMBackend struct {
 	mu sync.Mutex
 	// metaMu serialises thin maps: a pool holds one metadata snapshot.
 	metaMu sync.Mutex
+	// poolMu guards what the last look at the thin pool found.
+	poolMu             sync.Mutex
+	poolFull           bool
+	poolData, poolMeta float64
 }
 
 var _ Backend = (*LVMBackend)(nil)
@@ -106,6 +117,12 @@ func NewLVMBackend(vg string, opts LVMOptions) (*LVMBackend, error) {
 	}
 	if opts.Overprovision <= 0 {
 		opts.Overprovision = 1
+	}
+	if opts.PoolFullPercent <= 0 {
+		opts.PoolFullPercent = 90
+	}
+	if opts.PoolResumePercent <= 0 || opts.PoolResumePercent > opts.PoolFullPercent {
+		opts.PoolResumePercent = min(80, opts.PoolFullPercent)
 	}
 	if opts.SnapshotMinSize == 0 {
 		opts.SnapshotMinSize = 64 << 20
@@ -243,13 +260,15 @@ func (b *LVMBackend) Capacity(ctx context.Context) (Capacity, error) {
 	return b.thinCapacity(lvs), nil
 }
 
-// thinCapacity computes the thin budget from one LV listing.
+// thinCapacity computes the thin budget from one LV listing. A pool
+// nearly full (poolNearlyFull) leaves no free budget, whatever the sizes.
 func (b *LVMBackend) thinCapacity(lvs []lvm.LV) Capacity {
 	var poolSize, used, foreign int64
+	var pool lvm.LV
 	for _, l := range lvs {
 		switch {
 		case l.Name == b.pool:
-			poolSize = l.Size
+			poolSize, pool = l.Size, l
 		case l.IsThin() && l.Pool == b.pool && l.HasTag(lvm.TagOwned):
 			used += l.Size
 		case l.IsThin() && l.Pool == b.pool:
@@ -257,7 +276,42 @@ func (b *LVMBackend) thinCapacity(lvs []lvm.LV) Capacity {
 		}
 	}
 	budget := max(0, int64(float64(poolSize)*b.opts.Overprovision)-foreign)
+	if b.poolNearlyFull(pool) {
+		budget = min(budget, used)
+	}
 	return Capacity{Budget: budget, Used: used, Free: max(0, budget-used)}
+}
+
+// poolNearlyFull records the pool's data and metadata use and says
+// whether the host must take no new work, with hysteresis so a pool
+// hovering at the mark does not flap the catalog.
+func (b *LVMBackend) poolNearlyFull(p lvm.LV) bool {
+	use := max(p.DataPct, p.MetaPct)
+	b.poolMu.Lock()
+	defer b.poolMu.Unlock()
+	b.poolData, b.poolMeta = p.DataPct, p.MetaPct
+	switch {
+	case !b.poolFull && use >= b.opts.PoolFullPercent:
+		b.poolFull = true
+		b.log.Warn("thin pool nearly full: this host takes no new volumes or forks until it is below the resume mark; extend the pool or free space",
+			"pool", b.pool, "data_percent", p.DataPct, "metadata_percent", p.MetaPct,
+			"full_mark", b.opts.PoolFullPercent, "resume_mark", b.opts.PoolResumePercent)
+	case b.poolFull && use < b.opts.PoolResumePercent:
+		b.poolFull = false
+		b.log.Info("thin pool has room again", "pool", b.pool, "data_percent", p.DataPct, "metadata_percent", p.MetaPct)
+	}
+	return b.poolFull
+}
+
+// poolNote explains a refusal caused by a nearly full pool ("" otherwise).
+func (b *LVMBackend) poolNote() string {
+	b.poolMu.Lock()
+	defer b.poolMu.Unlock()
+	if !b.poolFull {
+		return ""
+	}
+	return fmt.Sprintf("; thin pool %s/%s is nearly full (data %.1f%%, metadata %.1f%%; no new volumes until both are under %.0f%%)",
+		b.vg, b.pool, b.poolData, b.poolMeta, b.opts.PoolResumePercent)
 }
 
 // toVolume maps an LV carrying forknode tags to a Volume.
@@ -346,8 +400,8 @@ func (b *LVMBackend) Create(ctx context.Context, spec CreateSpec) (Volume, error
 			return Volume{}, err
 		}
 		if spec.Size > c.Free {
-			return Volume{}, fmt.Errorf("%w: %d bytes asked, %d free of the thin budget %d (pool %s/%s × %.2f)",
-				ErrNoSpace, spec.Size, c.Free, c.Budget, b.vg, b.pool, b.opts.Overprovision)
+			return Volume{}, fmt.Errorf("%w: %d bytes asked, %d free of the thin budget %d (pool %s/%s × %.2f)%s",
+				ErrNoSpace, spec.Size, c.Free, c.Budget, b.vg, b.pool, b.opts.Overprovision, b.poolNote())
 		}
 		list, err := tags.List()
 		if err != nil {
@@ -537,7 +591,7 @@ func (b *LVMBackend) Clone(ctx context.Context, srcID string, spec CreateSpec) (
 		return Volume{}, fmt.Errorf("%w: %s/%s", ErrExists, b.vg, spec.ID)
 	}
 	if c := b.thinCapacity(lvs); src.Size > c.Free {
-		return Volume{}, fmt.Errorf("%w: clone of %d bytes, %d free of the thin budget %d", ErrNoSpace, src.Size, c.Free, c.Budget)
+		return Volume{}, fmt.Errorf("%w: clone of %d bytes, %d free of the thin budget %d%s", ErrNoSpace, src.Size, c.Free, c.Budget, b.poolNote())
 	}
 	list, err := lvm.Tags{Owned: true, ID: spec.ID, Name: spec.Name, Fork: spec.Owner, Origin: srcID}.List()
 	if err != nil {

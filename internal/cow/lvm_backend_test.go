@@ -940,3 +940,47 @@ func lvmBin() string {
 	}
 	return "lvm"
 }
+
+// TestLVMThinPoolNearlyFull: a thin pool whose data or metadata use
+// reaches the full mark leaves the host no free budget (so the catalog
+// places nothing new there, and Create refuses with the reason) until
+// both fall under the resume mark. Argument building only: the pool's
+// figures come from a fake lvs.
+func TestLVMThinPoolNearlyFull(t *testing.T) {
+	lvs := func(data, meta string) string {
+		return `{"report":[{"lv":[{"lv_name":"pool","vg_name":"vg0","lv_size":"1073741824","lv_attr":"twi-aotz--","segtype":"thin-pool","data_percent":"` + data + `","metadata_percent":"` + meta + `"},
+		{"lv_name":"vol_a","vg_name":"vg0","lv_size":"268435456","lv_attr":"Vwi-a-tz--","pool_lv":"pool","segtype":"thin","lv_tags":"forknode,forknode-id:vol_a"}]}]}`
+	}
+	f := &lvmFake{lvsJSON: lvs("10.00", "5.00")}
+	b, err := NewLVMBackend("vg0", LVMOptions{Runner: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, step := range []struct {
+		data, meta string
+		free       int64
+	}{
+		{"10.00", "5.00", 768 << 20},
+		{"89.99", "5.00", 768 << 20},
+		{"90.00", "5.00", 0}, // the full mark
+		{"85.00", "5.00", 0}, // under it, not yet under the resume mark
+		{"79.00", "5.00", 768 << 20},
+		{"40.00", "91.50", 0}, // metadata counts as much
+		{"40.00", "70.00", 768 << 20},
+	} {
+		f.lvsJSON = lvs(step.data, step.meta)
+		c, err := b.Capacity(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Free != step.free || c.Used != 256<<20 {
+			t.Errorf("data %s%%, metadata %s%%: %+v, want %d free", step.data, step.meta, c, step.free)
+		}
+	}
+	f.lvsJSON = lvs("95.00", "5.00")
+	_, err = b.Create(ctx, CreateSpec{ID: "vol_b", Name: "b", Size: 8 << 20, Owner: "fork_1"})
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "thin pool vg0/pool is nearly full (data 95.0%") {
+		t.Fatalf("create on a nearly full pool: %v", err)
+	}
+}

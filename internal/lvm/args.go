@@ -10,7 +10,7 @@ import (
 // columns cannot change what is parsed.
 const (
 	vgFields = "vg_name,vg_size,vg_free,vg_extent_size"
-	lvFields = "lv_name,vg_name,lv_size,lv_attr,pool_lv,origin,origin_size,data_percent,lv_tags,lv_path,segtype,lv_time"
+	lvFields = "lv_name,vg_name,lv_size,lv_attr,pool_lv,origin,origin_size,data_percent,metadata_percent,lv_tags,lv_path,segtype,lv_time"
 )
 
 // reportFlags make every report JSON with sizes in plain bytes.

@@ -27,6 +27,8 @@ type LV struct {
 	OriginSize int64   // size of the origin of a snapshot, 0 otherwise
 	DataPct    float64 // data_percent; valid only when HasDataPct
 	HasDataPct bool
+	MetaPct    float64 // metadata_percent of a thin pool; valid only when HasMetaPct
+	HasMetaPct bool
 	Tags       []string
 	Path       string // /dev/VG/LV
 	SegType    string // "linear", "thin", "thin-pool", "snapshot"...
@@ -159,6 +161,13 @@ func ParseLVReport(data []byte) ([]LV, error) {
 					return nil, fmt.Errorf("lvm report: field data_percent: %q is not a number", p)
 				}
 				l.DataPct, l.HasDataPct = v, true
+			}
+			if p := row["metadata_percent"]; p != "" {
+				v, err := strconv.ParseFloat(p, 64)
+				if err != nil {
+					return nil, fmt.Errorf("lvm report: field metadata_percent: %q is not a number", p)
+				}
+				l.MetaPct, l.HasMetaPct = v, true
 			}
 			if tags := row["lv_tags"]; tags != "" {
 				l.Tags = strings.Split(tags, ",")

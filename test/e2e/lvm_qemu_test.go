@@ -82,6 +82,9 @@ func TestLVMClusterInQemu(t *testing.T) {
 	if !bytes.Contains(console, []byte("stream target restarted mid-stream resumed from its checkpoint on LVM")) {
 		t.Error("the LVM stream target's resume after a kill -9 was not shown")
 	}
+	if !bytes.Contains(console, []byte("thin pool nearly full: no new work until it had room again")) {
+		t.Error("the nearly-full thin pool guard was not shown")
+	}
 	// test.sh installs thin-provisioning-tools, so the guest has thin_dump
 	// and the thin-to-thick stream must have used the thin map.
 	if !bytes.Contains(console, []byte("thin map: the stream read 4 MiB of 32")) {

@@ -6,7 +6,9 @@
 #   clone  (thin snapshot, on host thin)
 #   stream (thick -> thin, through the block stream)
 #   stream (thin -> thick: the source reads only what its thin map holds)
-# and that the catalog reserves a thick snapshot's copy-on-write area.
+# and that the catalog reserves a thick snapshot's copy-on-write area, that
+# a killed stream target resumes, and that a nearly full thin pool takes
+# no new work.
 # Skipped (77) when the payload has no forknode binary.
 command -v forknode >/dev/null 2>&1 || { echo "no forknode binary in the payload: skipped"; exit 77; }
 d=/tmp/cluster
@@ -198,6 +200,41 @@ for v in rdb-stream rdb db-copy db-stream tdb-clone tdb-stream db tdb; do
 	fn volume rm "$v"
 done
 # Removal is carried out by each host's executor: wait for the LVs to go.
+i=0
+while [ -n "$(lvm lvs --noheadings -o lv_name --select tags=forknode "$FORKNODE_LVM_VG" "$FORKNODE_LVM_THIN_VG")" ]; do
+	i=$((i + 1))
+	[ $i -lt 60 ] || fail "volumes not removed: $(lvm lvs --noheadings -o lv_name --select tags=forknode)"
+	sleep 0.5
+done
+
+# A thin pool nearly full (data or metadata at 90 %) takes no new work,
+# whatever the budget still says (240 of 256 MiB), until it is under 80 %
+# again: writes to thin LVs that exist can fill a pool, and a full pool
+# stops every LV in it.
+fn volume create big --size 240MiB --host thin --wait
+dd if=/dev/urandom of="$(lvpath big)" bs=1M count=236 conv=fsync 2>/dev/null || fail "fill big"
+lvm lvs -o lv_name,data_percent,metadata_percent "$FORKNODE_LVM_THIN_VG/$FORKNODE_LVM_THIN_POOL"
+i=0
+until grep -q "thin pool nearly full" "$d/thin.log"; do
+	i=$((i + 1))
+	[ $i -lt 120 ] || fail "the thin host did not notice its pool filling up"
+	sleep 0.5
+done
+grep "thin pool nearly full" "$d/thin.log" | tail -n 1
+if out=$(timeout 60 forknode volume create small0 --size 8MiB --host thin --wait 2>&1); then
+	fail "a volume was created on a nearly full thin pool: $out"
+fi
+echo "refused on a nearly full pool: $out"
+fn volume rm big
+i=0
+until out=$(timeout 60 forknode volume create "small$i" --size 8MiB --host thin --wait 2>&1); do
+	i=$((i + 1))
+	[ $i -lt 60 ] || fail "no room on the thin host after the pool emptied: $out"
+	sleep 1
+done
+grep -q "thin pool has room again" "$d/thin.log" || fail "the thin host did not log its pool's room"
+fn volume rm "small$i"
+echo "thin pool nearly full: no new work until it had room again"
 i=0
 while [ -n "$(lvm lvs --noheadings -o lv_name --select tags=forknode "$FORKNODE_LVM_VG" "$FORKNODE_LVM_THIN_VG")" ]; do
 	i=$((i + 1))
