@@ -284,7 +284,7 @@ func TestClientCommands(t *testing.T) {
 		{args: []string{"forks", "show", "fork_run"}, out: []string{"running for:  1m5s", "wire:         40 KiB\n"}, notOut: []string{"took:", "ratio"}},
 		{args: []string{"forks", "show", "fork_run", "--json"}, notOut: []string{"compression_ratio"}},
 		// --wait comes back to a fork (after Ctrl-C on fork --wait, say).
-		{args: []string{"forks", "show", "fork_1", "--wait"}, out: []string{"fork fork_1 ready: volume pr"}, notOut: []string{"compression ratio 4.00\n"}},
+		{args: []string{"forks", "show", "fork_1", "--wait"}, out: []string{"fork fork_1 ready: volume pr"}, notOut: []string{"rate limit:"}},
 		{args: []string{"forks", "show", "fork_dead", "--wait"}, code: 1},
 		{args: []string{"forks", "show", "fork_dead", "--wait", "--json"}, code: 1, out: []string{`"state": "failed"`, `"error": "source host died"`}},
 		{args: []string{"node", "rm", "n9"}, out: []string{"node n9 removed from the cluster"}},

@@ -55,11 +55,12 @@ type LVMOptions struct {
 	// Overprovision: thin budget = pool size × this ratio (default 1).
 	Overprovision float64
 	// PoolFullPercent: once a thin pool's data or metadata use reaches it,
-	// the host takes no new volumes or forks (no free budget) until both
-	// are below PoolResumePercent (defaults 90 and 80). Writes to existing
-	// thin LVs, and a stream's snapshot holding blocks its origin
-	// rewrites, can fill a pool whatever the budget says; a full pool
-	// stops every LV in it.
+	// the host advertises a budget of 0 (no new volumes or forks placed
+	// there) and takes no new snapshot (a stream from it fails at once,
+	// with the reason) until both are below PoolResumePercent (defaults 90
+	// and 80). Writes to existing thin LVs, and a stream's snapshot
+	// holding blocks its origin rewrites, can fill a pool whatever the
+	// budget says; a full pool stops every LV in it.
 	PoolFullPercent, PoolResumePercent float64
 	// LVMPath of the lvm binary (default "lvm" on PATH).
 	LVMPath string
@@ -277,7 +278,10 @@ func (b *LVMBackend) thinCapacity(lvs []lvm.LV) Capacity {
 	}
 	budget := max(0, int64(float64(poolSize)*b.opts.Overprovision)-foreign)
 	if b.poolNearlyFull(pool) {
-		budget = min(budget, used)
+		// 0, not the used figure: the catalog counts its own used (no
+		// stream snapshots, deletions at once) against what is
+		// advertised, and a change to 0 is always re-advertised.
+		budget = 0
 	}
 	return Capacity{Budget: budget, Used: used, Free: max(0, budget-used)}
 }
@@ -286,9 +290,12 @@ func (b *LVMBackend) thinCapacity(lvs []lvm.LV) Capacity {
 // whether the host must take no new work, with hysteresis so a pool
 // hovering at the mark does not flap the catalog.
 func (b *LVMBackend) poolNearlyFull(p lvm.LV) bool {
-	use := max(p.DataPct, p.MetaPct)
 	b.poolMu.Lock()
 	defer b.poolMu.Unlock()
+	if p.Name == "" || !p.HasDataPct {
+		return b.poolFull // no figures (the pool missing, inactive): no news
+	}
+	use := max(p.DataPct, p.MetaPct)
 	b.poolData, b.poolMeta = p.DataPct, p.MetaPct
 	switch {
 	case !b.poolFull && use >= b.opts.PoolFullPercent:
@@ -516,6 +523,15 @@ func (b *LVMBackend) Snapshot(ctx context.Context, srcID, snapID string) (Volume
 	}
 	start := time.Now()
 	if src.IsThin() && b.pool != "" {
+		// A snapshot pins the blocks its origin rewrites: none while the
+		// pool is nearly full.
+		lvs, lerr := b.c.LVs(ctx, b.vg)
+		if lerr != nil {
+			return Volume{}, mapLVMErr(lerr)
+		}
+		if b.thinCapacity(lvs); b.poolNote() != "" {
+			return Volume{}, fmt.Errorf("%w: no snapshot of %s%s", ErrNoSpace, srcID, b.poolNote())
+		}
 		err = b.c.CreateThinSnapshot(ctx, b.vg, srcID, snapID, list)
 	} else {
 		vg, verr := b.c.VG(ctx, b.vg)

@@ -949,6 +949,7 @@ func lvmBin() string {
 func TestLVMThinPoolNearlyFull(t *testing.T) {
 	lvs := func(data, meta string) string {
 		return `{"report":[{"lv":[{"lv_name":"pool","vg_name":"vg0","lv_size":"1073741824","lv_attr":"twi-aotz--","segtype":"thin-pool","data_percent":"` + data + `","metadata_percent":"` + meta + `"},
+		{"lv_name":"snap_vol_g","vg_name":"vg0","lv_size":"268435456","lv_attr":"Vwi---tz-k","pool_lv":"pool","origin":"vol_a","segtype":"thin","lv_tags":"forknode,forknode-id:snap_vol_g,forknode-kind:snapshot,forknode-origin:vol_a"},
 		{"lv_name":"vol_a","vg_name":"vg0","lv_size":"268435456","lv_attr":"Vwi-a-tz--","pool_lv":"pool","segtype":"thin","lv_tags":"forknode,forknode-id:vol_a"}]}]}`
 	}
 	f := &lvmFake{lvsJSON: lvs("10.00", "5.00")}
@@ -957,24 +958,27 @@ func TestLVMThinPoolNearlyFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
+	// Used: vol_a and a stream's snapshot (snap_vol_g), 256 MiB each.
 	for _, step := range []struct {
 		data, meta string
 		free       int64
 	}{
-		{"10.00", "5.00", 768 << 20},
-		{"89.99", "5.00", 768 << 20},
+		{"10.00", "5.00", 512 << 20},
+		{"89.99", "5.00", 512 << 20},
 		{"90.00", "5.00", 0}, // the full mark
 		{"85.00", "5.00", 0}, // under it, not yet under the resume mark
-		{"79.00", "5.00", 768 << 20},
+		{"79.00", "5.00", 512 << 20},
 		{"40.00", "91.50", 0}, // metadata counts as much
-		{"40.00", "70.00", 768 << 20},
+		{"", "", 0},           // no figures (the pool inactive): no news, still full
+		{"85.00", "5.00", 0},  // ... and the hysteresis holds
+		{"40.00", "70.00", 512 << 20},
 	} {
 		f.lvsJSON = lvs(step.data, step.meta)
 		c, err := b.Capacity(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.Free != step.free || c.Used != 256<<20 {
+		if c.Free != step.free || c.Used != 512<<20 || (step.free == 0 && c.Budget != 0) {
 			t.Errorf("data %s%%, metadata %s%%: %+v, want %d free", step.data, step.meta, c, step.free)
 		}
 	}
@@ -982,5 +986,10 @@ func TestLVMThinPoolNearlyFull(t *testing.T) {
 	_, err = b.Create(ctx, CreateSpec{ID: "vol_b", Name: "b", Size: 8 << 20, Owner: "fork_1"})
 	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "thin pool vg0/pool is nearly full (data 95.0%") {
 		t.Fatalf("create on a nearly full pool: %v", err)
+	}
+	// A stream's snapshot would pin what its origin rewrites: refused too.
+	_, err = b.Snapshot(ctx, "vol_a", "snap_vol_f")
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "no snapshot of vol_a; thin pool vg0/pool is nearly full") {
+		t.Fatalf("snapshot on a nearly full pool: %v", err)
 	}
 }

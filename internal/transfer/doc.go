@@ -135,8 +135,10 @@
 // sync_file_range on its descriptor), so the fsync before each ack stays
 // short. Both sides hold at most Window chunk buffers (default 8 × 1 MiB,
 // capped so buffers stay under 48 MiB), so memory grows with the volume
-// size only by 17 bytes of block hash and kind per chunk (272 KiB for
-// 16 GiB) and, on the source, the hash cache above (at most 8.5 MiB).
+// size only by the per-chunk state: 17 bytes of block hash and kind on
+// the source (272 KiB for 16 GiB), 19 on the puller (17 more while it
+// re-reads a checkpoint's prefix), and on the source the hash cache above
+// (at most 8.5 MiB).
 // Measured: under 32 MiB RSS per side for a 16 GiB volume.
 // The rate limit (per transfer and an optional shared Limiter) is charged
 // for every block read from the source, before it is read.

@@ -35,6 +35,10 @@ type hashCache struct {
 	m      map[string]*hashEntry
 	blocks int
 	limit  int // blocks in all; 0 = hashCacheBlocks
+	// done: forks whose entry was dropped for good (acknowledged, or the
+	// snapshot released), so a session of theirs still ending does not
+	// put one back; forgotten after hashCacheIdle.
+	done map[string]time.Time
 }
 
 // get returns fork's entry for grid gr, or nil. The caller only reads it:
@@ -58,6 +62,9 @@ func (c *hashCache) put(fork string, gr grid, hashes [][16]byte, kind []uint8) {
 	defer c.mu.Unlock()
 	if c.m == nil {
 		c.m = map[string]*hashEntry{}
+	}
+	if _, ok := c.done[fork]; ok {
+		return
 	}
 	old := c.m[fork]
 	c.dropLocked(fork)
@@ -97,10 +104,15 @@ func (c *hashCache) put(fork string, gr grid, hashes [][16]byte, kind []uint8) {
 	c.blocks += n
 }
 
+// drop removes fork's entry for good: later puts of it are ignored.
 func (c *hashCache) drop(fork string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.dropLocked(fork)
+	if c.done == nil {
+		c.done = map[string]time.Time{}
+	}
+	c.done[fork] = time.Now()
 }
 
 func (c *hashCache) dropLocked(fork string) {
@@ -114,6 +126,11 @@ func (c *hashCache) expireLocked(now time.Time) {
 	for id, e := range c.m {
 		if now.Sub(e.used) > hashCacheIdle {
 			c.dropLocked(id)
+		}
+	}
+	for id, at := range c.done {
+		if now.Sub(at) > hashCacheIdle {
+			delete(c.done, id)
 		}
 	}
 }

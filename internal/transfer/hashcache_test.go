@@ -134,4 +134,11 @@ func TestHashCache(t *testing.T) {
 	if len(s.hashes.m) != 0 || s.hashes.blocks != 0 {
 		t.Fatalf("after Forget: %d entries, %d blocks", len(s.hashes.m), s.hashes.blocks)
 	}
+	// A session of the fork still ending must not put it back (found by
+	// review).
+	h, k = entry(kindData)
+	s.hashes.put("c", gr, h, k)
+	if s.hashes.get("c", gr) != nil {
+		t.Fatal("a forgotten fork's entry came back")
+	}
 }

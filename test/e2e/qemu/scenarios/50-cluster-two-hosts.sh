@@ -153,8 +153,8 @@ echo "$out" | grep -q "36 MiB for its snapshot, a classic LVM snapshot's copy-on
 echo "refused up front: $out"
 fn volume create fits --size 32MiB --host thick --wait
 echo "thick COW area reserved: the fork was refused, its own size still fits"
-fn volume rm fits
-fn volume rm filler
+fn volume rm fits --wait
+fn volume rm filler --wait
 
 # A stream target killed mid-stream (kill -9) and started again resumes
 # from its checkpoint: it reads back what its LV holds with O_DIRECT and
@@ -197,7 +197,7 @@ grep "stream complete.*resumed=[1-9]" "$d/thick.log" || fail "the stream did not
 echo "stream target restarted mid-stream resumed from its checkpoint on LVM"
 
 for v in rdb-stream rdb db-copy db-stream tdb-clone tdb-stream db tdb; do
-	fn volume rm "$v"
+	fn volume rm "$v" --wait
 done
 # Removal is carried out by each host's executor: wait for the LVs to go.
 i=0
@@ -224,8 +224,11 @@ grep "thin pool nearly full" "$d/thin.log" | tail -n 1
 if out=$(timeout 60 forknode volume create small0 --size 8MiB --host thin --wait 2>&1); then
 	fail "a volume was created on a nearly full thin pool: $out"
 fi
+# Refused by the catalog (the host advertises a budget of 0), not by a
+# timeout or the backend after the fact.
+echo "$out" | grep -q "host thin has 0 B free" || fail "not refused for the pool: $out"
 echo "refused on a nearly full pool: $out"
-fn volume rm big
+fn volume rm big --wait
 i=0
 until out=$(timeout 60 forknode volume create "small$i" --size 8MiB --host thin --wait 2>&1); do
 	i=$((i + 1))
@@ -233,7 +236,7 @@ until out=$(timeout 60 forknode volume create "small$i" --size 8MiB --host thin 
 	sleep 1
 done
 grep -q "thin pool has room again" "$d/thin.log" || fail "the thin host did not log its pool's room"
-fn volume rm "small$i"
+fn volume rm "small$i" --wait
 echo "thin pool nearly full: no new work until it had room again"
 i=0
 while [ -n "$(lvm lvs --noheadings -o lv_name --select tags=forknode "$FORKNODE_LVM_VG" "$FORKNODE_LVM_THIN_VG")" ]; do
