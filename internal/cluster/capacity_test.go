@@ -169,9 +169,11 @@ func TestDataDirFullTakesNoWork(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "n2's capacity back", func() bool { return budget() == 100*MiB })
 }
 
-// hostBudget is host's budget in via's catalog (0 if unknown).
+// hostBudget is host's budget in via's catalog; -1 while via does not
+// know the host yet (a follower's view can lag the leader's), so that no
+// caller waiting for a budget of 0 mistakes "unknown" for it.
 func hostBudget(via *Node, host string) int64 {
-	var b int64
+	b := int64(-1)
 	via.View(func(s *fsm.State) {
 		if h, ok := s.Host(host); ok {
 			b = h.Budget

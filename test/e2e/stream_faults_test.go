@@ -361,21 +361,8 @@ func TestStreamTargetKilledResumes(t *testing.T) {
 	const size = 256 * mib
 	c, src := slowStreamCluster(t, size, 3)
 	f := c.startFork(1, api.CreateForkRequest{Source: "slow-src", Name: "tkill-far", Host: "n1", Via: "stream"})
-	ckpt := filepath.Join(c.dataDir(1), "streams", f.ID+".json")
-	var before int64
-	testutil.Eventually(t, 60*time.Second, "a checkpoint past 96 MiB on n1", func() bool {
-		time.Sleep(100 * time.Millisecond)
-		raw, err := os.ReadFile(ckpt)
-		if err != nil {
-			return false
-		}
-		var cp struct{ Durable int64 }
-		if json.Unmarshal(raw, &cp) != nil {
-			return false
-		}
-		before = cp.Durable
-		return before >= 96*mib
-	})
+	ckpt := c.checkpointPath(1, f.ID)
+	before := c.waitCheckpoint(1, f.ID, 96*mib)
 	c.agents[1].Kill(syscall.SIGKILL)
 	t.Logf("killed n1 with its checkpoint at %d of %d bytes", before, int64(size))
 	if got := ftFilesFor(c.volDir(1), f.TargetVolume); len(got) == 0 {
@@ -391,13 +378,7 @@ func TestStreamTargetKilledResumes(t *testing.T) {
 	for _, l := range c.logLines(1, "resum") {
 		t.Logf("n1: %s", l)
 	}
-	var resumed int64 = -1
-	for _, l := range c.logLines(1, "stream complete") {
-		if m := ftResumedRE.FindStringSubmatch(l); m != nil && strings.Contains(l, f.ID) {
-			resumed, _ = strconv.ParseInt(m[1], 10, 64)
-			t.Logf("n1: %s", l)
-		}
-	}
+	resumed := c.lastLogInt(1, "stream complete", ftResumedRE, f.ID)
 	if resumed < before {
 		t.Fatalf("the restarted target resumed at %d, want at least its last checkpoint %d before the kill", resumed, before)
 	}
@@ -430,21 +411,7 @@ func TestStreamBothEndsRestarted(t *testing.T) {
 	const size = 256 * mib
 	c, src := slowStreamCluster(t, size, 3)
 	f := c.startFork(1, api.CreateForkRequest{Source: "slow-src", Name: "both-far", Host: "n1", Via: "stream"})
-	ckpt := filepath.Join(c.dataDir(1), "streams", f.ID+".json")
-	var before int64
-	testutil.Eventually(t, 60*time.Second, "a checkpoint past 96 MiB on n1", func() bool {
-		time.Sleep(100 * time.Millisecond)
-		raw, err := os.ReadFile(ckpt)
-		if err != nil {
-			return false
-		}
-		var cp struct{ Durable int64 }
-		if json.Unmarshal(raw, &cp) != nil {
-			return false
-		}
-		before = cp.Durable
-		return before >= 96*mib
-	})
+	before := c.waitCheckpoint(1, f.ID, 96*mib)
 	c.agents[0].Kill(syscall.SIGKILL)
 	c.agents[1].Kill(syscall.SIGKILL)
 	t.Logf("killed n0 and n1 with n1's checkpoint at %d of %d bytes", before, int64(size))
@@ -456,26 +423,54 @@ func TestStreamBothEndsRestarted(t *testing.T) {
 		t.Fatalf("fork with both ends killed and restarted: %s (%s), want ready", f.State, f.Error)
 	}
 	ftSameImage(t, c.imgPath(0, src.ID), c.imgPath(1, f.TargetVolume))
-	var resumed int64 = -1
-	for _, l := range c.logLines(1, "stream complete") {
-		if m := ftResumedRE.FindStringSubmatch(l); m != nil && strings.Contains(l, f.ID) {
-			resumed, _ = strconv.ParseInt(m[1], 10, 64)
-			t.Logf("n1: %s", l)
-		}
-	}
+	resumed := c.lastLogInt(1, "stream complete", ftResumedRE, f.ID)
 	if resumed < before {
 		t.Fatalf("the restarted target resumed at %d, want at least its checkpoint %d", resumed, before)
 	}
-	var reread int64 = -1
-	for _, l := range c.logLines(0, "stream complete") {
-		if m := ftPrefixRereadRE.FindStringSubmatch(l); m != nil && strings.Contains(l, f.ID) {
-			reread, _ = strconv.ParseInt(m[1], 10, 64)
-			t.Logf("n0: %s", l)
-		}
-	}
+	reread := c.lastLogInt(0, "stream complete", ftPrefixRereadRE, f.ID)
 	if reread <= 0 {
 		t.Fatalf("the restarted source re-read %d bytes of its snapshot before the resume point; it had no hashes, so want > 0", reread)
 	}
+}
+
+// checkpointPath is fork id's checkpoint file on node i.
+func (c *faultCluster) checkpointPath(i int, id string) string {
+	return filepath.Join(c.dataDir(i), "streams", id+".json")
+}
+
+// waitCheckpoint waits until node i's checkpoint of fork id is at least
+// atLeast bytes and returns its offset.
+func (c *faultCluster) waitCheckpoint(i int, id string, atLeast int64) int64 {
+	c.t.Helper()
+	var at int64
+	testutil.Eventually(c.t, 60*time.Second, fmt.Sprintf("a checkpoint past %d MiB on %s", atLeast/mib, c.name(i)), func() bool {
+		time.Sleep(100 * time.Millisecond)
+		raw, err := os.ReadFile(c.checkpointPath(i, id))
+		if err != nil {
+			return false
+		}
+		var cp struct{ Durable int64 }
+		if json.Unmarshal(raw, &cp) != nil {
+			return false
+		}
+		at = cp.Durable
+		return at >= atLeast
+	})
+	return at
+}
+
+// lastLogInt is re's number in the last of node i's log lines that hold
+// substr and fork id (-1: none), logging the line.
+func (c *faultCluster) lastLogInt(i int, substr string, re *regexp.Regexp, id string) int64 {
+	c.t.Helper()
+	n := int64(-1)
+	for _, l := range c.logLines(i, substr) {
+		if m := re.FindStringSubmatch(l); m != nil && strings.Contains(l, id) {
+			n, _ = strconv.ParseInt(m[1], 10, 64)
+			c.t.Logf("%s: %s", c.name(i), l)
+		}
+	}
+	return n
 }
 
 var ftResumedRE = regexp.MustCompile(`\bresumed=(\d+)`)

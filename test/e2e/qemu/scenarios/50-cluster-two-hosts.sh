@@ -97,6 +97,15 @@ fn() {
 	echo "[+$(($(date +%s) - t0))s] forknode $*"
 	timeout 120 forknode "$@" || fail "forknode $*"
 }
+# Removal is carried out by each host's executor: wait for the LVs to go.
+lvs_gone() {
+	n=0
+	while [ -n "$(lvm lvs --noheadings -o lv_name --select tags=forknode "$FORKNODE_LVM_VG" "$FORKNODE_LVM_THIN_VG")" ]; do
+		n=$((n + 1))
+		[ $n -lt 60 ] || fail "volumes not removed: $(lvm lvs --noheadings -o lv_name --select tags=forknode)"
+		sleep 0.5
+	done
+}
 # lv_path of the volume named $1 (found by forknode's name tag).
 lvpath() { lvm lvs --noheadings -o lv_path --select "tags=forknode-name:$1" | tr -d ' '; }
 
@@ -199,13 +208,7 @@ echo "stream target restarted mid-stream resumed from its checkpoint on LVM"
 for v in rdb-stream rdb db-copy db-stream tdb-clone tdb-stream db tdb; do
 	fn volume rm "$v" --wait
 done
-# Removal is carried out by each host's executor: wait for the LVs to go.
-i=0
-while [ -n "$(lvm lvs --noheadings -o lv_name --select tags=forknode "$FORKNODE_LVM_VG" "$FORKNODE_LVM_THIN_VG")" ]; do
-	i=$((i + 1))
-	[ $i -lt 60 ] || fail "volumes not removed: $(lvm lvs --noheadings -o lv_name --select tags=forknode)"
-	sleep 0.5
-done
+lvs_gone
 
 # A thin pool nearly full (data or metadata at 90 %) takes no new work,
 # whatever the budget still says (240 of 256 MiB), until it is under 80 %
@@ -238,12 +241,7 @@ done
 grep -q "thin pool has room again" "$d/thin.log" || fail "the thin host did not log its pool's room"
 fn volume rm "small$i" --wait
 echo "thin pool nearly full: no new work until it had room again"
-i=0
-while [ -n "$(lvm lvs --noheadings -o lv_name --select tags=forknode "$FORKNODE_LVM_VG" "$FORKNODE_LVM_THIN_VG")" ]; do
-	i=$((i + 1))
-	[ $i -lt 60 ] || fail "volumes not removed: $(lvm lvs --noheadings -o lv_name --select tags=forknode)"
-	sleep 0.5
-done
+lvs_gone
 stop_agents
 lvm lvremove -q -y "$FORKNODE_LVM_VG/forknode-ioprobe" >/dev/null || fail "lvremove probe LV"
 remove_probes
