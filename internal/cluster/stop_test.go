@@ -72,7 +72,51 @@ func TestStopKeepsTheVoter(t *testing.T) {
 		})
 		return alive
 	})
-	tc.createVolume(tc.leader(), "after", "app", tc.cfgs[idx].Name, 4*MiB)
+	// Work placed on the restarted node commits. The new leader's gossip
+	// can still be settling (the restarted member briefly suspect), which
+	// refuses with "host down" for a moment: retry until it takes (a CI
+	// run caught that moment).
+	var vol fsm.Volume
+	testutil.Eventually(t, 15*time.Second, "a volume placed on the restarted node", func() bool {
+		l := tc.leader()
+		if l == nil {
+			return false
+		}
+		found := false
+		l.View(func(s *fsm.State) {
+			for _, x := range s.Volumes() {
+				if x.Name == "after" { // an attempt that timed out yet committed
+					vol, found = x, true
+				}
+			}
+		})
+		if found {
+			return true
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		v, err := l.Apply(ctx, fsm.CmdCreateVolume, &fsm.CreateVolumeCmd{
+			Volume: fsm.Volume{ID: NewID("vol_"), Name: "after", App: "app", Host: tc.cfgs[idx].Name, Size: 4 * MiB},
+		})
+		if err != nil {
+			t.Logf("create volume after: %v", err)
+			time.Sleep(100 * time.Millisecond)
+			return false
+		}
+		vol = *(v.(*fsm.Volume))
+		return true
+	})
+	testutil.Eventually(t, 10*time.Second, "volume after ready on the restarted node", func() bool {
+		var st fsm.VolumeState
+		if l := tc.leader(); l != nil {
+			l.View(func(s *fsm.State) {
+				if x, ok := s.Volume(vol.ID); ok {
+					st = x.State
+				}
+			})
+		}
+		return st == fsm.VolumeReady
+	})
 }
 
 // waitRecorded waits until the leader records this build's catalog
