@@ -265,11 +265,10 @@ func (b *LVMBackend) Capacity(ctx context.Context) (Capacity, error) {
 // nearly full (poolNearlyFull) leaves no free budget, whatever the sizes.
 func (b *LVMBackend) thinCapacity(lvs []lvm.LV) Capacity {
 	var poolSize, used, foreign int64
-	var pool lvm.LV
 	for _, l := range lvs {
 		switch {
 		case l.Name == b.pool:
-			poolSize, pool = l.Size, l
+			poolSize = l.Size
 		case l.IsThin() && l.Pool == b.pool && l.HasTag(lvm.TagOwned):
 			used += l.Size
 		case l.IsThin() && l.Pool == b.pool:
@@ -277,7 +276,7 @@ func (b *LVMBackend) thinCapacity(lvs []lvm.LV) Capacity {
 		}
 	}
 	budget := max(0, int64(float64(poolSize)*b.opts.Overprovision)-foreign)
-	if b.poolNearlyFull(pool) {
+	if b.poolNearlyFull(lvs) {
 		// 0, not the used figure: the catalog counts its own used (no
 		// stream snapshots, deletions at once) against what is
 		// advertised, and a change to 0 is always re-advertised.
@@ -286,10 +285,16 @@ func (b *LVMBackend) thinCapacity(lvs []lvm.LV) Capacity {
 	return Capacity{Budget: budget, Used: used, Free: max(0, budget-used)}
 }
 
-// poolNearlyFull records the pool's data and metadata use and says
-// whether the host must take no new work, with hysteresis so a pool
-// hovering at the mark does not flap the catalog.
-func (b *LVMBackend) poolNearlyFull(p lvm.LV) bool {
+// poolNearlyFull records the pool's data and metadata use from one LV
+// listing and says whether the host must take no new work, with
+// hysteresis so a pool hovering at the mark does not flap the catalog.
+func (b *LVMBackend) poolNearlyFull(lvs []lvm.LV) bool {
+	var p lvm.LV
+	for _, l := range lvs {
+		if l.Name == b.pool {
+			p = l
+		}
+	}
 	b.poolMu.Lock()
 	defer b.poolMu.Unlock()
 	if p.Name == "" || !p.HasDataPct {
@@ -529,7 +534,7 @@ func (b *LVMBackend) Snapshot(ctx context.Context, srcID, snapID string) (Volume
 		if lerr != nil {
 			return Volume{}, mapLVMErr(lerr)
 		}
-		if b.thinCapacity(lvs); b.poolNote() != "" {
+		if b.poolNearlyFull(lvs) {
 			return Volume{}, fmt.Errorf("%w: no snapshot of %s%s", ErrNoSpace, srcID, b.poolNote())
 		}
 		err = b.c.CreateThinSnapshot(ctx, b.vg, srcID, snapID, list)

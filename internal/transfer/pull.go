@@ -308,29 +308,19 @@ func (p *puller) restore(ctx context.Context, c Checkpoint) error {
 	direct := openDirectSource(src, p.log)
 	defer direct.close()
 	buf := alignedBufTo(int(c.Chunk), direct.bufAlign())
+	pace := func(ctx context.Context, n int) error { return WaitAll(ctx, n, p.opts.Limiter) }
 	for i := range first {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		off, n := gr.block(i)
-		if !ec.hasData(off, n) {
-			kinds[i], hashes[i] = kindZero, zeroHash(int(n))
-			continue
-		}
 		// Local reads, next to whatever else this host serves: the
 		// node's shared limiter paces them (not this fork's own cap,
 		// which is about the stream).
-		if err := WaitAll(ctx, int(n), p.opts.Limiter); err != nil {
-			return err
-		}
-		raw := buf[:n]
-		if err := readBlock(direct, src, raw, off); err != nil {
+		var err error
+		kinds[i], hashes[i], _, err = hashBlock(ctx, direct, src, &ec, buf, off, n, pace)
+		if err != nil {
 			return fmt.Errorf("re-read target: %w", err)
-		}
-		if isZero(raw) {
-			kinds[i], hashes[i] = kindZero, zeroHash(int(n))
-		} else {
-			kinds[i], hashes[i] = kindData, blockHash(raw)
 		}
 	}
 	p.init(gr, c.Durable)

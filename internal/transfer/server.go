@@ -418,6 +418,29 @@ func (s *sender) directBytes() int64 {
 // as what it has).
 func (s *sender) readBlock(p []byte, off int64) error { return readBlock(s.direct, s.src, p, off) }
 
+// hashBlock classifies and hashes one block of src at off (n bytes) the
+// way both sides of a stream do for the whole-volume digest: a hole (ec
+// says no data; not read, not paced) or an all-zero block is a zero block,
+// anything else data with blockHash. Reads are paced by pace first and go
+// through buf. read reports whether the block was read.
+func hashBlock(ctx context.Context, d *directSource, src Source, ec *extentCursor, buf []byte, off, n int64,
+	pace func(context.Context, int) error) (kind uint8, h [16]byte, read bool, err error) {
+	if !ec.hasData(off, n) {
+		return kindZero, zeroHash(int(n)), false, nil
+	}
+	if err := pace(ctx, int(n)); err != nil {
+		return kindNone, h, false, err
+	}
+	raw := buf[:n]
+	if err := readBlock(d, src, raw, off); err != nil {
+		return kindNone, h, false, err
+	}
+	if isZero(raw) {
+		return kindZero, zeroHash(int(n)), true, nil
+	}
+	return kindData, blockHash(raw), true, nil
+}
+
 // readBlock reads p at off from src: the aligned part through d (O_DIRECT
 // on a block device; nil reads nothing there), the rest through ReadAt.
 func readBlock(d *directSource, src Source, p []byte, off int64) error {
@@ -734,25 +757,16 @@ func (s *sender) hashPrefix(ctx context.Context, first int) error {
 		if s.kind[i] != kindNone {
 			continue // adopted
 		}
-		if !ec.hasData(off, n) {
-			s.setHash(i, n, kindZero, [16]byte{})
-			continue
-		}
 		// Paced like the stream itself: a resume near the end of a large
 		// volume re-reads it all, next to the production database.
-		if err := s.rateWait(ctx, int(n)); err != nil {
+		kind, h, read, err := hashBlock(ctx, s.direct, s.src, &ec, buf, off, n, s.rateWait)
+		if err != nil {
 			return err
 		}
-		raw := buf[:n]
-		if err := s.readBlock(raw, off); err != nil {
-			return err
+		if read {
+			s.prefixRead.Add(n)
 		}
-		s.prefixRead.Add(n)
-		if isZero(raw) {
-			s.setHash(i, n, kindZero, [16]byte{})
-			continue
-		}
-		s.setHash(i, n, kindData, blockHash(raw))
+		s.setHash(i, n, kind, h)
 	}
 	return nil
 }
